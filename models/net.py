@@ -1,0 +1,100 @@
+"""The digit CNN: conv 5x5x32 → BN → ReLU → pool → conv 5x5x64 → BN → ReLU → pool → fc 1024 → BN → ReLU
+→ dropout → fc 10.
+
+Pure PyTorch: no files, no printing. Batch normalization is done the way the exercise this project
+grew out of did not:
+- conv BN statistics are per channel over (N, H, W) (``BatchNorm2d``), dense BN over N (``BatchNorm1d``);
+- running (population) statistics are updated in training and used in eval mode;
+- the layer before a BN has no bias: BN's beta is that bias;
+- momentum 0.1 (PyTorch's convention: weight of the new batch), i.e. decay 0.9, so population
+  statistics track the data after a few dozen steps instead of staying at their initial values
+  as with a 0.999 decay.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+IMAGE_SIZE = 28
+
+
+@dataclass(frozen=True)
+class DigitNetConfig:
+    num_classes: int = 10
+    conv1_channels: int = 32
+    conv2_channels: int = 64
+    kernel_size: int = 5
+    hidden: int = 1024
+    bn: bool = True
+    bn_eps: float = 1e-5
+    bn_momentum: float = 0.1
+    dropout: float = 0.5
+    # Input normalization happens inside the network, so an exported graph takes pixels in [0, 1].
+    normalize_mean: float = 0.1307
+    normalize_std: float = 0.3081
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "DigitNetConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class DigitNet(nn.Module):
+    def __init__(self, cfg: DigitNetConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        c1, c2, k = cfg.conv1_channels, cfg.conv2_channels, cfg.kernel_size
+        pooled = IMAGE_SIZE // 4
+
+        def norm(kind: type[nn.Module], channels: int) -> nn.Module:
+            return kind(channels, eps=cfg.bn_eps, momentum=cfg.bn_momentum) if cfg.bn else nn.Identity()
+
+        self.register_buffer("normalize_mean", torch.tensor(cfg.normalize_mean), persistent=False)
+        self.register_buffer("normalize_std", torch.tensor(cfg.normalize_std), persistent=False)
+        self.conv1 = nn.Conv2d(1, c1, k, padding=k // 2, bias=not cfg.bn)
+        self.bn1 = norm(nn.BatchNorm2d, c1)
+        self.conv2 = nn.Conv2d(c1, c2, k, padding=k // 2, bias=not cfg.bn)
+        self.bn2 = norm(nn.BatchNorm2d, c2)
+        self.fc1 = nn.Linear(c2 * pooled * pooled, cfg.hidden, bias=not cfg.bn)
+        self.bn3 = norm(nn.BatchNorm1d, cfg.hidden)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.fc2 = nn.Linear(cfg.hidden, cfg.num_classes)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        # image: [N, 1, 28, 28], pixels in [0, 1], white ink on black
+        x = (image - self.normalize_mean) / self.normalize_std
+        x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 2)  # [N, c1, 14, 14]
+        x = F.max_pool2d(F.relu(self.bn2(self.conv2(x))), 2)  # [N, c2, 7, 7]
+        x = torch.flatten(x, 1)  # [N, c2*49]
+        x = self.dropout(F.relu(self.bn3(self.fc1(x))))  # [N, hidden]
+        return self.fc2(x)  # [N, num_classes] logits
+
+    def linear_bn_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        """(layer, the BN right after it): the pairs BN folding merges."""
+        return [(self.conv1, self.bn1), (self.conv2, self.bn2), (self.fc1, self.bn3)]
+
+
+def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+class WithProbabilities(nn.Module):
+    """The exported interface: ``image`` [N,1,28,28] → (``logits`` [N,C], ``probabilities`` [N,C])."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.net(image)
+        return logits, torch.softmax(logits, dim=1)

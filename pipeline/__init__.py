@@ -1,0 +1,1 @@
+"""Training, folding, export and parity checking for the foldserve digit CNN."""

@@ -1,0 +1,185 @@
+"""`pipeline`: train the BN digit CNN, fold and export it to ONNX, verify parity.
+
+The commands are thin: each converts its options and calls one typed function. Heavy imports
+(torch, onnx) happen inside those functions so `pipeline --help` is instant.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pipeline.errors import PipelineError
+
+DEFAULT_RUN = Path("runs/default")
+TRAIN_EXTRA_HINT = "pip install 'foldserve[train]'"
+
+
+class PipelineGroup(click.Group):
+    """Turns expected failures into one clear line on stderr and a non-zero exit, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except PipelineError as exc:
+            raise click.ClickException(str(exc)) from None
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.split(".")[0] in {"torch", "onnx", "onnxscript", "tqdm"}:
+                raise click.ClickException(
+                    f"`pipeline` needs the training extra ({exc.name} is not installed): {TRAIN_EXTRA_HINT}"
+                ) from None
+            raise
+
+
+@click.group(cls=PipelineGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Log progress details to stderr.")
+def cli(verbose: bool) -> None:
+    """Train a batch-normalized digit CNN, fold BN into its weights, export BN-free ONNX, prove parity."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+class StopFlag:
+    """Set by SIGINT/SIGTERM; the training loop polls it after every step and saves a checkpoint."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def __call__(self) -> bool:
+        return self.signum is not None
+
+    def install(self) -> Callable[[], None]:
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+        def handler(signum: int, frame: Any) -> None:
+            if self.signum is not None:  # a second Ctrl-C: stop now
+                raise KeyboardInterrupt
+            self.signum = signum
+            click.echo(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step…", err=True)
+
+        for s in previous:
+            signal.signal(s, handler)
+        return lambda: [signal.signal(s, h) for s, h in previous.items()] and None
+
+
+@cli.command()
+@click.option("--data", type=click.Choice(["sample", "mnist", "fashion-mnist"]), default="sample", show_default=True,
+              help="sample: 5,000 real MNIST digits embedded in the package (4,000 train / 1,000 test). "
+                   "mnist: the four standard MNIST files in --data-dir. fashion-mnist: from --data-dir, "
+                   "default /usr/share/datasets/fashion-mnist (Debian package dataset-fashion-mnist).")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Directory with the IDX files (raw or .gz; torchvision's MNIST/raw layout works too).")
+@click.option("--download", is_flag=True, help="With --data mnist: fetch missing files into --data-dir (md5-verified).")
+@click.option("--epochs", type=int, default=15, show_default=True, help="Passes over the training split.")
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--lr", type=float, default=2e-3, show_default=True,
+              help="Peak learning rate (short warm-up, then cosine decay to 0).")
+@click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default="adam", show_default=True,
+              help="sgd uses momentum 0.9.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seeds initialization, data order, augmentation and dropout: same seed on CPU, same metrics.")
+@click.option("--no-bn", is_flag=True, help="Train the variant without batch normalization (plain biases).")
+@click.option("--augment/--no-augment", default=True, show_default=True,
+              help="Small random affine per image (±10°, ±2 px, scale 0.9–1.1).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_RUN, show_default=True,
+              help="Run directory: config.json, metrics.json, checkpoint.pt.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--max-steps", type=int, default=None, help="Stop after this many steps in total (smoke runs).")
+@click.option("--log-every", type=int, default=20, show_default=True, help="Record the training loss every N steps.")
+@click.option("--eval-every", type=int, default=0, show_default=True,
+              help="Also evaluate on the test split every N steps (0: after each epoch only).")
+@click.option("--resume", is_flag=True,
+              help="Continue the run in --out from its checkpoint (after Ctrl-C, or with a larger --epochs).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.pass_context
+def train(ctx: click.Context, data: str, data_dir: Path | None, download: bool, epochs: int, batch_size: int,
+          lr: float, optimizer: str, seed: int, no_bn: bool, augment: bool, out: Path, device: str,
+          max_steps: int | None, log_every: int, eval_every: int, resume: bool, quiet: bool) -> None:
+    """Train the digit CNN and write config.json, metrics.json and checkpoint.pt into --out.
+
+    Evaluates on the test split (eval mode: population statistics) after every epoch. Ctrl-C or
+    SIGTERM saves a resumable checkpoint; `--resume` continues from it with the saved settings.
+    """
+    from pipeline.data import load_dataset
+    from pipeline.train import TrainConfig, train as run_training
+
+    cfg = TrainConfig(data=data, data_dir=str(data_dir) if data_dir else None, epochs=epochs, batch_size=batch_size,
+                      lr=lr, optimizer=optimizer, seed=seed, bn=not no_bn, augment=augment, device=device,
+                      max_steps=max_steps, log_every=log_every, eval_every=eval_every)
+    given = {name for name in ctx.params if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT}
+    given = {"bn" if name == "no_bn" else name for name in given}
+    cfg.validate()
+    dataset = None
+    if download or not resume:
+        dataset = load_dataset(data, data_dir, download=download)
+    stop = StopFlag()
+    restore = stop.install()
+    try:
+        result = run_training(cfg, out, resume=resume, given_options=given, should_stop=stop,
+                              progress=not quiet, dataset=dataset)
+    finally:
+        restore()
+    if result.interrupted:
+        click.echo(f"interrupted at step {result.step}; checkpoint saved to {out / 'checkpoint.pt'}. "
+                   f"Continue with: pipeline train --out {out} --resume", err=True)
+        sys.exit(128 + (stop.signum or signal.SIGINT))
+    click.echo(f"test accuracy {result.test_accuracy:.2%} (test loss {result.test_loss:.4f}) after "
+               f"{result.step} steps in {result.wall_time:.0f} s; run saved in {out}")
+
+
+@cli.command()
+@click.option("--run", "run_dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_RUN,
+              show_default=True, help="Run directory holding checkpoint.pt.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where to write the model  [default: RUN/model.onnx]")
+@click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset (18 or newer).")
+@click.option("--no-fold", is_flag=True,
+              help="Keep BatchNormalization nodes in the graph (onnxruntime then fuses them when it loads the model).")
+@click.option("--recompute-stats", is_flag=True,
+              help="Before folding, replace BN's moving averages with the exact population mean and unbiased "
+                   "variance over the training split (the BN paper's inference procedure).")
+def export(run_dir: Path, out: Path | None, opset: int, no_fold: bool, recompute_stats: bool) -> None:
+    """Fold BN into the conv/dense weights and export a BN-free ONNX model, then verify parity.
+
+    The model takes `image` float32 [N,1,28,28] (pixels in [0,1], white ink on black) and returns
+    `logits` and `probabilities`. It is written only if the parity check passes; parity.json is
+    written beside it either way.
+    """
+    from pipeline.export import export_model
+
+    result = export_model(run_dir, out, opset=opset, fold=not no_fold, recompute_stats=recompute_stats)
+    click.echo(result.parity.table())
+    click.echo(f"wrote {result.model_path} ({'BN folded' if result.folded else 'BN not folded'}, "
+               f"test accuracy {result.test_accuracy:.2%}) and {result.parity_path}")
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--run", "run_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Run directory with the checkpoint the model was exported from  [default: the model's directory]")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def verify(model: Path, run_dir: Path | None, as_json: bool) -> None:
+    """Check that MODEL in onnxruntime computes what the checkpoint computes in PyTorch eval mode.
+
+    Runs the test split and stress inputs (noise, zeros, ones, saturated 0/1) at batch size 1 and
+    in one big batch. Passes when the max absolute logit difference is at most 1e-4, argmax agrees
+    on every real image and the accuracies are equal. Exit status 1 if it fails.
+    """
+    from pipeline.export import verify_model
+
+    report = verify_model(model, run_dir)
+    click.echo(report.to_json() if as_json else report.table())
+    if not report.passed:
+        sys.exit(1)
+
+
+def main() -> None:
+    cli(prog_name="pipeline")
+
+
+if __name__ == "__main__":
+    main()

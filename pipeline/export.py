@@ -1,0 +1,211 @@
+"""`pipeline export` and `pipeline verify`: fold BN, export ONNX with metadata, prove parity, then publish."""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pipeline.artifacts import atomic_path, write_json
+from pipeline.checkpoint import (CHECKPOINT_NAME, file_sha256, load_checkpoint, model_from_checkpoint,
+                                 save_checkpoint)
+from pipeline.data import Dataset, load_dataset
+from pipeline.errors import PipelineError
+from pipeline.parity import ParityReport, check_parity, torch_logits
+
+if TYPE_CHECKING:
+    import onnx
+
+    from models import DigitNet
+
+log = logging.getLogger(__name__)
+
+MIN_OPSET = 18  # the torch.export-based exporter emits opset 18 or newer
+DEFAULT_OPSET = 18
+EXACT_STATS_CHECKPOINT = "checkpoint-exact-bn.pt"
+PREPROCESSING = (
+    "grayscale (alpha composited onto white first); invert if the background is light so ink is white on black; "
+    "crop to the ink's bounding box; scale the longer side to 20 px (anti-aliased, aspect kept); "
+    "paste into 28x28 centred on the centre of mass; pixel/255"
+)
+
+
+@dataclass
+class ExportResult:
+    model_path: Path
+    parity: ParityReport
+    parity_path: Path
+    folded: bool
+    test_accuracy: float
+
+
+def library_versions() -> dict[str, str]:
+    versions = {}
+    for name in ("foldserve", "torch", "onnx", "onnxscript", "onnxruntime", "numpy"):
+        with contextlib.suppress(importlib_metadata.PackageNotFoundError):
+            versions[name] = importlib_metadata.version(name)
+    return versions
+
+
+def test_split_as_float(dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    return (dataset.test_images.astype(np.float32)[:, None] / 255.0), dataset.test_labels
+
+
+def dataset_of_run(ckpt: dict[str, Any]) -> Dataset:
+    train_cfg = ckpt.get("train_config") or {}
+    data_dir = train_cfg.get("data_dir")
+    return load_dataset(train_cfg.get("data", "sample"), Path(data_dir) if data_dir else None)
+
+
+def recompute_statistics_from_training_split(model: "DigitNet", dataset: Dataset, batch_size: int = 1000) -> None:
+    import torch
+
+    from models import recompute_bn_statistics
+
+    images = torch.from_numpy(dataset.train_images.astype(np.float32)[:, None] / 255.0)
+    recompute_bn_statistics(model, [images[i:i + batch_size] for i in range(0, len(images), batch_size)])
+
+
+def onnx_export(net: "DigitNet", path: Path, opset: int, optimize: bool) -> None:
+    """torch.onnx (dynamo) export of ``net`` in eval mode and no_grad, with a dynamic batch dimension."""
+    import torch
+
+    from models import WithProbabilities
+
+    wrapper = WithProbabilities(net).eval()
+    example = torch.rand(2, 1, 28, 28)
+    batch = torch.export.Dim("batch", min=1)
+    # The exporter logs warnings about optional torchvision ops on every call; they are noise here.
+    quiet = [logging.getLogger(n) for n in ("torch.onnx", "torch.onnx._internal.exporter._registration")]
+    levels = [lg.level for lg in quiet]
+    for lg in quiet:
+        lg.setLevel(logging.ERROR)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            # torch.export's own deprecation notices, not actionable by our users
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            program = torch.onnx.export(
+                wrapper, (example,), input_names=["image"], output_names=["logits", "probabilities"],
+                dynamic_shapes={"image": {0: batch}}, opset_version=opset, dynamo=True, optimize=optimize,
+                verbose=False, report=False)
+        program.save(str(path))
+    finally:
+        for lg, level in zip(quiet, levels):
+            lg.setLevel(level)
+
+
+def add_metadata(model: "onnx.ModelProto", props: dict[str, Any]) -> None:
+    del model.metadata_props[:]
+    for key, value in props.items():
+        entry = model.metadata_props.add()
+        entry.key = key
+        entry.value = value if isinstance(value, str) else json.dumps(value)
+
+
+def count_ops(model: "onnx.ModelProto", op_type: str) -> int:
+    return sum(node.op_type == op_type for node in model.graph.node)
+
+
+def export_model(run_dir: Path, out: Path | None = None, opset: int = DEFAULT_OPSET, fold: bool = True,
+                 recompute_stats: bool = False) -> ExportResult:
+    """Export the run's checkpoint to ONNX at ``out`` (default RUN/model.onnx), only if parity passes."""
+    import onnx
+
+    from models import fold_batchnorm
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise PipelineError(f"run directory {run_dir} does not exist (train one with `pipeline train --out {run_dir}`)")
+    if opset < MIN_OPSET:
+        raise PipelineError(f"--opset {opset} is not supported: the exporter emits opset {MIN_OPSET} or newer")
+    out = Path(out) if out else run_dir / "model.onnx"
+    if not out.parent.is_dir():
+        raise PipelineError(f"cannot write {out}: directory {out.parent} does not exist")
+    if not os.access(out.parent, os.W_OK):
+        raise PipelineError(f"cannot write {out}: directory {out.parent} is not writable")
+
+    ckpt_path = run_dir / CHECKPOINT_NAME
+    ckpt = load_checkpoint(ckpt_path)
+    model = model_from_checkpoint(ckpt, ckpt_path)
+    dataset = dataset_of_run(ckpt)
+    bn_statistics = "running averages"
+    if recompute_stats:
+        if not model.cfg.bn:
+            raise PipelineError("--recompute-stats: this run was trained without BN (--no-bn); there is nothing to recompute")
+        recompute_statistics_from_training_split(model, dataset)
+        bn_statistics = "exact (recomputed over the training split)"
+        # The reference for parity is this model: save it so `pipeline verify` can find it later.
+        save_reference = {**ckpt, "model": model.state_dict(), "bn_statistics": "exact"}
+        ckpt_path = run_dir / EXACT_STATS_CHECKPOINT
+        save_checkpoint(ckpt_path, {k: v for k, v in save_reference.items() if k not in ("format", "version")})
+
+    images, labels = test_split_as_float(dataset)
+    test_accuracy = float(np.mean(torch_logits(model, images).argmax(1) == labels))
+    net = fold_batchnorm(model) if fold else model
+    with atomic_path(out) as tmp:
+        onnx_export(net, tmp, opset, optimize=fold)
+        proto = onnx.load(str(tmp))
+        add_metadata(proto, {
+            "labels": list(ckpt.get("class_names") or [str(i) for i in range(model.cfg.num_classes)]),
+            "input": {"name": "image", "shape": [-1, 1, 28, 28], "dtype": "float32", "pixel_range": [0, 1],
+                      "polarity": "white ink on black background (MNIST)", "preprocessing": PREPROCESSING},
+            "outputs": {"logits": "[N, classes] float32", "probabilities": "[N, classes] softmax of logits"},
+            "normalize_mean": repr(model.cfg.normalize_mean), "normalize_std": repr(model.cfg.normalize_std),
+            "normalization": "applied inside the graph: (image - normalize_mean) / normalize_std",
+            "bn_eps": repr(model.cfg.bn_eps), "bn": "true" if model.cfg.bn else "false",
+            "bn_folded": "true" if fold and model.cfg.bn else "false", "bn_statistics": bn_statistics,
+            "model_config": model.cfg.to_dict(), "training_config": ckpt.get("train_config") or {},
+            "dataset": dataset.name, "test_accuracy": repr(test_accuracy),
+            "checkpoint": ckpt_path.name, "checkpoint_sha256": file_sha256(ckpt_path),
+            "versions": library_versions(),
+        })
+        proto.producer_name, proto.doc_string = "foldserve", "Digit CNN exported by `pipeline export`."
+        onnx.save(proto, str(tmp))
+        try:
+            onnx.checker.check_model(str(tmp), full_check=True)
+        except onnx.checker.ValidationError as exc:
+            raise PipelineError(f"exported model failed onnx.checker: {str(exc).splitlines()[0]}") from None
+        if fold and count_ops(proto, "BatchNormalization"):
+            raise PipelineError("folded export still contains BatchNormalization nodes")
+        report = check_parity(tmp, model, images, labels, dataset_name=dataset.name, reference_name=str(ckpt_path))
+        report.data["candidate"] = str(out)
+        parity_path = out.with_name("parity.json")
+        write_json(parity_path, report.data)
+        if not report.passed:
+            raise PipelineError(f"parity check failed ({'; '.join(report.data['failures'])}); "
+                                f"no model written, details in {parity_path}")
+    return ExportResult(out, report, parity_path, fold and model.cfg.bn, test_accuracy)
+
+
+def verify_model(model_path: Path, run_dir: Path | None = None) -> ParityReport:
+    """Parity of an exported model against the checkpoint it was exported from."""
+    import onnx
+
+    model_path = Path(model_path)
+    if not model_path.is_file():
+        raise PipelineError(f"model {model_path} not found")
+    try:
+        proto = onnx.load(str(model_path), load_external_data=False)
+    except Exception as exc:  # onnx raises protobuf DecodeError and others for non-ONNX files
+        raise PipelineError(f"{model_path}: not an ONNX model ({type(exc).__name__})") from None
+    props = {p.key: p.value for p in proto.metadata_props}
+    if "checkpoint_sha256" not in props:
+        raise PipelineError(f"{model_path}: no foldserve metadata (was it exported by `pipeline export`?)")
+    run_dir = Path(run_dir) if run_dir else model_path.parent
+    ckpt_path = run_dir / props.get("checkpoint", CHECKPOINT_NAME)
+    ckpt = load_checkpoint(ckpt_path)
+    if file_sha256(ckpt_path) != props["checkpoint_sha256"]:
+        raise PipelineError(f"{ckpt_path} is not the checkpoint {model_path} was exported from (sha256 differs); "
+                            "pass the matching --run or export again")
+    model = model_from_checkpoint(ckpt, ckpt_path)
+    dataset = dataset_of_run(ckpt)
+    images, labels = test_split_as_float(dataset)
+    return check_parity(model_path, model, images, labels, dataset_name=dataset.name, reference_name=str(ckpt_path))

@@ -1,0 +1,1 @@
+"""Torch-free serving of the exported digit model: onnxruntime, numpy, Pillow and click only."""

@@ -1,0 +1,83 @@
+"""The exported digit model in onnxruntime: one session, its metadata, batched inference.
+
+Everything serving needs (input format, labels) comes from the model file's metadata, written by
+`pipeline export`. Torch-free by design.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+INPUT_NAME = "image"
+INPUT_SHAPE = (1, 28, 28)  # after the batch dimension
+MAX_BATCH = 256
+
+
+class ModelError(Exception):
+    """The model file cannot be served (missing, not ONNX, unexpected interface)."""
+
+
+@dataclass
+class DigitModel:
+    path: Path
+    session: "object"  # onnxruntime.InferenceSession
+    labels: list[str]
+    metadata: dict[str, str] = field(default_factory=dict)
+    output_names: list[str] = field(default_factory=list)
+
+    def logits(self, images: np.ndarray, batch_size: int = MAX_BATCH) -> np.ndarray:
+        """images float32 [N,1,28,28] in [0,1] → logits float32 [N, classes], in batches of ``batch_size``."""
+        images = np.ascontiguousarray(images, dtype=np.float32)
+        if images.ndim != 4 or images.shape[1:] != INPUT_SHAPE:
+            raise ValueError(f"expected images of shape [N, 1, 28, 28], got {list(images.shape)}")
+        if len(images) == 0:
+            return np.zeros((0, len(self.labels)), np.float32)
+        chunks = [self.session.run(["logits"], {INPUT_NAME: images[i:i + batch_size]})[0]
+                  for i in range(0, len(images), batch_size)]
+        return np.concatenate(chunks)
+
+    def probabilities(self, images: np.ndarray, batch_size: int = MAX_BATCH) -> np.ndarray:
+        return softmax(self.logits(images, batch_size))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def load_model(path: Path, intra_op_threads: int = 0) -> DigitModel:
+    """Open ``path`` in onnxruntime (CPU) and check it has the digit model's interface."""
+    import onnxruntime as ort
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"model {path} not found (export one with `pipeline export`)")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"{path}: not a loadable ONNX model ({first[:200]})") from None
+    inputs = session.get_inputs()
+    if len(inputs) != 1 or inputs[0].name != INPUT_NAME:
+        raise ModelError(f"{path}: expected one input named {INPUT_NAME!r}, found {[i.name for i in inputs]}")
+    shape = inputs[0].shape
+    if len(shape) != 4 or tuple(shape[1:]) != INPUT_SHAPE or inputs[0].type != "tensor(float)":
+        raise ModelError(f"{path}: input {INPUT_NAME!r} is {inputs[0].type} {shape}; "
+                         f"expected float32 [N, 1, 28, 28]")
+    output_names = [o.name for o in session.get_outputs()]
+    if "logits" not in output_names:
+        raise ModelError(f"{path}: model has no 'logits' output (outputs: {output_names})")
+    metadata = dict(session.get_modelmeta().custom_metadata_map)
+    n_classes = session.get_outputs()[output_names.index("logits")].shape[-1]
+    try:
+        labels = [str(label) for label in json.loads(metadata["labels"])]
+    except (KeyError, ValueError, TypeError):
+        labels = [str(i) for i in range(n_classes if isinstance(n_classes, int) else 10)]
+    return DigitModel(path, session, labels, metadata, output_names)

@@ -1,0 +1,132 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from models import DigitNet, DigitNetConfig, batchnorm_layers
+from tests.models.numpy_reference import forward, numpy_state
+
+
+def randomize_bn(model: DigitNet, seed: int = 0) -> DigitNet:
+    """Give every BN non-trivial running statistics and affine parameters."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for bn in batchnorm_layers(model):
+            n = bn.num_features
+            bn.running_mean.copy_(torch.randn(n, generator=gen) * 0.5)
+            bn.running_var.copy_(torch.rand(n, generator=gen) * 2 + 0.1)
+            bn.weight.copy_(torch.randn(n, generator=gen))
+            bn.bias.copy_(torch.randn(n, generator=gen))
+    return model
+
+
+def capture(module: torch.nn.Module, model: DigitNet, x: torch.Tensor, inputs: bool = False) -> torch.Tensor:
+    seen = []
+    if inputs:
+        handle = module.register_forward_pre_hook(lambda m, i: seen.append(i[0].detach()))
+    else:
+        handle = module.register_forward_hook(lambda m, i, o: seen.append(o.detach()))
+    model(x)
+    handle.remove()
+    return seen[0]
+
+
+def images(n: int, seed: int = 0) -> torch.Tensor:
+    return torch.rand(n, 1, 28, 28, generator=torch.Generator().manual_seed(seed))
+
+
+def test_shapes_and_layers() -> None:
+    model = DigitNet(DigitNetConfig())
+    assert model(images(3)).shape == (3, 10)
+    assert [type(m).__name__ for m in batchnorm_layers(model)] == ["BatchNorm2d", "BatchNorm2d", "BatchNorm1d"]
+    # beta is the bias: no bias in the layer before a BN
+    assert model.conv1.bias is None and model.conv2.bias is None and model.fc1.bias is None
+    assert model.fc2.bias is not None
+    assert model.fc1.in_features == 64 * 7 * 7 and model.fc1.out_features == 1024
+
+
+def test_no_bn_variant_has_biases_and_no_batchnorm() -> None:
+    model = DigitNet(DigitNetConfig(bn=False))
+    assert not batchnorm_layers(model)
+    assert all(layer.bias is not None for layer in (model.conv1, model.conv2, model.fc1))
+
+
+def test_train_mode_conv_bn_normalizes_per_channel_over_n_h_w() -> None:
+    torch.manual_seed(0)
+    model = DigitNet(DigitNetConfig()).train()
+    out = capture(model.bn2, model, images(16))  # [N, 64, 14, 14]
+    mean = out.mean(dim=(0, 2, 3))
+    var = out.var(dim=(0, 2, 3), unbiased=False)
+    assert torch.allclose(mean, torch.zeros(64), atol=1e-5)
+    assert torch.allclose(var, torch.ones(64), atol=1e-3)
+    # The seed's bug (moments over the batch axis only) would leave per-position means at 0;
+    # per-channel moments do not: individual positions keep their structure.
+    assert out.mean(dim=0).abs().max() > 0.1
+
+
+def test_train_mode_dense_bn_normalizes_over_the_batch() -> None:
+    torch.manual_seed(0)
+    model = DigitNet(DigitNetConfig()).train()
+    out = capture(model.bn3, model, images(32))  # [N, 1024]
+    assert torch.allclose(out.mean(0), torch.zeros(1024), atol=1e-5)
+    assert torch.allclose(out.var(0, unbiased=False), torch.ones(1024), atol=1e-2)
+
+
+def test_running_statistics_are_updated_in_training_and_used_in_eval() -> None:
+    torch.manual_seed(0)
+    model = DigitNet(DigitNetConfig()).train()
+    x = images(32)
+    conv_out = capture(model.bn1, model, x, inputs=True)
+    batch_mean = conv_out.mean(dim=(0, 2, 3))
+    batch_var = conv_out.var(dim=(0, 2, 3), unbiased=True)
+    m = model.cfg.bn_momentum
+    # running = (1 - momentum) * running + momentum * batch, from the initial 0 / 1
+    assert torch.allclose(model.bn1.running_mean, m * batch_mean, atol=1e-6)
+    assert torch.allclose(model.bn1.running_var, (1 - m) + m * batch_var, atol=1e-5)
+    assert model.bn1.num_batches_tracked == 1
+
+    model.eval()
+    randomize_bn(model)
+    out = capture(model.bn1, model, x)
+    bn = model.bn1
+    expected = (conv_out - bn.running_mean[None, :, None, None]) / torch.sqrt(bn.running_var[None, :, None, None] + bn.eps)
+    expected = expected * bn.weight[None, :, None, None] + bn.bias[None, :, None, None]
+    assert torch.allclose(out, expected, atol=1e-5)
+
+
+def test_eval_output_of_one_image_does_not_depend_on_the_rest_of_the_batch() -> None:
+    torch.manual_seed(0)
+    model = randomize_bn(DigitNet(DigitNetConfig())).eval()
+    x = images(8)
+    with torch.no_grad():
+        alone = model(x[:1])
+        with_batch = model(x)[:1]
+        with_other = model(torch.cat([x[:1], images(40, seed=5) * 0.2]))[:1]
+    torch.testing.assert_close(alone, with_batch, rtol=0, atol=1e-5)
+    torch.testing.assert_close(alone, with_other, rtol=0, atol=1e-5)
+    # ...whereas in train mode it does (that is what batch statistics mean).
+    model.train()
+    with torch.no_grad():
+        assert not torch.allclose(model(x)[:1], model(torch.cat([x[:2], images(6, seed=9)]))[:1], atol=1e-3)
+
+
+@pytest.mark.parametrize("bn", [True, False])
+def test_eval_forward_matches_an_independent_numpy_implementation(bn: bool) -> None:
+    torch.manual_seed(1)
+    model = DigitNet(DigitNetConfig(bn=bn))
+    if bn:
+        randomize_bn(model)
+    model.eval()
+    x = images(4)
+    with torch.no_grad():
+        logits = model(x).double().numpy()
+    expected = forward(numpy_state(model), model.cfg, x.numpy())
+    np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_config_round_trip_and_unknown_keys() -> None:
+    cfg = DigitNetConfig(bn=False, dropout=0.25, normalize_mean=0.2)
+    assert DigitNetConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="unknown model config keys"):
+        DigitNetConfig.from_dict({**cfg.to_dict(), "bogus": 1})
