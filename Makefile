@@ -17,8 +17,11 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[train,dev]'
 	touch $(STAMP)
 
+# The main job on the embedded data: train, export (BN folded, parity verified), predict.
 demo: $(STAMP)
 	$(BIN)/pipeline train --out $(RUN)
+	$(BIN)/pipeline export --run $(RUN)
+	$(BIN)/serve predict --model $(RUN)/model.onnx examples/
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

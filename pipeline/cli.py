@@ -5,6 +5,7 @@ The commands are thin: each converts its options and calls one typed function. H
 """
 from __future__ import annotations
 
+import importlib.util
 import logging
 import signal
 import sys
@@ -40,6 +41,10 @@ class PipelineGroup(click.Group):
 @click.option("-v", "--verbose", is_flag=True, help="Log progress details to stderr.")
 def cli(verbose: bool) -> None:
     """Train a batch-normalized digit CNN, fold BN into its weights, export BN-free ONNX, prove parity."""
+    missing = [name for name in ("torch", "onnx", "onnxscript", "tqdm") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise click.ClickException(f"`pipeline` needs the training extra ({', '.join(missing)} not installed): "
+                                   f"{TRAIN_EXTRA_HINT}")
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 

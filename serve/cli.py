@@ -1,12 +1,77 @@
-"""`serve`: digit predictions from the exported ONNX model, with onnxruntime only (never torch)."""
+"""`serve`: digit predictions from the exported ONNX model, with onnxruntime only (never torch).
+
+numpy, Pillow and onnxruntime are imported inside the commands so `serve --help` is instant.
+"""
 from __future__ import annotations
 
+import json
+import sys
+from pathlib import Path
+
 import click
+
+DEFAULT_MODEL = Path("runs/default/model.onnx")
+EXIT_MODEL_ERROR = 1
+EXIT_INPUT_ERROR = 2
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """Serve predictions from a BN-free ONNX digit model exported by `pipeline export`."""
+
+
+@cli.command()
+@click.argument("images", nargs=-1, required=True)
+@click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path), envvar="SERVE_MODEL",
+              default=DEFAULT_MODEL, show_default=True, show_envvar=True, help="The exported ONNX model.")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object per line: image, label, probability, probabilities (10 floats).")
+@click.option("--top-k", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Also show the K most likely classes.")
+@click.option("--batch-size", type=click.IntRange(1, 256), default=256, show_default=True, hidden=True)
+def predict(images: tuple[str, ...], model_path: Path, as_json: bool, top_k: int, batch_size: int) -> None:
+    """Predict the digit in each IMAGE: files, directories (every image inside, sorted) or - for stdin.
+
+    Any format Pillow reads (PNG, JPEG, BMP, GIF, TIFF, ...): photos of a digit on paper, canvas
+    exports with a transparent background, scans. Each is converted the way MNIST was made (ink
+    white on black, cropped, longer side 20 px, centred by centre of mass in 28x28).
+
+    Prints `IMAGE: DIGIT (probability P)` per image. Unreadable inputs are reported on stderr and
+    the others still predicted; exit status 2 if any input failed, 1 if the model cannot be used.
+    """
+    from serve.model import ModelError, load_model
+    from serve.predict import predict as run_predictions
+
+    try:
+        model = load_model(model_path)
+    except ModelError as exc:
+        click.echo(f"serve: error: {exc}", err=True)
+        sys.exit(EXIT_MODEL_ERROR)
+    top_k = min(top_k, len(model.labels))
+    failed = False
+    for p in run_predictions(model, images, batch_size=batch_size):
+        if p.error:
+            failed = True
+            click.echo(f"serve: error: {p.image}: {p.error}", err=True)
+        elif as_json:
+            record = {"image": p.image, "label": p.label, "probability": p.probability,
+                      "probabilities": None if p.probabilities is None else [float(v) for v in p.probabilities]}
+            if p.label is not None and not model.labels[p.label].isdigit():
+                record["class_name"] = model.labels[p.label]
+            if p.no_digit:
+                record["note"] = "no digit found"
+            if top_k > 1:
+                record["top_k"] = [{"label": i, "probability": v} for i, v in p.top_k(top_k)]
+            click.echo(json.dumps(record))
+        elif p.no_digit:
+            click.echo(f"{p.image}: no digit found")
+        else:
+            line = f"{p.image}: {model.labels[p.label]} (probability {p.probability:.3f})"
+            if top_k > 1:
+                line += "  top-{}: {}".format(top_k, ", ".join(f"{model.labels[i]} {v:.3f}" for i, v in p.top_k(top_k)))
+            click.echo(line)
+    if failed:
+        sys.exit(EXIT_INPUT_ERROR)
 
 
 def main() -> None:

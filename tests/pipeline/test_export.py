@@ -18,7 +18,7 @@ from pipeline.cli import cli
 from pipeline.data import load_dataset
 from pipeline.errors import PipelineError
 from pipeline.export import export_model, verify_model
-from tests.pipeline.conftest import make_run
+from tests.conftest import make_run
 from tests.pipeline.test_cli import assert_one_line_error
 
 
