@@ -12,6 +12,7 @@ grew out of did not:
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -55,6 +56,7 @@ class DigitNet(nn.Module):
         self.cfg = cfg
         c1, c2, k = cfg.conv1_channels, cfg.conv2_channels, cfg.kernel_size
         pooled = IMAGE_SIZE // 4
+        rng_state = torch.get_rng_state()
 
         def norm(kind: type[nn.Module], channels: int) -> nn.Module:
             return kind(channels, eps=cfg.bn_eps, momentum=cfg.bn_momentum) if cfg.bn else nn.Identity()
@@ -69,6 +71,22 @@ class DigitNet(nn.Module):
         self.bn3 = norm(nn.BatchNorm1d, cfg.hidden)
         self.dropout = nn.Dropout(cfg.dropout)
         self.fc2 = nn.Linear(cfg.hidden, cfg.num_classes)
+        torch.set_rng_state(rng_state)
+        self._draw_parameters()
+
+    @torch.no_grad()
+    def _draw_parameters(self) -> None:
+        """PyTorch's default init, drawn in a fixed order: every weight, then fc2's bias, then the
+        other biases. With the same seed the BN and no-BN variants thus start from identical weights
+        (BN layers draw nothing), and the BN variant gets exactly the values its layers' constructors
+        would have drawn."""
+        layers = (self.conv1, self.conv2, self.fc1, self.fc2)
+        for layer in layers:
+            nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5))
+        for layer in (self.fc2, self.conv1, self.conv2, self.fc1):
+            if layer.bias is not None:
+                fan_in = layer.weight[0].numel()
+                nn.init.uniform_(layer.bias, -1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         # image: [N, 1, 28, 28], pixels in [0, 1], white ink on black

@@ -132,6 +132,9 @@ def train(ctx: click.Context, data: str, data_dir: Path | None, download: bool, 
         click.echo(f"interrupted at step {result.step}; checkpoint saved to {out / 'checkpoint.pt'}. "
                    f"Continue with: pipeline train --out {out} --resume", err=True)
         sys.exit(128 + (stop.signum or signal.SIGINT))
+    if result.diverged:
+        raise click.ClickException(f"training diverged at step {result.step} (loss not finite or above 1e3); "
+                                   f"try a lower --lr. Metrics so far are in {out / 'metrics.json'}")
     click.echo(f"test accuracy {result.test_accuracy:.2%} (test loss {result.test_loss:.4f}) after "
                f"{result.step} steps in {result.wall_time:.0f} s; run saved in {out}")
 
@@ -180,6 +183,44 @@ def verify(model: Path, run_dir: Path | None, as_json: bool) -> None:
     click.echo(report.to_json() if as_json else report.table())
     if not report.passed:
         sys.exit(1)
+
+
+@cli.command()
+@click.option("--data", type=click.Choice(["sample", "mnist", "fashion-mnist"]), default="sample", show_default=True)
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+@click.option("--epochs", type=int, default=6, show_default=True, help="Epochs per run.")
+@click.option("--seeds", type=int, default=3, show_default=True, help="Seeds 0..N-1 per variant and learning rate.")
+@click.option("--lr", "lrs", type=float, multiple=True, default=(0.01, 0.1), show_default=True,
+              help="Peak learning rate; repeat for several (BN's claim: it tolerates higher rates).")
+@click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default="sgd", show_default=True)
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--augment/--no-augment", default=True, show_default=True)
+@click.option("--eval-every", type=int, default=25, show_default=True,
+              help="Evaluate test loss and accuracy (eval mode) every N steps.")
+@click.option("--max-steps", type=int, default=None, help="Cap on steps per run (smoke runs).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/compare"),
+              show_default=True)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def compare(data: str, data_dir: Path | None, epochs: int, seeds: int, lrs: tuple[float, ...], optimizer: str,
+            batch_size: int, augment: bool, eval_every: int, max_steps: int | None, device: str, out: Path,
+            quiet: bool) -> None:
+    """Measure what BN does to training/test loss and convergence: BN vs no-BN, same everything else.
+
+    For each learning rate and seed, trains both variants from identical initial weights with the
+    same data order, augmentation and optimizer (the `pipeline train` loop). Writes curves.png,
+    summary.json and summary.md into --out, and every run under --out/runs/. A run whose loss
+    explodes is recorded as diverged.
+    """
+    from pipeline.compare import CompareConfig, run_study
+
+    cfg = CompareConfig(data=data, data_dir=str(data_dir) if data_dir else None, epochs=epochs, seeds=seeds,
+                        lrs=tuple(lrs), optimizer=optimizer, batch_size=batch_size, augment=augment,
+                        eval_every=eval_every, max_steps=max_steps, device=device)
+    result = run_study(cfg, out, progress=not quiet)
+    click.echo((out / "summary.md").read_text())
+    click.echo(f"wrote {out / 'curves.png'}, {out / 'summary.json'} and {out / 'summary.md'} "
+               f"({result.wall_time:.0f} s)")
 
 
 def main() -> None:

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("adam", "sgd")
+DIVERGED_LOSS = 1e3  # cross-entropy over 10 classes starts near 2.3; past this the run has blown up
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -75,6 +76,7 @@ class TrainResult:
     test_loss: float | None
     wall_time: float
     interrupted: bool
+    diverged: bool = False
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -200,12 +202,14 @@ RESUME_CHANGEABLE = {"epochs", "max_steps", "device", "log_every", "eval_every"}
 
 def train(cfg: TrainConfig, out_dir: Path, *, resume: bool = False, given_options: set[str] | None = None,
           should_stop: Callable[[], bool] = lambda: False, progress: bool = True,
-          dataset: Dataset | None = None) -> TrainResult:
+          dataset: Dataset | None = None, on_step: Callable[[int, float], None] | None = None) -> TrainResult:
     """Train (or resume) a run in ``out_dir``; write config.json, metrics.json and checkpoint.pt atomically.
 
     ``given_options``: the TrainConfig fields the user set explicitly; on resume, the others are taken
     from the checkpoint. ``should_stop`` is polled after every step: when it returns True a resumable
-    checkpoint is saved and the function returns with ``interrupted=True``.
+    checkpoint is saved and the function returns with ``interrupted=True``. A non-finite or exploding
+    loss ends the run with ``diverged=True``: metrics.json says so, the checkpoint keeps the last
+    good epoch. ``on_step(step, loss)`` is called after every step.
     """
     import torch
 
@@ -292,9 +296,9 @@ def train(cfg: TrainConfig, out_dir: Path, *, resume: bool = False, given_option
     # run logs exactly what an uninterrupted one would.
     window: list[float] = list(state["loss_window"]) if state else []
     epoch_losses: list[float] = list(state["epoch_losses"]) if state else []
-    interrupted = False
+    interrupted = diverged = False
     try:
-        while step < total_steps:
+        while step < total_steps and not diverged:
             for idx in batches_of_epoch(len(train_x), cfg.batch_size, cfg.seed, epoch, batch_in_epoch, device):
                 images = train_x[idx]
                 if cfg.augment:
@@ -304,10 +308,13 @@ def train(cfg: TrainConfig, out_dir: Path, *, resume: bool = False, given_option
                 loss = train_step(model, optimizer, images, train_y[idx])
                 step += 1
                 batch_in_epoch += 1
+                if not math.isfinite(loss) or loss > DIVERGED_LOSS:
+                    diverged = True
+                    break
                 window.append(loss)
                 epoch_losses.append(loss)
-                if not math.isfinite(loss):
-                    log.warning("training loss is %s at step %d: the run diverged", loss, step)
+                if on_step is not None:
+                    on_step(step, loss)
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(epoch=epoch + 1, loss=f"{loss:.4f}", refresh=False)
@@ -323,6 +330,8 @@ def train(cfg: TrainConfig, out_dir: Path, *, resume: bool = False, given_option
                 if should_stop():
                     interrupted = True
                     break
+            if diverged:
+                break
             end_of_epoch = batch_in_epoch >= steps_per_epoch or step >= total_steps
             if end_of_epoch:
                 test_loss, test_acc = evaluate(model, test_x, test_y)
@@ -349,6 +358,13 @@ def train(cfg: TrainConfig, out_dir: Path, *, resume: bool = False, given_option
     if interrupted:
         checkpoint(complete=False)
         return TrainResult(out_dir, step, epoch, None, None, elapsed, interrupted=True)
+    if diverged:
+        log.warning("training diverged at step %d (loss %s)", step, loss)
+        metrics.update(diverged=True, diverged_at_step=step, diverged_loss=loss if math.isfinite(loss) else repr(loss),
+                       steps=step, wall_time=elapsed,
+                       test_accuracy=None, test_loss=None)
+        write_json(out_dir / "metrics.json", metrics)
+        return TrainResult(out_dir, step, epoch, None, None, elapsed, interrupted=False, diverged=True)
     last = metrics["epochs"][-1]
     metrics.update(test_accuracy=last["test_accuracy"], test_loss=last["test_loss"], steps=step,
                    wall_time=elapsed, train_images_per_second=step * cfg.batch_size / max(elapsed, 1e-9))

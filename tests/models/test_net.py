@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
+
+from torch import nn
 
 from models import DigitNet, DigitNetConfig, batchnorm_layers
 from tests.models.numpy_reference import forward, numpy_state
@@ -130,3 +134,23 @@ def test_config_round_trip_and_unknown_keys() -> None:
     assert DigitNetConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="unknown model config keys"):
         DigitNetConfig.from_dict({**cfg.to_dict(), "bogus": 1})
+
+
+def test_bn_and_no_bn_variants_start_from_identical_weights() -> None:
+    torch.manual_seed(3)
+    with_bn = DigitNet(DigitNetConfig(bn=True))
+    torch.manual_seed(3)
+    without = DigitNet(DigitNetConfig(bn=False))
+    for name in ("conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight", "fc2.bias"):
+        assert torch.equal(with_bn.state_dict()[name], without.state_dict()[name]), name
+    # and the BN variant's values are PyTorch's own default initialization, in constructor order
+    torch.manual_seed(3)
+    conv1 = nn.Conv2d(1, 32, 5, padding=2, bias=False)
+    conv2 = nn.Conv2d(32, 64, 5, padding=2, bias=False)
+    fc1 = nn.Linear(3136, 1024, bias=False)
+    fc2 = nn.Linear(1024, 10)
+    for ours, reference in ((with_bn.conv1, conv1), (with_bn.conv2, conv2), (with_bn.fc1, fc1), (with_bn.fc2, fc2)):
+        assert torch.equal(ours.weight, reference.weight)
+    assert torch.equal(with_bn.fc2.bias, fc2.bias)
+    bound = 1 / math.sqrt(25)
+    assert without.conv1.bias.abs().max() <= bound and without.conv1.bias.std() > 0
