@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     import onnx
 
     from models import DigitNet
+    from pipeline.quantize import QuantizedReport
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,8 @@ class ExportResult:
     parity_path: Path
     folded: bool
     test_accuracy: float
+    int8_path: Path | None = None
+    int8_report: "QuantizedReport | None" = None
 
 
 def library_versions() -> dict[str, str]:
@@ -114,9 +117,17 @@ def count_ops(model: "onnx.ModelProto", op_type: str) -> int:
     return sum(node.op_type == op_type for node in model.graph.node)
 
 
+def int8_path_for(model_path: Path) -> Path:
+    return model_path.with_name(model_path.stem + "-int8" + model_path.suffix)
+
+
 def export_model(run_dir: Path, out: Path | None = None, opset: int = DEFAULT_OPSET, fold: bool = True,
-                 recompute_stats: bool = False) -> ExportResult:
-    """Export the run's checkpoint to ONNX at ``out`` (default RUN/model.onnx), only if parity passes."""
+                 recompute_stats: bool = False, quantize: str | None = None) -> ExportResult:
+    """Export the run's checkpoint to ONNX at ``out`` (default RUN/model.onnx), only if parity passes.
+
+    With ``quantize="int8"`` also write OUT-int8.onnx (onnxruntime static quantization), only if its
+    test accuracy is within 0.3 points of fp32; its report goes to parity-int8.json.
+    """
     import onnx
 
     from models import fold_batchnorm
@@ -124,6 +135,8 @@ def export_model(run_dir: Path, out: Path | None = None, opset: int = DEFAULT_OP
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise PipelineError(f"run directory {run_dir} does not exist (train one with `pipeline train --out {run_dir}`)")
+    if quantize not in (None, "int8"):
+        raise PipelineError(f"--quantize {quantize!r} is not supported (only int8)")
     if opset < MIN_OPSET:
         raise PipelineError(f"--opset {opset} is not supported: the exporter emits opset {MIN_OPSET} or newer")
     out = Path(out) if out else run_dir / "model.onnx"
@@ -148,7 +161,8 @@ def export_model(run_dir: Path, out: Path | None = None, opset: int = DEFAULT_OP
         save_checkpoint(ckpt_path, {k: v for k, v in save_reference.items() if k not in ("format", "version")})
 
     images, labels = test_split_as_float(dataset)
-    test_accuracy = float(np.mean(torch_logits(model, images).argmax(1) == labels))
+    reference_logits = torch_logits(model, images)
+    test_accuracy = float(np.mean(reference_logits.argmax(1) == labels))
     net = fold_batchnorm(model) if fold else model
     with atomic_path(out) as tmp:
         onnx_export(net, tmp, opset, optimize=fold)
@@ -182,11 +196,28 @@ def export_model(run_dir: Path, out: Path | None = None, opset: int = DEFAULT_OP
         if not report.passed:
             raise PipelineError(f"parity check failed ({'; '.join(report.data['failures'])}); "
                                 f"no model written, details in {parity_path}")
-    return ExportResult(out, report, parity_path, fold and model.cfg.bn, test_accuracy)
+    result = ExportResult(out, report, parity_path, fold and model.cfg.bn, test_accuracy)
+    if quantize == "int8":
+        from pipeline.quantize import CALIBRATION_IMAGES, check_quantized, quantize_int8
+
+        int8_out = int8_path_for(out)
+        calibration = dataset.train_images[:CALIBRATION_IMAGES].astype(np.float32)[:, None] / 255.0
+        with atomic_path(int8_out) as tmp:
+            quantize_int8(out, tmp, calibration)
+            int8_report = check_quantized(tmp, reference_logits, images, labels, str(int8_out), str(ckpt_path),
+                                          dataset.name)
+            int8_report_path = out.with_name("parity-int8.json")
+            write_json(int8_report_path, int8_report.data)
+            if not int8_report.passed:
+                raise PipelineError(f"int8 check failed ({'; '.join(int8_report.data['failures'])}); "
+                                    f"{out} was written, {int8_out} was not; details in {int8_report_path}")
+        result.int8_path, result.int8_report = int8_out, int8_report
+    return result
 
 
-def verify_model(model_path: Path, run_dir: Path | None = None) -> ParityReport:
-    """Parity of an exported model against the checkpoint it was exported from."""
+def verify_model(model_path: Path, run_dir: Path | None = None) -> "ParityReport | QuantizedReport":
+    """Parity of an exported model against the checkpoint it was exported from (for an int8 model:
+    accuracy and argmax agreement against fp32)."""
     import onnx
 
     model_path = Path(model_path)
@@ -208,4 +239,9 @@ def verify_model(model_path: Path, run_dir: Path | None = None) -> ParityReport:
     model = model_from_checkpoint(ckpt, ckpt_path)
     dataset = dataset_of_run(ckpt)
     images, labels = test_split_as_float(dataset)
+    if "quantization" in props:
+        from pipeline.quantize import check_quantized
+
+        return check_quantized(model_path, torch_logits(model, images), images, labels, str(model_path),
+                               str(ckpt_path), dataset.name)
     return check_parity(model_path, model, images, labels, dataset_name=dataset.name, reference_name=str(ckpt_path))

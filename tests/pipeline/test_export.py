@@ -204,3 +204,25 @@ def test_verify_bad_input(exported_run: Path, tmp_path: Path) -> None:
     ckpt["step"] += 1
     torch.save(ckpt, copy / "checkpoint.pt")  # retrained after export: a different checkpoint
     assert_one_line_error(run("verify", str(copy / "model.onnx")), "sha256 differs")
+
+
+def test_int8_export_loads_predicts_and_agrees_with_fp32(trained_run: Path, tmp_path: Path) -> None:
+    from serve.model import load_model
+
+    out = tmp_path / "model.onnx"
+    result = export_model(trained_run, out, quantize="int8")
+    int8 = tmp_path / "model-int8.onnx"
+    assert result.int8_path == int8 and int8.is_file() and result.int8_report.passed
+    assert {"QuantizeLinear", "DequantizeLinear"} <= op_types(int8)
+    props = {p.key: p.value for p in onnx.load(str(int8)).metadata_props}
+    assert props["quantization"].startswith("int8 static QDQ") and "labels" in props
+    images, labels = sample_test_split()
+    fp32_logits = load_model(out).logits(images)
+    int8_logits = load_model(int8).logits(images)
+    agreement = float(np.mean(fp32_logits.argmax(1) == int8_logits.argmax(1)))
+    assert agreement >= 0.97
+    assert np.mean(int8_logits.argmax(1) == labels) >= np.mean(fp32_logits.argmax(1) == labels) - 0.003
+    report = json.loads((tmp_path / "parity-int8.json").read_text())
+    assert report["argmax_agreement"] == pytest.approx(agreement)
+    verified = CliRunner().invoke(cli, ["verify", str(int8), "--run", str(trained_run)])
+    assert verified.exit_code == 0 and "int8 check PASS" in verified.output
