@@ -28,3 +28,12 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
+
+.PHONY: bench bench-smoke
+# Measures training and inference side by side and writes BENCHMARKS.md (about 10 minutes).
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.bench --out BENCHMARKS.md
+
+# A few iterations of every benchmark, to check the script runs (also part of `make test`).
+bench-smoke: $(STAMP)
+	$(BIN)/python -m benchmarks.bench --smoke --no-accuracy --out runs/bench-smoke/BENCHMARKS.md --work runs/bench-smoke

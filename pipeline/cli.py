@@ -97,13 +97,18 @@ class StopFlag:
 @click.option("--log-every", type=int, default=20, show_default=True, help="Record the training loss every N steps.")
 @click.option("--eval-every", type=int, default=0, show_default=True,
               help="Also evaluate on the test split every N steps (0: after each epoch only).")
+@click.option("--bf16/--fp32", "bf16", default=False, show_default=True,
+              help="bfloat16 autocast for the forward pass (weights, checkpoints and exports stay float32).")
+@click.option("--channels-last", is_flag=True, help="channels_last memory format.")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the training forward pass.")
 @click.option("--resume", is_flag=True,
               help="Continue the run in --out from its checkpoint (after Ctrl-C, or with a larger --epochs).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
 def train(ctx: click.Context, data: str, data_dir: Path | None, download: bool, epochs: int, batch_size: int,
           lr: float, optimizer: str, seed: int, no_bn: bool, augment: bool, out: Path, device: str,
-          max_steps: int | None, log_every: int, eval_every: int, resume: bool, quiet: bool) -> None:
+          max_steps: int | None, log_every: int, eval_every: int, bf16: bool, channels_last: bool, compile_: bool,
+          resume: bool, quiet: bool) -> None:
     """Train the digit CNN and write config.json, metrics.json and checkpoint.pt into --out.
 
     Evaluates on the test split (eval mode: population statistics) after every epoch. Ctrl-C or
@@ -114,9 +119,10 @@ def train(ctx: click.Context, data: str, data_dir: Path | None, download: bool, 
 
     cfg = TrainConfig(data=data, data_dir=str(data_dir) if data_dir else None, epochs=epochs, batch_size=batch_size,
                       lr=lr, optimizer=optimizer, seed=seed, bn=not no_bn, augment=augment, device=device,
-                      max_steps=max_steps, log_every=log_every, eval_every=eval_every)
+                      max_steps=max_steps, log_every=log_every, eval_every=eval_every, bf16=bf16,
+                      channels_last=channels_last, compile=compile_)
     given = {name for name in ctx.params if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT}
-    given = {"bn" if name == "no_bn" else name for name in given}
+    given = {{"no_bn": "bn", "compile_": "compile"}.get(name, name) for name in given}
     cfg.validate()
     dataset = None
     if download or not resume:

@@ -44,6 +44,10 @@ class TrainConfig:
     max_steps: int | None = None
     log_every: int = 20
     eval_every: int = 0  # also evaluate on the test split every N steps (0: at epoch ends only)
+    # speed options, measured by `make bench` (BENCHMARKS.md); weights and exports stay float32
+    bf16: bool = False  # bfloat16 autocast for the forward pass
+    channels_last: bool = False
+    compile: bool = False  # torch.compile the training forward pass
 
     def validate(self) -> None:
         if self.epochs < 1:
@@ -144,12 +148,15 @@ def lr_at(step: int, total_steps: int, base_lr: float) -> float:
 
 
 def train_step(model: "nn.Module", optimizer: "torch.optim.Optimizer", images: "torch.Tensor",
-               labels: "torch.Tensor") -> float:
+               labels: "torch.Tensor", bf16: bool = False) -> float:
+    import torch
     from torch.nn import functional as F
 
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    loss = F.cross_entropy(model(images), labels)
+    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
+        logits = model(images)
+    loss = F.cross_entropy(logits.float(), labels)
     loss.backward()
     optimizer.step()
     return float(loss.detach())
@@ -197,7 +204,7 @@ def _check_resume_compatible(saved: TrainConfig, wanted: TrainConfig, changeable
     return replace(saved, **{k: getattr(wanted, k) for k in changeable})
 
 
-RESUME_CHANGEABLE = {"epochs", "max_steps", "device", "log_every", "eval_every"}
+RESUME_CHANGEABLE = {"epochs", "max_steps", "device", "log_every", "eval_every", "bf16", "channels_last", "compile"}
 
 
 def train(cfg: TrainConfig, out_dir: Path, *, resume: bool = False, given_options: set[str] | None = None,
@@ -274,6 +281,10 @@ def train(cfg: TrainConfig, out_dir: Path, *, resume: bool = False, given_option
 
     write_json(out_dir / "config.json", {"model": model_cfg.to_dict(), "train": asdict(cfg),
                                          "class_names": list(dataset.class_names)})
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    # the compiled module shares parameters with `model`; evaluation and checkpoints use `model`
+    forward_model = torch.compile(model) if cfg.compile else model
 
     def checkpoint(complete: bool) -> None:
         save_checkpoint(ckpt_path, {
@@ -303,9 +314,10 @@ def train(cfg: TrainConfig, out_dir: Path, *, resume: bool = False, given_option
                 images = train_x[idx]
                 if cfg.augment:
                     images = augment_batch(images, augment_gen)
+                images = images.contiguous(memory_format=memory_format)
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(step, total_steps, cfg.lr)
-                loss = train_step(model, optimizer, images, train_y[idx])
+                loss = train_step(forward_model, optimizer, images, train_y[idx], bf16=cfg.bf16)
                 step += 1
                 batch_in_epoch += 1
                 if not math.isfinite(loss) or loss > DIVERGED_LOSS:

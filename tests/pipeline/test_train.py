@@ -143,3 +143,14 @@ def test_learning_rate_schedule_warms_up_then_decays_to_zero() -> None:
     assert max(lrs) == pytest.approx(base)
     assert all(a >= b for a, b in zip(lrs[50:], lrs[51:]))
     assert lrs[-1] < base * 1e-3
+
+
+def test_speed_options_still_give_a_float32_checkpoint(tmp_path: Path, small_dataset) -> None:
+    cfg = TrainConfig(**{**FAST.__dict__, "max_steps": 4, "bf16": True, "channels_last": True})
+    result = train(cfg, tmp_path, progress=False, dataset=small_dataset)
+    assert result.step == 4 and 0 <= result.test_accuracy <= 1
+    ckpt = load_checkpoint(tmp_path)
+    assert all(v.dtype in (torch.float32, torch.int64) for v in ckpt["model"].values())
+    model = model_from_checkpoint(ckpt)
+    x, y = to_tensors(small_dataset.test_images, small_dataset.test_labels, torch.device("cpu"))
+    assert evaluate(model, x, y)[1] == pytest.approx(result.test_accuracy)
