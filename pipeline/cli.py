@@ -48,6 +48,17 @@ def cli(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
+def option_argv(ctx: click.Context, name: str) -> list[str]:
+    """The command-line words that reproduce parameter ``name`` as the user gave it."""
+    param = next(p for p in ctx.command.params if p.name == name)
+    value = ctx.params[name]
+    if isinstance(param, click.Option) and param.is_flag:
+        if param.secondary_opts:  # --x/--no-x
+            return [param.opts[0] if value else param.secondary_opts[0]]
+        return [param.opts[0]] if value else []
+    return [param.opts[0], str(value)]
+
+
 class StopFlag:
     """Set by SIGINT/SIGTERM; the training loop polls it after every step and saves a checkpoint."""
 
@@ -88,6 +99,7 @@ class StopFlag:
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seeds initialization, data order, augmentation and dropout: same seed on CPU, same metrics.")
 @click.option("--no-bn", is_flag=True, help="Train the variant without batch normalization (plain biases).")
+@click.option("--dropout", type=float, default=0.5, show_default=True, help="Dropout before the last layer.")
 @click.option("--augment/--no-augment", default=True, show_default=True,
               help="Small random affine per image (±10°, ±2 px, scale 0.9–1.1).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_RUN, show_default=True,
@@ -103,12 +115,15 @@ class StopFlag:
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the training forward pass.")
 @click.option("--resume", is_flag=True,
               help="Continue the run in --out from its checkpoint (after Ctrl-C, or with a larger --epochs).")
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Train with N local processes (torchrun, DistributedDataParallel, synchronized BN). "
+                   "--batch-size is the global batch, split evenly across processes.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
 def train(ctx: click.Context, data: str, data_dir: Path | None, download: bool, epochs: int, batch_size: int,
-          lr: float, optimizer: str, seed: int, no_bn: bool, augment: bool, out: Path, device: str,
+          lr: float, optimizer: str, seed: int, no_bn: bool, dropout: float, augment: bool, out: Path, device: str,
           max_steps: int | None, log_every: int, eval_every: int, bf16: bool, channels_last: bool, compile_: bool,
-          resume: bool, quiet: bool) -> None:
+          resume: bool, nproc: int, quiet: bool) -> None:
     """Train the digit CNN and write config.json, metrics.json and checkpoint.pt into --out.
 
     Evaluates on the test split (eval mode: population statistics) after every epoch. Ctrl-C or
@@ -118,7 +133,8 @@ def train(ctx: click.Context, data: str, data_dir: Path | None, download: bool, 
     from pipeline.train import TrainConfig, train as run_training
 
     cfg = TrainConfig(data=data, data_dir=str(data_dir) if data_dir else None, epochs=epochs, batch_size=batch_size,
-                      lr=lr, optimizer=optimizer, seed=seed, bn=not no_bn, augment=augment, device=device,
+                      lr=lr, optimizer=optimizer, seed=seed, bn=not no_bn, dropout=dropout, augment=augment,
+                      device=device,
                       max_steps=max_steps, log_every=log_every, eval_every=eval_every, bf16=bf16,
                       channels_last=channels_last, compile=compile_)
     given = {name for name in ctx.params if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT}
@@ -127,6 +143,20 @@ def train(ctx: click.Context, data: str, data_dir: Path | None, download: bool, 
     dataset = None
     if download or not resume:
         dataset = load_dataset(data, data_dir, download=download)
+    if nproc > 1:
+        from pipeline.launch import launch_torchrun
+
+        if batch_size % nproc:
+            raise PipelineError(f"--batch-size {batch_size} (the global batch) must be divisible by --nproc {nproc}")
+        if resume and not (out / "checkpoint.pt").is_file():
+            raise PipelineError(f"--resume: no checkpoint at {out / 'checkpoint.pt'}")
+        worker_args = [a for name in ctx.params if name not in ("nproc", "download")
+                       and ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT
+                       for a in option_argv(ctx, name)]
+        sys.exit(launch_torchrun(nproc, ["train", *worker_args]))
+    from pipeline.distributed import context_from_environment, stop as stop_process_group
+
+    dist_ctx = context_from_environment()
     stop = StopFlag()
     restore = stop.install()
     try:
@@ -134,6 +164,11 @@ def train(ctx: click.Context, data: str, data_dir: Path | None, download: bool, 
                               progress=not quiet, dataset=dataset)
     finally:
         restore()
+        stop_process_group(dist_ctx)
+    if not dist_ctx.is_main:
+        if result.interrupted:
+            sys.exit(128 + (stop.signum or signal.SIGINT))
+        return
     if result.interrupted:
         click.echo(f"interrupted at step {result.step}; checkpoint saved to {out / 'checkpoint.pt'}. "
                    f"Continue with: pipeline train --out {out} --resume", err=True)

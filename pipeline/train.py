@@ -15,6 +15,7 @@ import numpy as np
 from pipeline.artifacts import ensure_writable_dir, write_json
 from pipeline.checkpoint import CHECKPOINT_NAME, load_checkpoint, model_from_checkpoint, save_checkpoint
 from pipeline.data import Dataset, load_dataset
+from pipeline.distributed import agree, context_from_environment, start
 from pipeline.errors import PipelineError
 
 if TYPE_CHECKING:
@@ -39,6 +40,7 @@ class TrainConfig:
     momentum: float = 0.9  # SGD only
     seed: int = 0
     bn: bool = True
+    dropout: float = 0.5
     augment: bool = True
     device: str = "auto"
     max_steps: int | None = None
@@ -62,6 +64,8 @@ class TrainConfig:
             raise PipelineError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.max_steps is not None and self.max_steps < 1:
             raise PipelineError(f"--max-steps must be at least 1, got {self.max_steps}")
+        if not 0 <= self.dropout < 1:
+            raise PipelineError(f"--dropout must be in [0, 1), got {self.dropout}")
         if self.log_every < 1 or self.eval_every < 0:
             raise PipelineError("--log-every must be at least 1 and --eval-every at least 0")
 
@@ -221,6 +225,7 @@ def train(cfg: TrainConfig, out_dir: Path, *, resume: bool = False, given_option
     import torch
 
     from models import DigitNet, DigitNetConfig
+    from models.sync_bn import convert_sync_batchnorm
 
     cfg.validate()
     out_dir = Path(out_dir)
@@ -237,11 +242,15 @@ def train(cfg: TrainConfig, out_dir: Path, *, resume: bool = False, given_option
             saved, **{k: getattr(cfg, k) for k in given_options if hasattr(cfg, k)})
         cfg = _check_resume_compatible(saved, wanted, RESUME_CHANGEABLE)
         cfg.validate()
-    ensure_writable_dir(out_dir)
+    ctx = context_from_environment()
+    if ctx.is_main:
+        ensure_writable_dir(out_dir)
 
     if dataset is None:
         dataset = load_dataset(cfg.data, Path(cfg.data_dir) if cfg.data_dir else None)
     device = resolve_device(cfg.device)
+    if ctx.enabled:
+        device = start(ctx, device, cfg.batch_size)
     train_x, train_y = to_tensors(dataset.train_images, dataset.train_labels, device)
     test_x, test_y = to_tensors(dataset.test_images, dataset.test_labels, device)
     steps_per_epoch = len(train_x) // cfg.batch_size
@@ -255,10 +264,12 @@ def train(cfg: TrainConfig, out_dir: Path, *, resume: bool = False, given_option
     if state is None:
         # Normalization constants of this training split, baked into the network (and the exported graph).
         pixels = dataset.train_images.astype(np.float64) / 255.0
-        model_cfg = DigitNetConfig(bn=cfg.bn, num_classes=len(dataset.class_names),
+        model_cfg = DigitNetConfig(bn=cfg.bn, num_classes=len(dataset.class_names), dropout=cfg.dropout,
                                    normalize_mean=round(float(pixels.mean()), 4),
                                    normalize_std=round(float(pixels.std()), 4))
         model = DigitNet(model_cfg).to(device)
+        if ctx.enabled:
+            convert_sync_batchnorm(model)  # before the optimizer: conversion makes new parameters
         optimizer = make_optimizer(model, cfg)
         augment_gen = torch.Generator().manual_seed(cfg.seed + 1)
         step, epoch, batch_in_epoch, elapsed = 0, 0, 0, 0.0
@@ -266,6 +277,8 @@ def train(cfg: TrainConfig, out_dir: Path, *, resume: bool = False, given_option
     else:
         model = model_from_checkpoint(state, ckpt_path).to(device)
         model_cfg = model.cfg
+        if ctx.enabled:
+            convert_sync_batchnorm(model)
         optimizer = make_optimizer(model, cfg)
         optimizer.load_state_dict(state["optimizer"])
         augment_gen = torch.Generator()
@@ -279,14 +292,26 @@ def train(cfg: TrainConfig, out_dir: Path, *, resume: bool = False, given_option
                                 f"pass a larger --epochs (or --max-steps) to train further")
         log.info("resuming %s at step %d (epoch %d)", out_dir, step, epoch + 1)
 
-    write_json(out_dir / "config.json", {"model": model_cfg.to_dict(), "train": asdict(cfg),
-                                         "class_names": list(dataset.class_names)})
+    if ctx.is_main:
+        write_json(out_dir / "config.json", {"model": model_cfg.to_dict(), "train": asdict(cfg),
+                                             "class_names": list(dataset.class_names)})
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
-    # the compiled module shares parameters with `model`; evaluation and checkpoints use `model`
-    forward_model = torch.compile(model) if cfg.compile else model
+    # `forward_model` (DDP-wrapped and/or compiled) shares parameters with `model`; evaluation and
+    # checkpoints use the plain `model`, so checkpoints hold no DDP or Sync wrapper state.
+    forward_model = model
+    if ctx.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        forward_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        torch.manual_seed(cfg.seed * 1_000_003 + 7919 * ctx.rank + step)  # distinct dropout masks per rank
+    if cfg.compile:
+        forward_model = torch.compile(forward_model)
+    local = ctx.local_slice(cfg.batch_size)
 
     def checkpoint(complete: bool) -> None:
+        if not ctx.is_main:
+            return
         save_checkpoint(ckpt_path, {
             "model": model.state_dict(), "config": model_cfg.to_dict(), "train_config": asdict(cfg),
             "class_names": list(dataset.class_names), "optimizer": optimizer.state_dict(),
@@ -298,7 +323,7 @@ def train(cfg: TrainConfig, out_dir: Path, *, resume: bool = False, given_option
         write_json(out_dir / "metrics.json", metrics)
 
     bar = None
-    if progress:
+    if progress and ctx.is_main:
         from tqdm import tqdm
 
         bar = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True, leave=True)
@@ -311,13 +336,15 @@ def train(cfg: TrainConfig, out_dir: Path, *, resume: bool = False, given_option
     try:
         while step < total_steps and not diverged:
             for idx in batches_of_epoch(len(train_x), cfg.batch_size, cfg.seed, epoch, batch_in_epoch, device):
+                # every rank augments the whole global batch alike, then trains on its own slice
                 images = train_x[idx]
                 if cfg.augment:
                     images = augment_batch(images, augment_gen)
-                images = images.contiguous(memory_format=memory_format)
+                images = images[local].contiguous(memory_format=memory_format)
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(step, total_steps, cfg.lr)
-                loss = train_step(forward_model, optimizer, images, train_y[idx], bf16=cfg.bf16)
+                loss = train_step(forward_model, optimizer, images, train_y[idx][local], bf16=cfg.bf16)
+                loss, stop_requested = agree(ctx, loss, should_stop(), device)
                 step += 1
                 batch_in_epoch += 1
                 if not math.isfinite(loss) or loss > DIVERGED_LOSS:
@@ -333,19 +360,19 @@ def train(cfg: TrainConfig, out_dir: Path, *, resume: bool = False, given_option
                 if step % cfg.log_every == 0 or step == total_steps:
                     record = {"step": step, "epoch": epoch + 1, "train_loss": float(np.mean(window)),
                               "lr": optimizer.param_groups[0]["lr"], "wall_time": time.perf_counter() - started}
-                    if cfg.eval_every and step % cfg.eval_every == 0:
+                    if cfg.eval_every and step % cfg.eval_every == 0 and ctx.is_main:
                         record["test_loss"], record["test_accuracy"] = evaluate(model, test_x, test_y)
                     metrics["log"].append(record)
                     window = []
                 if step >= total_steps:
                     break
-                if should_stop():
+                if stop_requested:
                     interrupted = True
                     break
             if diverged:
                 break
             end_of_epoch = batch_in_epoch >= steps_per_epoch or step >= total_steps
-            if end_of_epoch:
+            if end_of_epoch and ctx.is_main:  # evaluated once, on rank 0
                 test_loss, test_acc = evaluate(model, test_x, test_y)
                 metrics["epochs"].append({
                     "epoch": epoch + 1, "step": step, "train_loss": float(np.mean(epoch_losses)),
@@ -354,6 +381,7 @@ def train(cfg: TrainConfig, out_dir: Path, *, resume: bool = False, given_option
                 if bar is not None:
                     bar.write(f"epoch {epoch + 1}: train loss {np.mean(epoch_losses):.4f}  "
                               f"test loss {test_loss:.4f}  test accuracy {test_acc:.2%}")
+            if end_of_epoch:
                 epoch_losses = []
                 if batch_in_epoch >= steps_per_epoch:
                     epoch, batch_in_epoch = epoch + 1, 0
@@ -375,8 +403,11 @@ def train(cfg: TrainConfig, out_dir: Path, *, resume: bool = False, given_option
         metrics.update(diverged=True, diverged_at_step=step, diverged_loss=loss if math.isfinite(loss) else repr(loss),
                        steps=step, wall_time=elapsed,
                        test_accuracy=None, test_loss=None)
-        write_json(out_dir / "metrics.json", metrics)
+        if ctx.is_main:
+            write_json(out_dir / "metrics.json", metrics)
         return TrainResult(out_dir, step, epoch, None, None, elapsed, interrupted=False, diverged=True)
+    if not ctx.is_main:
+        return TrainResult(out_dir, step, epoch, None, None, elapsed, interrupted=False)
     last = metrics["epochs"][-1]
     metrics.update(test_accuracy=last["test_accuracy"], test_loss=last["test_loss"], steps=step,
                    wall_time=elapsed, train_images_per_second=step * cfg.batch_size / max(elapsed, 1e-9))

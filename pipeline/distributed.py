@@ -1,0 +1,77 @@
+"""Multi-process training under torchrun: process-group set-up and the per-step agreement between ranks.
+
+torchrun (``python -m torch.distributed.run``) sets RANK, WORLD_SIZE and LOCAL_RANK for each process.
+Every rank sees the same global batch order (a function of seed and epoch) and takes its own slice,
+so the sequence of global batches is the same for any number of processes.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from pipeline.errors import PipelineError
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def local_slice(self, global_batch: int) -> slice:
+        per_rank = global_batch // self.world_size
+        return slice(self.rank * per_rank, (self.rank + 1) * per_rank)
+
+
+def context_from_environment() -> DistContext:
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    return DistContext(int(os.environ.get("RANK", "0")), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def start(ctx: DistContext, device: "torch.device", batch_size: int) -> "torch.device":
+    """Join the process group (gloo on CPU, nccl on CUDA); return this rank's device."""
+    import torch
+    import torch.distributed as dist
+
+    if batch_size % ctx.world_size:
+        raise PipelineError(f"--batch-size {batch_size} (the global batch) must be divisible by the "
+                            f"{ctx.world_size} processes")
+    if batch_size // ctx.world_size < 2:
+        raise PipelineError("each process needs at least 2 images per step for batch statistics")
+    if device.type == "cuda":
+        device = torch.device("cuda", ctx.local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def stop(ctx: DistContext) -> None:
+    import torch.distributed as dist
+
+    if ctx.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def agree(ctx: DistContext, loss: float, stop_requested: bool, device: "torch.device") -> tuple[float, bool]:
+    """The mean loss over ranks, and whether any rank was asked to stop, so all ranks stop on the same step."""
+    if not ctx.enabled:
+        return loss, stop_requested
+    import torch
+    import torch.distributed as dist
+
+    values = torch.tensor([loss, 1.0 if stop_requested else 0.0], dtype=torch.float64, device=device)
+    dist.all_reduce(values)
+    return float(values[0]) / ctx.world_size, bool(values[1] > 0)

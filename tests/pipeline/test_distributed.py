@@ -1,0 +1,130 @@
+"""Two processes, gloo, CPU, through the real `pipeline train --nproc 2` (torchrun)."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.checkpoint import load_checkpoint
+from pipeline.export import export_model
+from pipeline.train import TrainConfig, train
+
+REPO = Path(__file__).resolve().parents[2]
+ONE_SGD_STEP = ["--max-steps", "1", "--dropout", "0", "--no-augment", "--optimizer", "sgd", "--lr", "0.5",
+                "--batch-size", "64", "--quiet"]
+
+
+def pipeline(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def two_process_step(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("dist") / "run"
+    result = pipeline("train", "--nproc", "2", "--out", str(out), *ONE_SGD_STEP)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+def single_process(out: Path, **overrides) -> dict:
+    cfg = TrainConfig(max_steps=1, dropout=0.0, augment=False, optimizer="sgd", lr=0.5, batch_size=64, device="cpu",
+                      **overrides)
+    train(cfg, out, progress=False)
+    return load_checkpoint(out)
+
+
+def test_one_step_on_two_processes_equals_one_process_on_the_global_batch(two_process_step: Path, tmp_path) -> None:
+    dist = load_checkpoint(two_process_step)
+    single = single_process(tmp_path / "single")
+    assert set(dist["model"]) == set(single["model"])  # plain module: no DDP "module." prefix, no Sync state
+    for name, value in single["model"].items():
+        torch.testing.assert_close(dist["model"][name], value, rtol=0, atol=1e-5, msg=name)
+    assert dist["model"]["bn2.num_batches_tracked"] == 1
+    assert dist["metrics"]["log"][0]["train_loss"] == pytest.approx(single["metrics"]["log"][0]["train_loss"], abs=1e-5)
+
+
+def test_the_equivalence_check_would_catch_per_process_statistics(tmp_path) -> None:
+    """Statistics of half the batch (what each process sees) differ clearly from the global batch's."""
+    from pipeline.data import load_dataset
+    from pipeline.train import batches_of_epoch, to_tensors
+
+    ds = load_dataset("sample")
+    x, _ = to_tensors(ds.train_images, ds.train_labels, torch.device("cpu"))
+    idx = next(batches_of_epoch(len(x), 64, 0, 0, 0, torch.device("cpu")))
+    torch.manual_seed(0)
+    from models import DigitNet, DigitNetConfig
+
+    model = DigitNet(DigitNetConfig()).train()
+    inputs = []
+    model.bn1.register_forward_pre_hook(lambda m, i: inputs.append(i[0]))
+    model(x[idx])
+    full, half = inputs[0], inputs[0][:32]
+    assert (full.mean((0, 2, 3)) - half.mean((0, 2, 3))).abs().max() > 1e-3
+
+
+def test_a_distributed_checkpoint_exports_and_passes_parity(two_process_step: Path, tmp_path) -> None:
+    result = export_model(two_process_step, tmp_path / "model.onnx")
+    assert result.parity.passed and result.folded
+
+
+def test_resume_across_a_different_process_count(tmp_path) -> None:
+    out = tmp_path / "run"
+    first = pipeline("train", "--nproc", "2", "--out", str(out), "--max-steps", "6", "--batch-size", "32", "--quiet")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert load_checkpoint(out)["step"] == 6
+    second = pipeline("train", "--out", str(out), "--resume", "--max-steps", "10", "--quiet")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert load_checkpoint(out)["step"] == 10
+    third = pipeline("train", "--nproc", "2", "--out", str(out), "--resume", "--max-steps", "14", "--quiet")
+    assert third.returncode == 0, third.stderr[-3000:]
+    ckpt = load_checkpoint(out)
+    assert ckpt["step"] == 14 and [r["step"] for r in ckpt["metrics"]["log"]][-1] == 14
+
+
+def test_a_failed_worker_ends_the_whole_job(tmp_path) -> None:
+    out = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    launcher = subprocess.Popen([sys.executable, "-m", "pipeline", "train", "--nproc", "2", "--out", str(out),
+                                 "--epochs", "50", "--quiet"], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    workers: dict[int, int] = {}
+    while time.monotonic() < deadline and len(workers) < 2:
+        time.sleep(0.5)
+        torchrun = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
+                    and (p / "stat").exists() and _parent(p) == launcher.pid]
+        for pid in torchrun:
+            workers = _ranks_below(pid)
+    assert len(workers) == 2, "workers did not start"
+    time.sleep(2)  # let training begin
+    os.kill(workers[1], signal.SIGKILL)
+    _, stderr = launcher.communicate(timeout=120)  # no hang: the job ends
+    assert launcher.returncode == 1
+    assert stderr.strip().splitlines()[-1].startswith("Error: distributed training failed")
+
+
+def _parent(proc: Path) -> int:
+    try:
+        return int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return -1
+
+
+def _ranks_below(parent: int) -> dict[int, int]:
+    ranks = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and _parent(proc) == parent:
+            try:
+                environ = dict(kv.split("=", 1) for kv in (proc / "environ").read_text().split("\0") if "=" in kv)
+            except OSError:
+                continue
+            if "RANK" in environ:
+                ranks[int(environ["RANK"])] = int(proc.name)
+    return ranks
