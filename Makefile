@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUN ?= runs/default
 
-.PHONY: install demo test clean
+.PHONY: install demo test clean browser
 
 install: $(STAMP)
 
@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# constraints.txt pins torch to the 2.13.0 CPU wheel; anything else pulls GBs of CUDA packages.
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[train,dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[train,http,dev]'
 	touch $(STAMP)
 
 # The main job on the embedded data: train, export (BN folded, parity verified), predict.
@@ -23,7 +23,13 @@ demo: $(STAMP)
 	$(BIN)/pipeline export --run $(RUN)
 	$(BIN)/serve predict --model $(RUN)/model.onnx examples/
 
-test: $(STAMP)
+# Headless Chromium and its driver for the page's browser test (Debian packages).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; }
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest
 
 clean:

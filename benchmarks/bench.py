@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -133,7 +135,9 @@ def bench_training(work: Path, smoke: bool) -> dict:
     x, y = to_tensors(dataset.train_images, dataset.train_labels, torch.device("cpu"))
 
     def pipeline_run(**options) -> float:
-        cfg = TrainConfig(max_steps=steps, batch_size=batch, device="cpu", **options)
+        # the same arithmetic as the minimal loop: fp32, contiguous
+        cfg = TrainConfig(max_steps=steps, batch_size=batch, device="cpu", precision="fp32", channels_last=False,
+                          **options)
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
             train(cfg, Path(tmp) / "r", progress=True, dataset=short)
@@ -275,6 +279,69 @@ def bench_cold_start(models: dict[str, Path], smoke: bool) -> dict:
     return {"serve": repeat(lambda: wall(serve_cmd), runs), "torch": repeat(lambda: wall(torch_cmd), runs)}
 
 
+def bench_http(models: dict[str, Path], smoke: bool) -> dict:
+    """Requests/s and latency of `serve http` on loopback, dynamic batching on (64 images, 2 ms) and off."""
+    import http.client
+    import socket
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipeline.data import load_dataset
+
+    images = load_dataset("sample").test_images[:256].astype(np.float32)[:, None] / 255.0
+    header = json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1, 28, 28],
+                                     "parameters": {"binary_data_size": 28 * 28 * 4}}],
+                         "outputs": [{"name": "probabilities"}]}).encode()
+    bodies = [header + images[i].tobytes() for i in range(len(images))]
+    total = 40 if smoke else 2000
+    results: dict = {}
+    for label, max_batch in (("batching on", 64), ("batching off", 1)):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        server = subprocess.Popen([sys.executable, "-m", "serve", "http", "--model", str(models["folded"]),
+                                   "--port", str(port), "--max-batch", str(max_batch), "--max-delay-ms", "2"],
+                                  cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            for _ in range(300):
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                    break
+                except OSError:
+                    time.sleep(0.1)
+            for clients in (1, 16, 64):
+                per_client = max(1, total // clients)
+
+                def client(worker: int) -> list[float]:
+                    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+                    latencies = []
+                    for k in range(per_client):
+                        body = bodies[(worker * per_client + k) % len(bodies)]
+                        start = time.perf_counter()
+                        connection.request("POST", "/v2/models/digits/infer", body=body,
+                                           headers={"Inference-Header-Content-Length": str(len(header)),
+                                                    "Content-Type": "application/octet-stream"})
+                        response = connection.getresponse()
+                        response.read()
+                        if response.status != 200:
+                            raise RuntimeError(f"HTTP {response.status}")
+                        latencies.append(time.perf_counter() - start)
+                    return latencies
+
+                client(0)  # warm-up
+                start = time.perf_counter()
+                with ThreadPoolExecutor(clients) as pool:
+                    latencies = [t for chunk in pool.map(client, range(clients)) for t in chunk]
+                elapsed = time.perf_counter() - start
+                results[(label, clients)] = {"rps": len(latencies) / elapsed,
+                                             "p50_ms": float(np.percentile(latencies, 50) * 1e3),
+                                             "p99_ms": float(np.percentile(latencies, 99) * 1e3),
+                                             "n": len(latencies)}
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait(timeout=30)
+    return results
+
+
 def bench_peak(smoke: bool) -> dict[str, Stat]:
     """The fastest large float32 matrix multiply each library runs here, in GFLOP/s."""
     import onnxruntime as ort
@@ -323,8 +390,8 @@ def model_flops() -> int:
 # --------------------------------------------------------------------------- report
 
 
-def report(info: dict, training: dict, accuracy: dict, inference: dict, cold: dict, peak: dict, flops: int,
-           elapsed: float, smoke: bool) -> str:
+def report(info: dict, training: dict, accuracy: dict, inference: dict, cold: dict, peak: dict, http: dict,
+           flops: int, elapsed: float, smoke: bool) -> str:
     best_peak_name = max(peak, key=lambda k: peak[k].median)
     best_peak = peak[best_peak_name].median
     bound = best_peak * 1e9 / flops
@@ -386,7 +453,13 @@ def report(info: dict, training: dict, accuracy: dict, inference: dict, cold: di
     lines += ["", f"Peak used: {best_peak_name}, {best_peak:.1f} GFLOP/s, so at most **{bound:,.0f} images/s** in "
               "fp32; the 'of fp32 bound' column above divides by this. int8 runs on integer units (VNNI/AMX) "
               "and can exceed it.", ""]
-    lines += ["## 4. HTTP", "", "Not measured: `serve http` does not exist yet.", ""]
+    lines += ["## 4. HTTP", "", "`serve http` on 127.0.0.1, one image per request (`/v2/models/digits/infer`, "
+              "binary tensor extension), fp32 folded model. The Python client threads run on the same 2 cores as "
+              "the server, so these are lower bounds for the server alone.", "",
+              "| dynamic batching | clients | requests | requests/s | p50 | p99 |", "| --- | --- | --- | --- | --- | --- |"]
+    for (label, clients), r in http.items():
+        lines.append(f"| {label} | {clients} | {r['n']} | {r['rps']:,.0f} | {r['p50_ms']:.2f} ms | {r['p99_ms']:.2f} ms |")
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -408,15 +481,19 @@ def main() -> None:
     accuracy = {}
     if args.accuracy:
         print("accuracy of the training options…", file=sys.stderr)
-        accuracy = accuracy_check(args.work, args.smoke, {"fp32 (default)": {}, "bf16 autocast": {"bf16": True},
-                                                          "bf16 + channels_last": {"bf16": True, "channels_last": True}})
+        accuracy = accuracy_check(args.work, args.smoke, {
+            "fp32": {"precision": "fp32", "channels_last": False},
+            "bf16 autocast": {"precision": "bf16", "channels_last": False},
+            "bf16 + channels_last (the default here)": {"precision": "bf16", "channels_last": True}})
     print("inference…", file=sys.stderr)
     inference = bench_inference(models, args.smoke)
     print("cold start…", file=sys.stderr)
     cold = bench_cold_start(models, args.smoke)
     print("peak GEMM…", file=sys.stderr)
     peak = bench_peak(args.smoke)
-    text = report(info, training, accuracy, inference, cold, peak, model_flops(), time.perf_counter() - started,
+    print("HTTP…", file=sys.stderr)
+    http = bench_http(models, args.smoke)
+    text = report(info, training, accuracy, inference, cold, peak, http, model_flops(), time.perf_counter() - started,
                   args.smoke)
     tmp = args.out.with_name(f".{args.out.name}.tmp")
     tmp.write_text(text)

@@ -109,9 +109,14 @@ class StopFlag:
 @click.option("--log-every", type=int, default=20, show_default=True, help="Record the training loss every N steps.")
 @click.option("--eval-every", type=int, default=0, show_default=True,
               help="Also evaluate on the test split every N steps (0: after each epoch only).")
-@click.option("--bf16/--fp32", "bf16", default=False, show_default=True,
-              help="bfloat16 autocast for the forward pass (weights, checkpoints and exports stay float32).")
-@click.option("--channels-last", is_flag=True, help="channels_last memory format.")
+@click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default="auto", show_default=True,
+              help="bf16: bfloat16 autocast for the forward pass (weights, checkpoints and exports stay float32). "
+                   "auto: bf16 where the CPU has AVX512-BF16/AMX (or the GPU supports it), else fp32.")
+@click.option("--channels-last/--no-channels-last", default=True, show_default=True,
+              help="channels_last memory format (faster convolutions on CPU).")
+@click.option("--checkpoint-every", "checkpoint_every_s", type=click.FloatRange(min=0), default=60.0,
+              show_default=True, help="Seconds between epoch-end checkpoints (one is always written at the end "
+                                      "and on Ctrl-C/SIGTERM).")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the training forward pass.")
 @click.option("--resume", is_flag=True,
               help="Continue the run in --out from its checkpoint (after Ctrl-C, or with a larger --epochs).")
@@ -122,7 +127,8 @@ class StopFlag:
 @click.pass_context
 def train(ctx: click.Context, data: str, data_dir: Path | None, download: bool, epochs: int, batch_size: int,
           lr: float, optimizer: str, seed: int, no_bn: bool, dropout: float, augment: bool, out: Path, device: str,
-          max_steps: int | None, log_every: int, eval_every: int, bf16: bool, channels_last: bool, compile_: bool,
+          max_steps: int | None, log_every: int, eval_every: int, precision: str, channels_last: bool,
+          checkpoint_every_s: float, compile_: bool,
           resume: bool, nproc: int, quiet: bool) -> None:
     """Train the digit CNN and write config.json, metrics.json and checkpoint.pt into --out.
 
@@ -135,8 +141,8 @@ def train(ctx: click.Context, data: str, data_dir: Path | None, download: bool, 
     cfg = TrainConfig(data=data, data_dir=str(data_dir) if data_dir else None, epochs=epochs, batch_size=batch_size,
                       lr=lr, optimizer=optimizer, seed=seed, bn=not no_bn, dropout=dropout, augment=augment,
                       device=device,
-                      max_steps=max_steps, log_every=log_every, eval_every=eval_every, bf16=bf16,
-                      channels_last=channels_last, compile=compile_)
+                      max_steps=max_steps, log_every=log_every, eval_every=eval_every, precision=precision,
+                      channels_last=channels_last, compile=compile_, checkpoint_every_s=checkpoint_every_s)
     given = {name for name in ctx.params if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT}
     given = {{"no_bn": "bn", "compile_": "compile"}.get(name, name) for name in given}
     cfg.validate()

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 OPTIMIZERS = ("adam", "sgd")
 DIVERGED_LOSS = 1e3  # cross-entropy over 10 classes starts near 2.3; past this the run has blown up
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "bf16", "fp32")
 
 
 @dataclass(frozen=True)
@@ -47,9 +48,10 @@ class TrainConfig:
     log_every: int = 20
     eval_every: int = 0  # also evaluate on the test split every N steps (0: at epoch ends only)
     # speed options, measured by `make bench` (BENCHMARKS.md); weights and exports stay float32
-    bf16: bool = False  # bfloat16 autocast for the forward pass
-    channels_last: bool = False
+    precision: str = "auto"  # bf16 autocast where the hardware has bf16 units, else fp32
+    channels_last: bool = True
     compile: bool = False  # torch.compile the training forward pass
+    checkpoint_every_s: float = 60.0  # epoch-end checkpoints at most this often (plus at the end and on stop)
 
     def validate(self) -> None:
         if self.epochs < 1:
@@ -64,6 +66,8 @@ class TrainConfig:
             raise PipelineError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.max_steps is not None and self.max_steps < 1:
             raise PipelineError(f"--max-steps must be at least 1, got {self.max_steps}")
+        if self.precision not in PRECISIONS:
+            raise PipelineError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if not 0 <= self.dropout < 1:
             raise PipelineError(f"--dropout must be in [0, 1), got {self.dropout}")
         if self.log_every < 1 or self.eval_every < 0:
@@ -98,6 +102,26 @@ def resolve_device(name: str) -> "torch.device":
     if name == "cuda" and not torch.cuda.is_available():
         raise PipelineError("--device cuda requested but no CUDA device is available")
     return torch.device(name)
+
+
+def cpu_has_bf16() -> bool:
+    """Native bfloat16 arithmetic (AVX512-BF16 or AMX), where bf16 autocast pays off on a CPU."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = next(line for line in cpuinfo if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def use_bf16(precision: str, device: "torch.device") -> bool:
+    import torch
+
+    if precision != "auto":
+        return precision == "bf16"
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and cpu_has_bf16()
 
 
 def to_tensors(images: np.ndarray, labels: np.ndarray, device: "torch.device") -> tuple["torch.Tensor", "torch.Tensor"]:
@@ -208,7 +232,8 @@ def _check_resume_compatible(saved: TrainConfig, wanted: TrainConfig, changeable
     return replace(saved, **{k: getattr(wanted, k) for k in changeable})
 
 
-RESUME_CHANGEABLE = {"epochs", "max_steps", "device", "log_every", "eval_every", "bf16", "channels_last", "compile"}
+RESUME_CHANGEABLE = {"epochs", "max_steps", "device", "log_every", "eval_every", "precision", "channels_last",
+                     "compile", "checkpoint_every_s"}
 
 
 def train(cfg: TrainConfig, out_dir: Path, *, resume: bool = False, given_options: set[str] | None = None,
@@ -220,7 +245,7 @@ def train(cfg: TrainConfig, out_dir: Path, *, resume: bool = False, given_option
     from the checkpoint. ``should_stop`` is polled after every step: when it returns True a resumable
     checkpoint is saved and the function returns with ``interrupted=True``. A non-finite or exploding
     loss ends the run with ``diverged=True``: metrics.json says so, the checkpoint keeps the last
-    good epoch. ``on_step(step, loss)`` is called after every step.
+    saved state. ``on_step(step, loss)`` is called after every step.
     """
     import torch
 
@@ -308,6 +333,9 @@ def train(cfg: TrainConfig, out_dir: Path, *, resume: bool = False, given_option
     if cfg.compile:
         forward_model = torch.compile(forward_model)
     local = ctx.local_slice(cfg.batch_size)
+    bf16 = use_bf16(cfg.precision, device)
+    metrics["precision"] = "bf16" if bf16 else "fp32"
+    last_checkpoint = time.perf_counter()
 
     def checkpoint(complete: bool) -> None:
         if not ctx.is_main:
@@ -343,7 +371,7 @@ def train(cfg: TrainConfig, out_dir: Path, *, resume: bool = False, given_option
                 images = images[local].contiguous(memory_format=memory_format)
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(step, total_steps, cfg.lr)
-                loss = train_step(forward_model, optimizer, images, train_y[idx][local], bf16=cfg.bf16)
+                loss = train_step(forward_model, optimizer, images, train_y[idx][local], bf16=bf16)
                 loss, stop_requested = agree(ctx, loss, should_stop(), device)
                 step += 1
                 batch_in_epoch += 1
@@ -387,9 +415,11 @@ def train(cfg: TrainConfig, out_dir: Path, *, resume: bool = False, given_option
                     epoch, batch_in_epoch = epoch + 1, 0
             if interrupted:
                 break
-            if end_of_epoch:
+            # the final checkpoint is written after the loop; in between, at most every checkpoint_every_s
+            if end_of_epoch and step < total_steps and time.perf_counter() - last_checkpoint >= cfg.checkpoint_every_s:
                 elapsed = time.perf_counter() - started
-                checkpoint(complete=step >= total_steps)
+                checkpoint(complete=False)
+                last_checkpoint = time.perf_counter()
     finally:
         if bar is not None:
             bar.close()

@@ -74,6 +74,52 @@ def predict(images: tuple[str, ...], model_path: Path, as_json: bool, top_k: int
         sys.exit(EXIT_INPUT_ERROR)
 
 
+@cli.command()
+@click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path), envvar="SERVE_MODEL",
+              default=DEFAULT_MODEL, show_default=True, show_envvar=True, help="The exported ONNX model.")
+@click.option("--model-name", default="digits", show_default=True, help="The model's name in the /v2 API.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback unless told).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--max-batch", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Dynamic batching: most images per model call (1 turns batching off).")
+@click.option("--max-delay-ms", type=click.FloatRange(min=0), default=2.0, show_default=True,
+              help="Dynamic batching: longest wait for a batch to fill.")
+@click.option("--max-body-mb", type=click.FloatRange(min=0.001), default=5.0, show_default=True,
+              help="Larger request bodies are refused with 413.")
+@click.option("--max-queue", type=click.IntRange(min=1), default=1024, show_default=True,
+              help="Requests waiting for the model beyond this are answered 503.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Server processes.")
+def http(model_path: Path, model_name: str, host: str, port: int, max_batch: int, max_delay_ms: float,
+         max_body_mb: float, max_queue: int, workers: int) -> None:
+    """Serve the model over HTTP: Open Inference Protocol v2 (/v2/...), POST /predict, /metrics, and a
+    page at / to draw digits on. Stops cleanly on Ctrl-C or SIGTERM (requests in flight finish)."""
+    import os
+
+    from serve.model import ModelError, load_model
+
+    try:
+        import uvicorn
+
+        from serve.server import CONFIG_ENV, ServerConfig, config_to_env
+    except ModuleNotFoundError as exc:
+        click.echo(f"serve: error: `serve http` needs the http extra ({exc.name} is not installed): "
+                   "pip install 'foldserve[http]'", err=True)
+        sys.exit(EXIT_MODEL_ERROR)
+    try:
+        load_model(model_path)  # fail now, with one line, rather than inside a worker
+    except ModelError as exc:
+        click.echo(f"serve: error: {exc}", err=True)
+        sys.exit(EXIT_MODEL_ERROR)
+    config = ServerConfig(model_path=str(model_path.resolve()), model_name=model_name, max_batch=max_batch,
+                          max_delay_ms=max_delay_ms, max_body_bytes=int(max_body_mb * 1024 * 1024),
+                          max_queue=max_queue)
+    os.environ[CONFIG_ENV] = config_to_env(config)
+    click.echo(f"serving {model_path} as {model_name!r} on http://{host}:{port}/ "
+               f"(dynamic batching: up to {max_batch} images, {max_delay_ms:g} ms)", err=True)
+    uvicorn.run("serve.server:create_app_from_env", factory=True, host=host, port=port, workers=workers,
+                log_level="warning", timeout_graceful_shutdown=30)
+
+
 def main() -> None:
     cli(prog_name="serve")
 

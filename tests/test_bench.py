@@ -13,7 +13,7 @@ def test_benchmark_smoke_run_writes_every_section(tmp_path: Path) -> None:
                              "--work", str(tmp_path / "work")], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     text = out.read_text()
-    for heading in ("## 1. Training throughput", "## 2. Inference", "## 3. Cold start", "## 5. Roofline",
+    for heading in ("## 1. Training throughput", "## 2. Inference", "## 3. Cold start", "## 4. HTTP", "## 5. Roofline",
                     "Pipeline overhead:", "int8 vs fp32", "serve path costs", "faster (targets"):
         assert heading in text, heading
     assert "27.8 MFLOP" in text  # the model's forward FLOPs, computed from its config

@@ -146,11 +146,38 @@ def test_learning_rate_schedule_warms_up_then_decays_to_zero() -> None:
 
 
 def test_speed_options_still_give_a_float32_checkpoint(tmp_path: Path, small_dataset) -> None:
-    cfg = TrainConfig(**{**FAST.__dict__, "max_steps": 4, "bf16": True, "channels_last": True})
+    cfg = TrainConfig(**{**FAST.__dict__, "max_steps": 4, "precision": "bf16", "channels_last": True})
     result = train(cfg, tmp_path, progress=False, dataset=small_dataset)
     assert result.step == 4 and 0 <= result.test_accuracy <= 1
     ckpt = load_checkpoint(tmp_path)
+    assert ckpt["metrics"]["precision"] == "bf16"
     assert all(v.dtype in (torch.float32, torch.int64) for v in ckpt["model"].values())
     model = model_from_checkpoint(ckpt)
     x, y = to_tensors(small_dataset.test_images, small_dataset.test_labels, torch.device("cpu"))
     assert evaluate(model, x, y)[1] == pytest.approx(result.test_accuracy)
+
+
+def test_precision_auto_follows_the_hardware(monkeypatch) -> None:
+    import pipeline.train as train_module
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(train_module, "cpu_has_bf16", lambda: True)
+    assert train_module.use_bf16("auto", cpu) and not train_module.use_bf16("fp32", cpu)
+    monkeypatch.setattr(train_module, "cpu_has_bf16", lambda: False)
+    assert not train_module.use_bf16("auto", cpu) and train_module.use_bf16("bf16", cpu)
+
+
+def test_epoch_checkpoints_follow_the_interval(tmp_path: Path, small_dataset, monkeypatch) -> None:
+    import pipeline.train as train_module
+
+    saved = []
+    real = train_module.save_checkpoint
+    monkeypatch.setattr(train_module, "save_checkpoint", lambda path, payload: (saved.append(payload["step"]),
+                                                                                  real(path, payload)))
+    train(TrainConfig(**{**FAST.__dict__, "epochs": 3, "checkpoint_every_s": 0}), tmp_path / "a", progress=False,
+          dataset=small_dataset)
+    assert saved == [16, 32, 48]  # every epoch end, the last one being the final checkpoint
+    saved.clear()
+    train(TrainConfig(**{**FAST.__dict__, "epochs": 3, "checkpoint_every_s": 3600}), tmp_path / "b", progress=False,
+          dataset=small_dataset)
+    assert saved == [48]  # only the final one

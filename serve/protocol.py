@@ -1,0 +1,192 @@
+"""Open Inference Protocol (KServe v2) requests and responses, with the binary tensor data extension.
+
+Pure functions over bytes and numpy, independent of the web framework. Every problem with a
+request raises ProtocolError with a message for the client (answered as 400 {"error": ...}).
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from serve.model import INPUT_NAME, INPUT_SHAPE
+from serve.preprocess import ImageError, NoDigitFound, prepare
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+OUTPUTS = ("logits", "probabilities")
+MAX_IMAGES_PER_REQUEST = 4096
+
+
+class ProtocolError(ValueError):
+    """A malformed or invalid inference request."""
+
+
+@dataclass
+class InferRequest:
+    images: np.ndarray  # float32 [N,1,28,28], validated
+    outputs: list[tuple[str, bool]]  # (name, as binary)
+    request_id: str | None
+
+
+def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
+    """The JSON part and the binary part of a request body."""
+    if header_length is None:
+        json_part, binary = body, b""
+    else:
+        try:
+            n = int(header_length)
+        except ValueError:
+            raise ProtocolError(f"{HEADER_LENGTH} must be an integer, got {header_length!r}") from None
+        if not 0 <= n <= len(body):
+            raise ProtocolError(f"{HEADER_LENGTH} {n} is outside the body of {len(body)} bytes")
+        json_part, binary = body[:n], body[n:]
+    try:
+        document = json.loads(json_part)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError(f"malformed JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise ProtocolError("the request body must be a JSON object")
+    return document, binary
+
+
+def _shape(value: Any) -> list[int]:
+    if not isinstance(value, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value):
+        raise ProtocolError(f"'shape' must be a list of non-negative integers, got {value!r}")
+    return value
+
+
+def _fp32_tensor(spec: dict[str, Any], binary: bytes | None) -> np.ndarray:
+    shape = _shape(spec.get("shape"))
+    if len(shape) != 4 or tuple(shape[1:]) != INPUT_SHAPE or shape[0] < 1:
+        raise ProtocolError(f"input {INPUT_NAME!r} must have shape [N, 1, 28, 28] with N >= 1, got {shape}")
+    if shape[0] > MAX_IMAGES_PER_REQUEST:
+        raise ProtocolError(f"at most {MAX_IMAGES_PER_REQUEST} images per request, got {shape[0]}")
+    count = int(np.prod(shape))
+    if binary is not None:
+        if len(binary) != 4 * count:
+            raise ProtocolError(f"binary data of {len(binary)} bytes does not hold {count} FP32 values")
+        array = np.frombuffer(binary, dtype="<f4").astype(np.float32)
+    else:
+        data = spec.get("data")
+        if not isinstance(data, list):
+            raise ProtocolError(f"input {INPUT_NAME!r} needs a 'data' list")
+        try:
+            array = np.asarray(data, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ProtocolError("'data' must hold numbers only (a flat or nested list)") from None
+        if array.size != count:
+            raise ProtocolError(f"'data' has {array.size} elements, shape {shape} needs {count}")
+        array = array.astype(np.float32)
+    if not np.isfinite(array).all():
+        raise ProtocolError("'data' contains NaN or infinite values")
+    return array.reshape(shape)
+
+
+def _bytes_elements(spec: dict[str, Any], binary: bytes | None) -> list[bytes]:
+    shape = _shape(spec.get("shape"))
+    if len(shape) != 1 or not 1 <= shape[0] <= MAX_IMAGES_PER_REQUEST:
+        raise ProtocolError(f"a BYTES input must have shape [N] (1 <= N <= {MAX_IMAGES_PER_REQUEST}), got {shape}")
+    if binary is not None:  # each element: 4-byte little-endian length, then the bytes
+        elements, offset = [], 0
+        while offset < len(binary):
+            if offset + 4 > len(binary):
+                raise ProtocolError("truncated BYTES element length in the binary data")
+            (length,) = struct.unpack_from("<I", binary, offset)
+            offset += 4
+            if offset + length > len(binary):
+                raise ProtocolError("BYTES element runs past the end of the binary data")
+            elements.append(binary[offset:offset + length])
+            offset += length
+    else:
+        data = spec.get("data")
+        if not isinstance(data, list) or not all(isinstance(d, str) for d in data):
+            raise ProtocolError("a BYTES input in JSON needs 'data' as a list of base64 strings")
+        try:
+            elements = [base64.b64decode(d, validate=True) for d in data]
+        except (binascii.Error, ValueError):
+            raise ProtocolError("BYTES 'data' elements must be base64-encoded image files") from None
+    if len(elements) != shape[0]:
+        raise ProtocolError(f"BYTES input has {len(elements)} elements, shape {shape} says {shape[0]}")
+    return elements
+
+
+def images_from_files(files: list[bytes]) -> np.ndarray:
+    rows = []
+    for i, data in enumerate(files):
+        try:
+            rows.append(prepare(data))
+        except NoDigitFound:
+            raise ProtocolError(f"image {i}: no digit found") from None
+        except ImageError as exc:
+            raise ProtocolError(f"image {i}: {exc}") from None
+    return np.stack(rows)[:, None]
+
+
+def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
+    document, binary = split_body(body, header_length)
+    inputs = document.get("inputs")
+    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+        raise ProtocolError("'inputs' must be a list with exactly one input: "
+                            f"{INPUT_NAME!r} (FP32 [N,1,28,28]) or image files (BYTES [N])")
+    spec = inputs[0]
+    params = spec.get("parameters") or {}
+    binary_part: bytes | None = None
+    if "binary_data_size" in params:
+        size = params["binary_data_size"]
+        if not isinstance(size, int) or size != len(binary):
+            raise ProtocolError(f"binary_data_size {size!r} does not match the {len(binary)} bytes after the JSON")
+        binary_part = binary
+    elif binary:
+        raise ProtocolError("binary data after the JSON, but no input declares binary_data_size")
+    datatype = spec.get("datatype")
+    if datatype == "FP32":
+        if spec.get("name") != INPUT_NAME:
+            raise ProtocolError(f"unknown FP32 input {spec.get('name')!r}; the model's input is {INPUT_NAME!r}")
+        images = _fp32_tensor(spec, binary_part)
+    elif datatype == "BYTES":
+        images = images_from_files(_bytes_elements(spec, binary_part))
+    else:
+        raise ProtocolError(f"datatype {datatype!r} is not accepted: send FP32 {INPUT_NAME!r} or BYTES image files")
+    all_binary = bool((document.get("parameters") or {}).get("binary_data_output", False))
+    requested = document.get("outputs")
+    if requested is None:
+        outputs = [(name, all_binary) for name in OUTPUTS]
+    else:
+        if not isinstance(requested, list) or not all(isinstance(o, dict) for o in requested):
+            raise ProtocolError("'outputs' must be a list of objects with a 'name'")
+        outputs = []
+        for o in requested:
+            if o.get("name") not in OUTPUTS:
+                raise ProtocolError(f"unknown output {o.get('name')!r}; outputs are {', '.join(OUTPUTS)}")
+            outputs.append((o["name"], bool((o.get("parameters") or {}).get("binary_data", all_binary))))
+    request_id = document.get("id")
+    return InferRequest(images, outputs, request_id if isinstance(request_id, str) else None)
+
+
+def encode_infer_response(model_name: str, request: InferRequest, logits: np.ndarray,
+                          probabilities: np.ndarray) -> tuple[bytes, dict[str, str]]:
+    """The response body and extra headers (binary outputs follow the JSON, in order)."""
+    tensors = {"logits": logits, "probabilities": probabilities}
+    outputs, binary = [], []
+    for name, as_binary in request.outputs:
+        tensor = np.ascontiguousarray(tensors[name], dtype="<f4")
+        entry: dict[str, Any] = {"name": name, "datatype": "FP32", "shape": list(tensor.shape)}
+        if as_binary:
+            raw = tensor.tobytes()
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            binary.append(raw)
+        else:
+            entry["data"] = tensor.ravel().tolist()
+        outputs.append(entry)
+    document: dict[str, Any] = {"model_name": model_name, "model_version": "1", "outputs": outputs}
+    if request.request_id is not None:
+        document["id"] = request.request_id
+    header = json.dumps(document).encode()
+    if not binary:
+        return header, {}
+    return header + b"".join(binary), {HEADER_LENGTH: str(len(header))}

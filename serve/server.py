@@ -1,0 +1,273 @@
+"""`serve http`: the Open Inference Protocol v2 over HTTP, dynamic batching, Prometheus metrics, a page.
+
+The onnxruntime session is created once, in the lifespan; requests reach it through the dynamic
+batcher. Needs the `http` extra (FastAPI, uvicorn, prometheus-client, python-multipart).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from serve.batching import DynamicBatcher, Overloaded
+from serve.model import INPUT_NAME, DigitModel, load_model, softmax
+from serve.predict import Prediction
+from serve.preprocess import ImageError, NoDigitFound, prepare
+from serve.protocol import HEADER_LENGTH, OUTPUTS, ProtocolError, encode_infer_response, parse_infer_request
+
+CONFIG_ENV = "FOLDSERVE_HTTP_CONFIG"
+IMAGE_TYPES = ("image/", "application/octet-stream")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    model_path: str = "runs/default/model.onnx"
+    model_name: str = "digits"
+    max_batch: int = 64
+    max_delay_ms: float = 2.0
+    max_body_bytes: int = 5 * 1024 * 1024
+    max_queue: int = 1024  # requests waiting for the model; beyond this: 503
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("foldserve_requests", "HTTP requests", ["endpoint", "status"], registry=self.registry)
+        self.latency = Histogram("foldserve_request_latency_seconds", "Request latency", ["endpoint"],
+                                 registry=self.registry,
+                                 buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5))
+        self.batch_size = Histogram("foldserve_batch_size", "Images per model call", registry=self.registry,
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
+        self.queue_time = Histogram("foldserve_queue_time_seconds", "Time a request waited for its batch",
+                                    registry=self.registry,
+                                    buckets=(0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1))
+
+    def on_batch(self, size: int, queue_times: list[float]) -> None:
+        self.batch_size.observe(size)
+        for t in queue_times:
+            self.queue_time.observe(t)
+
+
+def error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing (413) anything above ``limit`` without reading it all into memory."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, f"request body of {int(declared):,} bytes is above the limit of {limit:,}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPException(413, f"request body is above the limit of {limit:,} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def model_metadata(name: str, model: DigitModel) -> dict[str, Any]:
+    classes = len(model.labels)
+    return {
+        "name": name, "versions": ["1"], "platform": "onnxruntime_onnx",
+        "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, 1, 28, 28]},
+                   {"name": "image_files", "datatype": "BYTES", "shape": [-1]}],
+        "outputs": [{"name": o, "datatype": "FP32", "shape": [-1, classes]} for o in OUTPUTS],
+        "parameters": {
+            "inputs": f"send exactly one input: {INPUT_NAME!r} (pixels in [0,1], white ink on black) or "
+                      "'image_files' (encoded images, preprocessed as `serve predict` does)",
+            "labels": model.labels,
+        },
+    }
+
+
+def prediction_json(prediction: Prediction, labels: list[str]) -> dict[str, Any]:
+    """The same object as one line of `serve predict --json`."""
+    record: dict[str, Any] = {
+        "image": prediction.image, "label": prediction.label, "probability": prediction.probability,
+        "probabilities": None if prediction.probabilities is None else [float(v) for v in prediction.probabilities],
+    }
+    if prediction.label is not None and not labels[prediction.label].isdigit():
+        record["class_name"] = labels[prediction.label]
+    if prediction.no_digit:
+        record["note"] = "no digit found"
+    return record
+
+
+def create_app(config: ServerConfig, model: DigitModel | None = None) -> FastAPI:
+    """The application. ``model`` may be given (tests); otherwise it is loaded in the lifespan."""
+    metrics = Metrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loaded = model or load_model(Path(config.model_path))
+        batcher = DynamicBatcher(loaded.logits, max_batch=config.max_batch, max_delay_ms=config.max_delay_ms,
+                                 max_queue=config.max_queue, on_batch=metrics.on_batch)
+        batcher.start()
+        app.state.model, app.state.batcher = loaded, batcher
+        yield
+        await batcher.stop()  # in-flight requests finish before the process exits
+
+    app = FastAPI(title="foldserve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.config = config
+    app.state.metrics = metrics
+
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next):  # type: ignore[no-untyped-def]
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        endpoint = getattr(route, "path", "unmatched")
+        metrics.requests.labels(endpoint, str(response.status_code)).inc()
+        metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+        return response
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error(400, "invalid request")
+
+    def check_model(name: str) -> None:
+        if name != config.model_name:
+            raise HTTPException(404, f"unknown model {name!r}; this server serves {config.model_name!r}")
+
+    async def logits_for(images: np.ndarray) -> np.ndarray:
+        try:
+            return await app.state.batcher.submit(images)
+        except Overloaded as exc:
+            raise HTTPException(503, str(exc)) from None
+
+    @app.get("/v2/health/live")
+    async def live() -> dict[str, bool]:
+        return {"live": True}
+
+    @app.get("/v2/health/ready")
+    async def ready() -> dict[str, bool]:
+        return {"ready": True}
+
+    @app.get("/v2")
+    async def server_metadata() -> dict[str, Any]:
+        return {"name": "foldserve", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
+
+    @app.get("/v2/models/{name}")
+    async def get_model_metadata(name: str) -> dict[str, Any]:
+        check_model(name)
+        return model_metadata(name, app.state.model)
+
+    @app.get("/v2/models/{name}/versions/{version}")
+    async def get_model_version_metadata(name: str, version: str) -> dict[str, Any]:
+        check_model(name)
+        if version != "1":
+            raise HTTPException(404, f"unknown version {version!r} of model {name!r}")
+        return model_metadata(name, app.state.model)
+
+    @app.get("/v2/models/{name}/ready")
+    async def model_ready(name: str) -> dict[str, Any]:
+        check_model(name)
+        return {"name": name, "ready": True}
+
+    async def infer_impl(name: str, request: Request) -> Response:
+        check_model(name)
+        content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+        if content_type not in ("application/json", "application/octet-stream", ""):
+            raise HTTPException(415, f"content type {content_type!r} is not accepted; send application/json")
+        body = await read_body(request, config.max_body_bytes)
+        try:
+            # parsing may decode images: off the event loop, which keeps accepting requests
+            parsed = await run_in_threadpool(parse_infer_request, body, request.headers.get(HEADER_LENGTH))
+        except ProtocolError as exc:
+            raise HTTPException(400, str(exc)) from None
+        logits = await logits_for(parsed.images)
+        payload, headers = await run_in_threadpool(encode_infer_response, name, parsed, logits, softmax(logits))
+        media = "application/octet-stream" if headers else "application/json"
+        return Response(payload, media_type=media, headers=headers)
+
+    @app.post("/v2/models/{name}/infer")
+    async def infer(name: str, request: Request) -> Response:
+        return await infer_impl(name, request)
+
+    @app.post("/v2/models/{name}/versions/{version}/infer")
+    async def infer_version(name: str, version: str, request: Request) -> Response:
+        if version != "1":
+            raise HTTPException(404, f"unknown version {version!r} of model {name!r}")
+        return await infer_impl(name, request)
+
+    @app.post("/predict")
+    async def predict(request: Request) -> dict[str, Any]:
+        content_type = request.headers.get("content-type", "").lower()
+        body = await read_body(request, config.max_body_bytes)
+        filename = "upload"
+        if content_type.startswith("multipart/form-data"):
+            data, filename = await multipart_file(request, body, content_type)
+        elif content_type.startswith(IMAGE_TYPES):
+            data = body
+        else:
+            raise HTTPException(415, f"content type {content_type or 'none'!r} is not an image; send the image "
+                                     "as the body (image/png, image/jpeg, ...) or as multipart field 'file'")
+        result = Prediction(filename)
+        try:
+            image = await run_in_threadpool(prepare, data)
+        except NoDigitFound:
+            result.no_digit = True
+        except ImageError as exc:
+            raise HTTPException(400, f"{filename}: {exc}") from None
+        else:
+            result.probabilities = softmax(await logits_for(image[None, None]))[0]
+        return prediction_json(result, app.state.model.labels)
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page() -> HTMLResponse:
+        return HTMLResponse((resources.files("serve") / "static" / "index.html").read_text())
+
+    return app
+
+
+async def multipart_file(request: Request, body: bytes, content_type: str) -> tuple[bytes, str]:
+    """The bytes and name of multipart field 'file' (the body is already read and size-checked)."""
+    from starlette.datastructures import UploadFile
+    from starlette.formparsers import MultiPartException, MultiPartParser
+
+    async def replay() -> AsyncIterator[bytes]:
+        yield body
+
+    try:
+        form = await MultiPartParser(request.headers, replay()).parse()
+    except MultiPartException as exc:
+        raise HTTPException(400, f"malformed multipart body: {exc.message}") from None
+    try:
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise HTTPException(400, "multipart body has no file field named 'file'")
+        return await upload.read(), upload.filename or "upload"
+    finally:
+        await form.close()
+
+
+def create_app_from_env() -> FastAPI:
+    """Factory for uvicorn workers: the configuration comes from an environment variable."""
+    return create_app(ServerConfig(**json.loads(os.environ[CONFIG_ENV])))
+
+
+def config_to_env(config: ServerConfig) -> str:
+    return json.dumps(asdict(config))
