@@ -87,8 +87,8 @@ def check_quantized(int8_path: Path, reference_logits: np.ndarray, images: np.nd
     agreement = float(np.mean(logits.argmax(1) == reference_logits.argmax(1)))
     failures = []
     if int8_accuracy < fp32_accuracy - MAX_ACCURACY_DROP:
-        failures.append(f"int8 accuracy {int8_accuracy:.2%} is more than {MAX_ACCURACY_DROP:.1%} below "
-                        f"fp32 {fp32_accuracy:.2%}")
+        failures.append(f"int8 accuracy {int8_accuracy:.2%} is more than {MAX_ACCURACY_DROP * 100:.1f} points "
+                        f"below fp32 {fp32_accuracy:.2%}")
     return QuantizedReport({
         "kind": "int8", "passed": not failures, "failures": failures, "candidate": candidate_name,
         "reference": reference_name, "dataset": dataset_name, "n": len(labels),
