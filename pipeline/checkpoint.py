@@ -1,7 +1,6 @@
 """Self-describing checkpoints: ``{"model": state_dict, "config": asdict(cfg), ...}``, never pickled modules."""
 from __future__ import annotations
 
-import hashlib
 import pickle
 import zipfile
 from pathlib import Path
@@ -63,11 +62,3 @@ def model_from_checkpoint(ckpt: dict[str, Any], source: Path | str = "checkpoint
         first_line = str(exc).strip().splitlines()[0]
         raise PipelineError(f"{source}: checkpoint does not match the DigitNet architecture ({first_line[:200]})") from None
     return model.eval()
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

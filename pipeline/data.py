@@ -5,7 +5,6 @@ Everything here is numpy only, so reading data never needs torch.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import logging
 import struct
 import urllib.error
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.artifacts import atomic_path
+from pipeline.artifacts import atomic_path, file_digest
 from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -191,14 +190,6 @@ def load_dataset(name: str, data_dir: Path | None = None, download: bool = False
 # --------------------------------------------------------------------------- download
 
 
-def _md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def download_files(directory: Path, checksums: dict[str, str], mirrors: tuple[str, ...],
                    timeout: float = 30.0) -> None:
     """Fetch each file missing from ``directory``, trying mirrors in order; keep only verified files."""
@@ -209,7 +200,7 @@ def download_files(directory: Path, checksums: dict[str, str], mirrors: tuple[st
         raise DataError(f"cannot create data directory {directory}: {exc.strerror or exc}") from None
     for name, md5 in checksums.items():
         target = directory / name
-        if target.is_file() and _md5(target) == md5:
+        if target.is_file() and file_digest(target, "md5") == md5:
             continue
         failures = []
         for mirror in mirrors:
@@ -220,7 +211,7 @@ def download_files(directory: Path, checksums: dict[str, str], mirrors: tuple[st
                     with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:
                         for block in iter(lambda: response.read(1 << 20), b""):
                             out.write(block)
-                    got = _md5(tmp)
+                    got = file_digest(tmp, "md5")
                     if got != md5:
                         raise ValueError(f"md5 {got} != expected {md5}")
             except (urllib.error.URLError, OSError, ValueError) as exc:

@@ -13,9 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline.artifacts import atomic_path, write_json
-from pipeline.checkpoint import (CHECKPOINT_NAME, file_sha256, load_checkpoint, model_from_checkpoint,
-                                 save_checkpoint)
+from pipeline.artifacts import atomic_path, file_digest, write_json
+from pipeline.checkpoint import CHECKPOINT_NAME, load_checkpoint, model_from_checkpoint, save_checkpoint
 from pipeline.data import Dataset, load_dataset
 from pipeline.errors import PipelineError
 from pipeline.parity import ParityReport, check_parity, torch_logits
@@ -178,7 +177,7 @@ def export_model(run_dir: Path, out: Path | None = None, opset: int = DEFAULT_OP
             "bn_folded": "true" if fold and model.cfg.bn else "false", "bn_statistics": bn_statistics,
             "model_config": model.cfg.to_dict(), "training_config": ckpt.get("train_config") or {},
             "dataset": dataset.name, "test_accuracy": repr(test_accuracy),
-            "checkpoint": ckpt_path.name, "checkpoint_sha256": file_sha256(ckpt_path),
+            "checkpoint": ckpt_path.name, "checkpoint_sha256": file_digest(ckpt_path),
             "versions": library_versions(),
         })
         proto.producer_name, proto.doc_string = "foldserve", "Digit CNN exported by `pipeline export`."
@@ -233,7 +232,7 @@ def verify_model(model_path: Path, run_dir: Path | None = None) -> "ParityReport
     run_dir = Path(run_dir) if run_dir else model_path.parent
     ckpt_path = run_dir / props.get("checkpoint", CHECKPOINT_NAME)
     ckpt = load_checkpoint(ckpt_path)
-    if file_sha256(ckpt_path) != props["checkpoint_sha256"]:
+    if file_digest(ckpt_path) != props["checkpoint_sha256"]:
         raise PipelineError(f"{ckpt_path} is not the checkpoint {model_path} was exported from (sha256 differs); "
                             "pass the matching --run or export again")
     model = model_from_checkpoint(ckpt, ckpt_path)

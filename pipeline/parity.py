@@ -50,7 +50,9 @@ def diff_stats(candidate: np.ndarray, reference: np.ndarray) -> dict[str, float]
 
 
 @dataclass
-class ParityReport:
+class Report:
+    """A check's result: ``data`` is what parity.json holds; ``table()`` the human summary."""
+
     data: dict[str, Any]
 
     @property
@@ -60,6 +62,11 @@ class ParityReport:
     def to_json(self) -> str:
         return json.dumps(self.data, indent=2)
 
+    def table(self) -> str:
+        raise NotImplementedError
+
+
+class ParityReport(Report):
     def table(self) -> str:
         d = self.data
         rows = [("", "max |Δlogit|", "max rel", "argmax agree", "accuracy")]

@@ -1,16 +1,14 @@
 """int8 static quantization of the exported model with onnxruntime (QDQ, per-channel weights)."""
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from pipeline.errors import PipelineError
+from pipeline.parity import Report
 
 log = logging.getLogger(__name__)
 
@@ -50,17 +48,7 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, batc
         onnx.save(model, str(out_path))
 
 
-@dataclass
-class QuantizedReport:
-    data: dict[str, Any]
-
-    @property
-    def passed(self) -> bool:
-        return bool(self.data["passed"])
-
-    def to_json(self) -> str:
-        return json.dumps(self.data, indent=2)
-
+class QuantizedReport(Report):
     def table(self) -> str:
         d = self.data
         verdict = "PASS" if self.passed else "FAIL: " + "; ".join(d["failures"])

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gzip
 import sys
-from pathlib import Path
 
 import numpy as np
 

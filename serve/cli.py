@@ -54,15 +54,7 @@ def predict(images: tuple[str, ...], model_path: Path, as_json: bool, top_k: int
             failed = True
             click.echo(f"serve: error: {p.image}: {p.error}", err=True)
         elif as_json:
-            record = {"image": p.image, "label": p.label, "probability": p.probability,
-                      "probabilities": None if p.probabilities is None else [float(v) for v in p.probabilities]}
-            if p.label is not None and not model.labels[p.label].isdigit():
-                record["class_name"] = model.labels[p.label]
-            if p.no_digit:
-                record["note"] = "no digit found"
-            if top_k > 1:
-                record["top_k"] = [{"label": i, "probability": v} for i, v in p.top_k(top_k)]
-            click.echo(json.dumps(record))
+            click.echo(json.dumps(p.record(model.labels, top_k)))
         elif p.no_digit:
             click.echo(f"{p.image}: no digit found")
         else:

@@ -5,7 +5,7 @@ import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -45,6 +45,20 @@ class Prediction:
             return []
         order = np.argsort(-self.probabilities, kind="stable")[:k]
         return [(int(i), float(self.probabilities[i])) for i in order]
+
+    def record(self, labels: list[str], top_k: int = 1) -> dict[str, Any]:
+        """The JSON object of `serve predict --json` (and of the server's /predict)."""
+        record: dict[str, Any] = {
+            "image": self.image, "label": self.label, "probability": self.probability,
+            "probabilities": None if self.probabilities is None else [float(v) for v in self.probabilities],
+        }
+        if self.label is not None and not labels[self.label].isdigit():
+            record["class_name"] = labels[self.label]
+        if self.no_digit:
+            record["note"] = "no digit found"
+        if top_k > 1:
+            record["top_k"] = [{"label": i, "probability": v} for i, v in self.top_k(top_k)]
+        return record
 
 
 def expand_sources(arguments: Iterable[str]) -> Iterator[Source | Prediction]:

@@ -95,19 +95,6 @@ def model_metadata(name: str, model: DigitModel) -> dict[str, Any]:
     }
 
 
-def prediction_json(prediction: Prediction, labels: list[str]) -> dict[str, Any]:
-    """The same object as one line of `serve predict --json`."""
-    record: dict[str, Any] = {
-        "image": prediction.image, "label": prediction.label, "probability": prediction.probability,
-        "probabilities": None if prediction.probabilities is None else [float(v) for v in prediction.probabilities],
-    }
-    if prediction.label is not None and not labels[prediction.label].isdigit():
-        record["class_name"] = labels[prediction.label]
-    if prediction.no_digit:
-        record["note"] = "no digit found"
-    return record
-
-
 def create_app(config: ServerConfig, model: DigitModel | None = None) -> FastAPI:
     """The application. ``model`` may be given (tests); otherwise it is loaded in the lifespan."""
     metrics = Metrics()
@@ -230,7 +217,7 @@ def create_app(config: ServerConfig, model: DigitModel | None = None) -> FastAPI
             raise HTTPException(400, f"{filename}: {exc}") from None
         else:
             result.probabilities = softmax(await logits_for(image[None, None]))[0]
-        return prediction_json(result, app.state.model.labels)
+        return result.record(app.state.model.labels)
 
     @app.get("/metrics")
     async def prometheus_metrics() -> Response:

@@ -3,12 +3,9 @@ from __future__ import annotations
 
 import base64
 import http.client
-import io
 import json
-import os
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -20,7 +17,6 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from serve.model import load_model
 from serve.server import ServerConfig, create_app
 from tests.serve.conftest import free_port
 from tests.serve.images import encode
