@@ -19,6 +19,7 @@ from pipeline.errors import PipelineError
 
 DEFAULT_RUN = Path("runs/default")
 TRAIN_EXTRA_HINT = "pip install 'foldserve[train]'"
+TRAIN_EXTRA_MODULES = ("torch", "onnx", "onnxscript", "tqdm", "matplotlib")
 
 
 class PipelineGroup(click.Group):
@@ -29,19 +30,14 @@ class PipelineGroup(click.Group):
             return super().invoke(ctx)
         except PipelineError as exc:
             raise click.ClickException(str(exc)) from None
-        except ModuleNotFoundError as exc:
-            if exc.name and exc.name.split(".")[0] in {"torch", "onnx", "onnxscript", "tqdm"}:
-                raise click.ClickException(
-                    f"`pipeline` needs the training extra ({exc.name} is not installed): {TRAIN_EXTRA_HINT}"
-                ) from None
-            raise
 
 
 @click.group(cls=PipelineGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", is_flag=True, help="Log progress details to stderr.")
 def cli(verbose: bool) -> None:
     """Train a batch-normalized digit CNN, fold BN into its weights, export BN-free ONNX, prove parity."""
-    missing = [name for name in ("torch", "onnx", "onnxscript", "tqdm") if importlib.util.find_spec(name) is None]
+    # checked before any command runs, without importing anything heavy
+    missing = [name for name in TRAIN_EXTRA_MODULES if importlib.util.find_spec(name) is None]
     if missing:
         raise click.ClickException(f"`pipeline` needs the training extra ({', '.join(missing)} not installed): "
                                    f"{TRAIN_EXTRA_HINT}")
@@ -152,6 +148,7 @@ def train(ctx: click.Context, data: str, data_dir: Path | None, download: bool, 
     if nproc > 1:
         from pipeline.launch import launch_torchrun
 
+        # checked here as well as in the workers, so a bad option is one line before any worker starts
         if batch_size % nproc:
             raise PipelineError(f"--batch-size {batch_size} (the global batch) must be divisible by --nproc {nproc}")
         if resume and not (out / "checkpoint.pt").is_file():
