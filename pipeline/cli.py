@@ -162,12 +162,14 @@ def train(ctx: click.Context, data: str, data_dir: Path | None, download: bool, 
     dist_ctx = context_from_environment()
     stop = StopFlag()
     restore = stop.install()
+    finished = False
     try:
         result = run_training(cfg, out, resume=resume, given_options=given, should_stop=stop,
                               progress=not quiet, dataset=dataset)
+        finished = True
     finally:
         restore()
-        stop_process_group(dist_ctx)
+        stop_process_group(dist_ctx, finished=finished)
     if not dist_ctx.is_main:
         if result.interrupted:
             sys.exit(128 + (stop.signum or signal.SIGINT))

@@ -1,6 +1,7 @@
 """Two processes, gloo, CPU, through the real `pipeline train --nproc 2` (torchrun)."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -33,7 +34,7 @@ def pipeline(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 def two_process_step(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("dist") / "run"
     result = pipeline("train", "--nproc", "2", "--out", str(out), *ONE_SGD_STEP)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, result.stderr
     return out
 
 
@@ -90,6 +91,19 @@ def test_resume_across_a_different_process_count(tmp_path) -> None:
     assert third.returncode == 0, third.stderr[-3000:]
     ckpt = load_checkpoint(out)
     assert ckpt["step"] == 14 and [r["step"] for r in ckpt["metrics"]["log"]][-1] == 14
+
+
+def test_a_rank_that_finishes_first_waits_for_rank_0_and_exits_cleanly(tmp_path) -> None:
+    """Exiting at once, while rank 0 still worked, aborted the early rank now and then (SIGABRT from a
+    gloo thread during interpreter shutdown); this worker reproduces that timing."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["PYTHONPATH"] = str(REPO)
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                             str(Path(__file__).with_name("teardown_worker.py")), str(tmp_path)],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    rank0, rank1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert rank1["left_at"] >= rank0["done_at"]  # rank 1 waited for rank 0's extra second
 
 
 def test_a_failed_worker_ends_the_whole_job(tmp_path) -> None:
