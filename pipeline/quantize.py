@@ -4,11 +4,15 @@ from __future__ import annotations
 import logging
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pipeline.errors import PipelineError
 from pipeline.parity import Report
+
+if TYPE_CHECKING:
+    import onnx
 
 log = logging.getLogger(__name__)
 
@@ -16,9 +20,56 @@ CALIBRATION_IMAGES = 500
 MAX_ACCURACY_DROP = 0.003  # int8 passes when its test accuracy is at most 0.3 points below fp32
 
 
+def first_block(model: "onnx.ModelProto") -> list["onnx.NodeProto"]:
+    """The nodes from the graph input up to and including the first Conv -> Relu -> MaxPool chain."""
+    nodes = list(model.graph.node)
+    consumers: dict[str, list[int]] = {}
+    for index, node in enumerate(nodes):
+        for name in node.input:
+            consumers.setdefault(name, []).append(index)
+    for index, node in enumerate(nodes):
+        if node.op_type != "Conv":
+            continue
+        relu = consumers.get(node.output[0], [])
+        if len(relu) == 1 and nodes[relu[0]].op_type == "Relu":
+            pool = consumers.get(nodes[relu[0]].output[0], [])
+            if len(pool) == 1 and nodes[pool[0]].op_type == "MaxPool":
+                return nodes[:pool[0] + 1]
+        break
+    raise PipelineError("int8: the model does not start with Conv -> Relu -> MaxPool; is it a foldserve export?")
+
+
+def pool_before_relu(model: "onnx.ModelProto") -> None:
+    """Rewrite the first block's Conv -> Relu -> MaxPool as Conv -> MaxPool -> Relu (in place).
+
+    The two orders compute the same numbers (ReLU is monotonic, so it commutes with max). The
+    reason is onnxruntime: it moves a QuantizeLinear that follows a MaxPool back in front of it,
+    turning the pool into a uint8 MaxPool in NCHW that took 45% of the int8 model's time; a ReLU
+    between them stops that, and the fp32 pool then runs in onnxruntime's blocked (NCHWc) layout.
+    """
+    block = first_block(model)
+    relu, pool = block[-2], block[-1]
+    conv_out, relu_out, pool_out = relu.input[0], relu.output[0], pool.output[0]
+    pool.input[0], pool.output[0] = conv_out, relu_out
+    relu.input[0], relu.output[0] = relu_out, pool_out
+    nodes = list(model.graph.node)
+    i, j = nodes.index(relu), nodes.index(pool)
+    nodes[i], nodes[j] = nodes[j], nodes[i]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    kept = [info for info in model.graph.value_info if info.name != relu_out]  # its shape changed
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(kept)
+
+
 def quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, batch_size: int = 50) -> None:
     """Write an int8 QDQ model of ``fp32_path``: uint8 activations, int8 per-channel weights, min-max
-    calibration on ``calibration`` (float32 [N,1,28,28] training images). Metadata is carried over."""
+    calibration on ``calibration`` (float32 [N,1,28,28] training images). Metadata is carried over.
+
+    The first block (normalization, conv 5x5x32 on one input channel, ReLU, max-pool) stays fp32:
+    as an int8 QLinearConv with one input channel it took 47% of the int8 model's time, three times
+    what onnxruntime's fp32 kernel needs, and it is 3% of the model's FLOPs.
+    """
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -33,18 +84,22 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, batc
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(fp32_path), str(prepared))  # shape inference and graph clean-up first
+        fp32_block = [node.name for node in first_block(onnx.load(str(prepared)))]
         quantized = Path(tmp) / "int8.onnx"
         quantize_static(str(prepared), str(quantized), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        nodes_to_exclude=fp32_block)
         fp32 = onnx.load(str(fp32_path), load_external_data=False)
         model = onnx.load(str(quantized))
+        pool_before_relu(model)
         del model.metadata_props[:]
         model.metadata_props.extend(fp32.metadata_props)
         entry = model.metadata_props.add()
         entry.key = "quantization"
         entry.value = (f"int8 static QDQ (onnxruntime): uint8 activations, int8 per-channel weights, "
-                       f"min-max calibration on {len(calibration)} training images")
+                       f"min-max calibration on {len(calibration)} training images; first conv block in fp32")
         model.producer_name = fp32.producer_name
+        onnx.checker.check_model(model, full_check=True)
         onnx.save(model, str(out_path))
 
 

@@ -214,6 +214,13 @@ def test_int8_export_loads_predicts_and_agrees_with_fp32(trained_run: Path, tmp_
     int8 = tmp_path / "model-int8.onnx"
     assert result.int8_path == int8 and int8.is_file() and result.int8_report.passed
     assert {"QuantizeLinear", "DequantizeLinear"} <= op_types(int8)
+    graph = onnx.load(str(int8)).graph
+    dequantized = {out for node in graph.node if node.op_type == "DequantizeLinear" for out in node.output}
+    conv_weights = [node.input[1] for node in graph.node if node.op_type == "Conv"]
+    gemm_weights = [node.input[1] for node in graph.node if node.op_type == "Gemm"]
+    # the first conv block stays fp32 (faster there); the second conv and both dense layers are int8
+    assert conv_weights[0] not in dequantized and conv_weights[1] in dequantized
+    assert all(weight in dequantized for weight in gemm_weights)
     props = {p.key: p.value for p in onnx.load(str(int8)).metadata_props}
     assert props["quantization"].startswith("int8 static QDQ") and "labels" in props
     images, labels = sample_test_split()
