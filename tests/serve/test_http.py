@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -296,12 +297,15 @@ def test_sigterm_lets_the_request_in_flight_finish(model_path: Path, model, digi
                                      "parameters": {"binary_data_size": images.nbytes}}],
                          "outputs": [{"name": "logits", "parameters": {"binary_data": True}}]}).encode()
 
+    sent = threading.Event()
+
     def big_request() -> tuple[int, bytes, str | None]:
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         try:
             connection.request("POST", "/v2/models/digits/infer", body=header + images.tobytes(),
                                headers={"Inference-Header-Content-Length": str(len(header)),
                                         "Content-Type": "application/octet-stream"})
+            sent.set()  # 12.8 MB cannot all sit in socket buffers: the server is reading the request
             response = connection.getresponse()
             return response.status, response.read(), response.getheader("Inference-Header-Content-Length")
         finally:
@@ -309,8 +313,8 @@ def test_sigterm_lets_the_request_in_flight_finish(model_path: Path, model, digi
 
     with ThreadPoolExecutor(1) as pool:
         pending = pool.submit(big_request)
-        time.sleep(0.3)  # the request is being received and processed
-        process.send_signal(signal.SIGTERM)
+        assert sent.wait(timeout=60), "the request was not sent"
+        process.send_signal(signal.SIGTERM)  # while the server computes the 4,096 images
         status, body, json_length = pending.result(timeout=60)
     _, stderr = process.communicate(timeout=30)
     assert status == 200, body[:300]
