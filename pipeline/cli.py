@@ -198,7 +198,8 @@ def train(ctx: click.Context, data: str, data_dir: Path | None, download: bool, 
                    "variance over the training split (the BN paper's inference procedure).")
 @click.option("--quantize", type=click.Choice(["int8"]), default=None,
               help="Also write OUT-int8.onnx: onnxruntime static quantization (QDQ, per-channel weights, "
-                   "calibrated on 500 training images), kept only if within 0.3 accuracy points of fp32.")
+                   "calibrated on 500 training images), kept only if within 0.3 accuracy points of fp32. "
+                   "Not with --no-fold.")
 def export(run_dir: Path, out: Path | None, opset: int, no_fold: bool, recompute_stats: bool,
            quantize: str | None) -> None:
     """Fold BN into the conv/dense weights and export a BN-free ONNX model, then verify parity.

@@ -136,6 +136,8 @@ def export_model(run_dir: Path, out: Path | None = None, opset: int = DEFAULT_OP
         raise PipelineError(f"run directory {run_dir} does not exist (train one with `pipeline train --out {run_dir}`)")
     if quantize not in (None, "int8"):
         raise PipelineError(f"--quantize {quantize!r} is not supported (only int8)")
+    if quantize and not fold:
+        raise PipelineError("--quantize int8 quantizes the BN-folded model; it cannot be combined with --no-fold")
     if opset < MIN_OPSET:
         raise PipelineError(f"--opset {opset} is not supported: the exporter emits opset {MIN_OPSET} or newer")
     out = Path(out) if out else run_dir / "model.onnx"

@@ -188,6 +188,9 @@ def test_export_bad_input(trained_run: Path, tmp_path: Path) -> None:
     assert_one_line_error(run("export", "--run", str(trained_run), "--out", str(blocker / "m.onnx")),
                           "cannot write", "does not exist")
     assert_one_line_error(run("export", "--run", str(trained_run), "--opset", "11"), "--opset 11")
+    assert_one_line_error(run("export", "--run", str(trained_run), "--out", str(tmp_path / "m.onnx"), "--no-fold",
+                              "--quantize", "int8"), "cannot be combined with --no-fold")
+    assert not list(tmp_path.glob("m*.onnx"))
     for directory in (tmp_path / "empty", corrupt, other):
         assert not list(directory.glob("*.onnx")) and not list(directory.glob(".*tmp"))
 
