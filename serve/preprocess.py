@@ -8,6 +8,7 @@ Pure numpy and Pillow.
 from __future__ import annotations
 
 import io
+import re
 import warnings
 
 import numpy as np
@@ -48,8 +49,9 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
             return ImageOps.exif_transpose(image)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         # Pillow's own guard fires while reading the header, for sizes far above ours
-        declared = str(exc).split(",")[0]
-        raise ImageError(f"image is above the limit of {max_pixels:,} pixels ({declared})") from None
+        declared = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f" is {int(declared.group(1)):,} pixels," if declared else ""
+        raise ImageError(f"image{size} above the limit of {max_pixels:,} pixels") from None
     except UnidentifiedImageError:
         raise ImageError("not a recognised image format") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
