@@ -84,6 +84,10 @@ def _fp32_tensor(spec: dict[str, Any], binary: bytes | None) -> np.ndarray:
         array = array.astype(np.float32)
     if not np.isfinite(array).all():
         raise ProtocolError("'data' contains NaN or infinite values")
+    if array.size and (array.min() < 0.0 or array.max() > 1.0):
+        # the model's contract; 0-255 pixels are the usual mistake, and give confident nonsense
+        raise ProtocolError(f"pixel values must be in [0, 1] (white ink on black), got {array.min():g} to "
+                            f"{array.max():g}; divide 8-bit pixels by 255, or send the image files as BYTES")
     return array.reshape(shape)
 
 

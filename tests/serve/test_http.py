@@ -105,6 +105,8 @@ BAD_REQUESTS = [
                                                    "data": [0.0] * 784}]}).encode(), {}, 400, "784 elements"),
     ("NaN", b'{"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1, 28, 28], "data": [NaN'
             + b', 0.0' * 783 + b']}]}', {}, 400, "NaN or infinite"),
+    ("0-255 pixels", json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1, 28, 28],
+                                             "data": [255.0] * 784}]}).encode(), {}, 400, "must be in [0, 1]"),
     ("no inputs", b'{"outputs": []}', {}, 400, "exactly one input"),
     ("unknown output", json.dumps({**fp32_request(np.zeros((1, 1, 28, 28), np.float32)),
                                    "outputs": [{"name": "features"}]}).encode(), {}, 400, "unknown output"),
