@@ -31,27 +31,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def server(model_path: Path):
-    """`serve http` as a subprocess on 127.0.0.1; stopped by its pid with SIGTERM."""
+def start_server(model_path: Path, *options: str) -> tuple[subprocess.Popen, int]:
+    """`serve http` as a subprocess on 127.0.0.1, returned once /v2/health/ready answers 200."""
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "serve", "http", "--model", str(model_path), "--port",
-                                str(port), "--max-batch", "64", "--max-delay-ms", "2"], cwd=REPO,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                str(port), *options], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
         try:
             connection.request("GET", "/v2/health/ready")
             if connection.getresponse().status == 200:
-                break
+                return process, port
         except OSError:
             time.sleep(0.1)
         finally:
             connection.close()
-    else:
-        process.kill()
-        pytest.fail(f"server did not start: {process.communicate()[1]}")
+    process.kill()
+    pytest.fail(f"server did not start: {process.communicate()[1]}")
+
+
+@pytest.fixture(scope="session")
+def server(model_path: Path):
+    """`serve http` as a subprocess on 127.0.0.1; stopped by its pid with SIGTERM."""
+    process, port = start_server(model_path, "--max-batch", "64", "--max-delay-ms", "2")
     yield f"127.0.0.1:{port}", process
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=30)

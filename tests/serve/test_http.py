@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from serve.server import ServerConfig, create_app
-from tests.serve.conftest import free_port
+from tests.serve.conftest import start_server
 from tests.serve.images import encode
 
 REPO = Path(__file__).resolve().parents[2]
@@ -284,16 +284,7 @@ def test_real_server_alternates_bad_and_good_requests(server, model, digits) -> 
 
 
 def test_sigterm_lets_the_request_in_flight_finish(model_path: Path, model, digits) -> None:
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "serve", "http", "--model", str(model_path), "--port",
-                                str(port), "--max-body-mb", "64"], cwd=REPO, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
-    for _ in range(300):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.1)
+    process, port = start_server(model_path, "--max-body-mb", "64")
     images = np.concatenate([digits[0]] * 14)[:4096]  # a big request: some hundreds of ms of work
     header = json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": list(images.shape),
                                      "parameters": {"binary_data_size": images.nbytes}}],
