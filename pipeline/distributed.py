@@ -68,7 +68,8 @@ def stop(ctx: DistContext, *, finished: bool) -> None:
         # Without this meeting a rank that is done first (rank 0 still evaluates and writes) exits
         # at once, and a gloo worker thread still releasing the last collective's tensors needs the
         # GIL while the interpreter shuts down: "terminate called without an active exception",
-        # SIGABRT, in about 1 run in 4 here. Waiting here frees the GIL for it.
+        # SIGABRT (1 in 12 runs here under load; 1 in 4 with rank 0 a second slower). Waiting here
+        # frees the GIL for it.
         dist.barrier()
     dist.destroy_process_group()
 

@@ -27,15 +27,12 @@ def first_block(model: "onnx.ModelProto") -> list["onnx.NodeProto"]:
     for index, node in enumerate(nodes):
         for name in node.input:
             consumers.setdefault(name, []).append(index)
-    for index, node in enumerate(nodes):
-        if node.op_type != "Conv":
-            continue
-        relu = consumers.get(node.output[0], [])
-        if len(relu) == 1 and nodes[relu[0]].op_type == "Relu":
-            pool = consumers.get(nodes[relu[0]].output[0], [])
-            if len(pool) == 1 and nodes[pool[0]].op_type == "MaxPool":
-                return nodes[:pool[0] + 1]
-        break
+    conv = next((node for node in nodes if node.op_type == "Conv"), None)
+    relu = consumers.get(conv.output[0], []) if conv else []
+    if len(relu) == 1 and nodes[relu[0]].op_type == "Relu":
+        pool = consumers.get(nodes[relu[0]].output[0], [])
+        if len(pool) == 1 and nodes[pool[0]].op_type == "MaxPool":
+            return nodes[:pool[0] + 1]
     raise PipelineError("int8: the model does not start with Conv -> Relu -> MaxPool; is it a foldserve export?")
 
 

@@ -50,8 +50,8 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         # Pillow's own guard fires while reading the header, for sizes far above ours
         declared = re.search(r"\((\d+) pixels\)", str(exc))
-        size = f" is {int(declared.group(1)):,} pixels," if declared else ""
-        raise ImageError(f"image{size} above the limit of {max_pixels:,} pixels") from None
+        size = f"{int(declared.group(1)):,} pixels, " if declared else ""
+        raise ImageError(f"image is {size}above the limit of {max_pixels:,} pixels") from None
     except UnidentifiedImageError:
         raise ImageError("not a recognised image format") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
