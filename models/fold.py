@@ -41,10 +41,12 @@ def fold_batchnorm(model: DigitNet) -> DigitNet:
     if not model.cfg.bn:
         return copy.deepcopy(model).eval()
     folded = DigitNet(replace(model.cfg, bn=False)).to(next(model.parameters()).device)
-    state = {k: v for k, v in model.state_dict().items() if not k.startswith("bn")}
-    for (layer, bn), name in zip(model.linear_bn_pairs(), ("conv1", "conv2", "fc1")):
-        w, b = fold_bn_params(layer.weight, layer.bias, bn)
-        state[f"{name}.weight"], state[f"{name}.bias"] = w, b
+    bn_names = tuple(bn for _, bn in model.FOLD_PAIRS)
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith(tuple(f"{b}." for b in bn_names))}
+    for layer_name, bn_name in model.FOLD_PAIRS:
+        layer = getattr(model, layer_name)
+        w, b = fold_bn_params(layer.weight, layer.bias, getattr(model, bn_name))
+        state[f"{layer_name}.weight"], state[f"{layer_name}.bias"] = w, b
     folded.load_state_dict(state)
     assert not batchnorm_layers(folded)
     return folded.eval()

@@ -21,6 +21,12 @@ from torch import nn
 from torch.nn import functional as F
 
 IMAGE_SIZE = 28
+# The label of the extra class a model trained with generated negatives has: what it answers for
+# letters, shapes and scribbles instead of a confident wrong digit.
+REJECT_LABEL = "not a digit"
+# MNIST's geometry, which serving reproduces from any image: the digit's longer side BOX px, its
+# centre of mass at (CENTRE, CENTRE) in the IMAGE_SIZE field.
+FIELD = {"size": IMAGE_SIZE, "box": 20, "centre": 14.0}
 
 
 @dataclass(frozen=True)
@@ -97,9 +103,11 @@ class DigitNet(nn.Module):
         x = self.dropout(F.relu(self.bn3(self.fc1(x))))  # [N, hidden]
         return self.fc2(x)  # [N, num_classes] logits
 
+    # (layer, the BN right after it): the pairs BN folding merges, by attribute name.
+    FOLD_PAIRS = (("conv1", "bn1"), ("conv2", "bn2"), ("fc1", "bn3"))
+
     def linear_bn_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
-        """(layer, the BN right after it): the pairs BN folding merges."""
-        return [(self.conv1, self.bn1), (self.conv2, self.bn2), (self.fc1, self.bn3)]
+        return [(getattr(self, layer), getattr(self, bn)) for layer, bn in self.FOLD_PAIRS]
 
 
 def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:

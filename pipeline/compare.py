@@ -51,7 +51,10 @@ class CompareConfig:
     def train_config(self, variant: str, lr: float, seed: int) -> TrainConfig:
         return TrainConfig(data=self.data, data_dir=self.data_dir, epochs=self.epochs, batch_size=self.batch_size,
                            lr=lr, optimizer=self.optimizer, seed=seed, bn=variant == "bn", augment=self.augment,
-                           device=self.device, max_steps=self.max_steps, log_every=1, eval_every=self.eval_every)
+                           device=self.device, max_steps=self.max_steps, log_every=1, eval_every=self.eval_every,
+                           # the study is the BN question on the data as given: no generated data,
+                           # only the affine augmentation it was measured with
+                           augment_real=False, stroke_digits=0, non_digits=0)
 
 
 @dataclass

@@ -129,6 +129,32 @@ def read_split(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.nda
     return images, labels.astype(np.int64)
 
 
+def with_generated(dataset: Dataset, stroke_digits: int, non_digits: int, seed: int) -> Dataset:
+    """``dataset`` with generated training images added (pipeline/synth.py): digits drawn from
+    stroke skeletons, and "not a digit" examples as an extra class. Digit datasets only; the test
+    split is left as it is. Deterministic in ``seed``."""
+    from models.net import REJECT_LABEL
+    from pipeline.synth import non_digits as draw_non_digits
+    from pipeline.synth import stroke_digits as draw_digits
+
+    if dataset.class_names != DIGIT_LABELS or (stroke_digits == 0 and non_digits == 0):
+        return dataset
+    rng = np.random.default_rng([seed, 20261125])
+    images, labels = [dataset.train_images], [dataset.train_labels]
+    if stroke_digits:
+        drawn, drawn_labels = draw_digits(stroke_digits, rng)
+        images.append(drawn)
+        labels.append(drawn_labels.astype(np.int64))
+    class_names = dataset.class_names
+    if non_digits:
+        images.append(draw_non_digits(non_digits, rng))
+        labels.append(np.full(non_digits, len(DIGIT_LABELS), np.int64))
+        class_names = DIGIT_LABELS + (REJECT_LABEL,)
+    log.info("added %d stroke-drawn digits and %d non-digits to %s", stroke_digits, non_digits, dataset.name)
+    return Dataset(dataset.name, np.concatenate(images), np.concatenate(labels), dataset.test_images,
+                   dataset.test_labels, class_names)
+
+
 # --------------------------------------------------------------------------- locating files
 
 

@@ -80,9 +80,10 @@ def onnx_export(net: "DigitNet", path: Path, opset: int, optimize: bool) -> None
     import torch
 
     from models import WithProbabilities
+    from models.net import IMAGE_SIZE
 
     wrapper = WithProbabilities(net).eval()
-    example = torch.rand(2, 1, 28, 28)
+    example = torch.rand(2, 1, IMAGE_SIZE, IMAGE_SIZE)
     batch = torch.export.Dim("batch", min=1)
     # The exporter logs warnings about optional torchvision ops on every call; they are noise here.
     quiet = [logging.getLogger(n) for n in ("torch.onnx", "torch.onnx._internal.exporter._registration")]
@@ -116,6 +117,51 @@ def count_ops(model: "onnx.ModelProto", op_type: str) -> int:
     return sum(node.op_type == op_type for node in model.graph.node)
 
 
+CALIBRATION_FALSE_REFUSALS = 0.01  # the refusal threshold refuses this fraction of validation digits
+
+
+def calibrate_min_confidence(model: "DigitNet", dataset: Dataset, labels: list[str], seed: int = 7) -> dict[str, Any]:
+    """The digit-probability threshold below which serving refuses, chosen on validation data that
+    is neither the test split nor the training images as trained: training digits re-distorted
+    (affine + elastic/thickness/contrast), newly drawn stroke digits, and newly drawn non-digits.
+    Returns the threshold and what it does on that data."""
+    import torch
+
+    from models.net import REJECT_LABEL
+    from pipeline.synth import non_digits, stroke_digits
+    from pipeline.train import augment_batch, augment_real
+
+    rng = np.random.default_rng([seed, 1125])
+    generator = torch.Generator().manual_seed(seed)
+    real = torch.from_numpy(dataset.train_images[:2000].astype(np.float32)[:, None] / 255.0)
+    real = augment_real(augment_batch(real, generator), generator)
+    drawn, drawn_labels = stroke_digits(1000, rng)
+    digits = torch.cat([real, torch.from_numpy(drawn.astype(np.float32)[:, None] / 255.0)])
+    digit_labels = np.concatenate([dataset.train_labels[:2000], drawn_labels])
+    others = torch.from_numpy(non_digits(1000, rng).astype(np.float32)[:, None] / 255.0)
+    p_digits = softmax_np(torch_logits(model, digits.numpy()))
+    p_others = softmax_np(torch_logits(model, others.numpy()))
+    reject = labels.index(REJECT_LABEL) if REJECT_LABEL in labels else None
+    digit_columns = [i for i in range(len(labels)) if i != reject]
+
+    def accepted(p: np.ndarray, threshold: float) -> np.ndarray:
+        best = p[:, digit_columns].max(1)
+        return (p.argmax(1) != reject) & (best >= threshold) if reject is not None else best >= threshold
+
+    correct_best = p_digits[:, digit_columns].max(1)[p_digits.argmax(1) == digit_labels]
+    threshold = float(np.clip(np.quantile(correct_best, CALIBRATION_FALSE_REFUSALS), 0.3, 0.9)) if len(correct_best) else 0.5
+    return {"min_confidence": round(threshold, 4),
+            "validation_digits": len(digits), "validation_non_digits": len(others),
+            "digits_refused": float(1 - accepted(p_digits, threshold).mean()),
+            "digits_read_right": float((accepted(p_digits, threshold) & (p_digits.argmax(1) == digit_labels)).mean()),
+            "non_digits_refused": float(1 - accepted(p_others, threshold).mean())}
+
+
+def softmax_np(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(1, keepdims=True))
+    return shifted / shifted.sum(1, keepdims=True)
+
+
 def int8_path_for(model_path: Path) -> Path:
     return model_path.with_name(model_path.stem + "-int8" + model_path.suffix)
 
@@ -130,6 +176,7 @@ def export_model(run_dir: Path, out: Path | None = None, opset: int = DEFAULT_OP
     import onnx
 
     from models import fold_batchnorm
+    from models.net import FIELD, IMAGE_SIZE, REJECT_LABEL
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -165,12 +212,18 @@ def export_model(run_dir: Path, out: Path | None = None, opset: int = DEFAULT_OP
     reference_logits = torch_logits(model, images)
     test_accuracy = float(np.mean(reference_logits.argmax(1) == labels))
     net = fold_batchnorm(model) if fold else model
+    class_names = list(ckpt.get("class_names") or [str(i) for i in range(model.cfg.num_classes)])
+    is_digits = class_names[:10] == [str(d) for d in range(10)]
+    calibration = calibrate_min_confidence(model, dataset, class_names) if is_digits else None
     with atomic_path(out) as tmp:
         onnx_export(net, tmp, opset, optimize=fold)
         proto = onnx.load(str(tmp))
+        refusal = {} if calibration is None else {
+            "min_confidence": repr(calibration["min_confidence"]), "calibration": calibration,
+            **({"reject_label": REJECT_LABEL} if REJECT_LABEL in class_names else {})}
         add_metadata(proto, {
-            "labels": list(ckpt.get("class_names") or [str(i) for i in range(model.cfg.num_classes)]),
-            "input": {"name": "image", "shape": [-1, 1, 28, 28], "dtype": "float32", "pixel_range": [0, 1],
+            "labels": class_names, **refusal, "field": FIELD,
+            "input": {"name": "image", "shape": [-1, 1, IMAGE_SIZE, IMAGE_SIZE], "dtype": "float32", "pixel_range": [0, 1],
                       "polarity": "white ink on black background (MNIST)", "preprocessing": PREPROCESSING},
             "outputs": {"logits": "[N, classes] float32", "probabilities": "[N, classes] softmax of logits"},
             "normalize_mean": repr(model.cfg.normalize_mean), "normalize_std": repr(model.cfg.normalize_std),

@@ -1,84 +1,63 @@
-"""Batch prediction over image files, directories and stdin: one onnxruntime session, batches of up to 256."""
+"""Readings over image files, directories and stdin: one onnxruntime session, model calls of up to
+256 fields (several per image when it holds a number)."""
 from __future__ import annotations
 
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
-import numpy as np
-
+from serve.image.decode import DEFAULT_MAX_PIXELS, ImageError
 from serve.model import MAX_BATCH, DigitModel
-from serve.preprocess import ImageError, NoDigitFound, prepare
+from serve.reading import Page, Reading, prepare_page, read_pages, unreadable
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm"}
-MAX_FILE_BYTES = 50 * 1024 * 1024
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm",
+                  ".heic", ".heif", ".avif"}
+MAX_FILE_BYTES = 128 * 1024 * 1024  # a 48 MP PNG is 60-90 MB
 STDIN = "-"
 
 
 @dataclass(frozen=True)
 class Source:
-    """One image to predict: a file path, or stdin."""
+    """One image to read: a file path, or stdin."""
 
     name: str
     path: Path | None  # None for stdin
 
 
-@dataclass
-class Prediction:
-    image: str
-    probabilities: np.ndarray | None = None  # None: no digit found, or an error
-    error: str | None = None  # why this input could not be read
-    no_digit: bool = False
+@dataclass(frozen=True)
+class Skipped:
+    """A file in a directory that is not read (not an image by its name): reported, not an error."""
 
-    @property
-    def label(self) -> int | None:
-        return None if self.probabilities is None else int(self.probabilities.argmax())
-
-    @property
-    def probability(self) -> float | None:
-        return None if self.probabilities is None else float(self.probabilities.max())
-
-    def top_k(self, k: int) -> list[tuple[int, float]]:
-        if self.probabilities is None:
-            return []
-        order = np.argsort(-self.probabilities, kind="stable")[:k]
-        return [(int(i), float(self.probabilities[i])) for i in order]
-
-    def record(self, labels: list[str], top_k: int = 1) -> dict[str, Any]:
-        """The JSON object of `serve predict --json` (and of the server's /predict)."""
-        record: dict[str, Any] = {
-            "image": self.image, "label": self.label, "probability": self.probability,
-            "probabilities": None if self.probabilities is None else [float(v) for v in self.probabilities],
-        }
-        if self.label is not None and not labels[self.label].isdigit():
-            record["class_name"] = labels[self.label]
-        if self.no_digit:
-            record["note"] = "no digit found"
-        if top_k > 1:
-            record["top_k"] = [{"label": i, "probability": v} for i, v in self.top_k(top_k)]
-        return record
+    name: str
+    reason: str
 
 
-def expand_sources(arguments: Iterable[str]) -> Iterator[Source | Prediction]:
-    """Files as given, directories as their images (sorted), ``-`` as stdin; a Prediction for a bad argument."""
+def expand_sources(arguments: Iterable[str]) -> Iterator[Source | Skipped | Reading]:
+    """Files as given, directories as their images (sorted; other files reported as skipped), ``-`` as
+    stdin; an error Reading for a bad argument."""
     for argument in arguments:
         if argument == STDIN:
             yield Source("<stdin>", None)
             continue
         path = Path(argument)
         if path.is_dir():
-            images = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            entries = sorted(p for p in path.iterdir() if p.is_file())
+            images = [p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES]
             if not images:
-                yield Prediction(argument, error=f"directory has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-            yield from (Source(str(p), p) for p in images)
+                yield Reading(argument, error=f"directory has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            for entry in entries:
+                if entry in images:
+                    yield Source(str(entry), entry)
+                else:
+                    yield Skipped(str(entry), f"not an image file by its name ({entry.suffix or 'no suffix'})")
         elif path.is_file():
             yield Source(argument, path)
         elif path.exists():
-            yield Prediction(argument, error="not a regular file")
+            yield Reading(argument, error="not a regular file")
         else:
-            yield Prediction(argument, error="no such file or directory")
+            yield Reading(argument, error="no such file or directory")
 
 
 def read_limited(stream: BinaryIO, limit: int = MAX_FILE_BYTES) -> bytes:
@@ -88,46 +67,44 @@ def read_limited(stream: BinaryIO, limit: int = MAX_FILE_BYTES) -> bytes:
     return data
 
 
-def load_input(source: Source, stdin: BinaryIO | None = None) -> np.ndarray:
-    if source.path is None:
-        return prepare(read_limited(stdin if stdin is not None else sys.stdin.buffer))
+def load_page(source: Source, model: DigitModel, max_pixels: int, stdin: BinaryIO | None = None) -> Page:
+    """The source's bytes prepared for the model; unreadable input is a Page with an error."""
     try:
-        with open(source.path, "rb") as fh:
-            return prepare(read_limited(fh))
+        if source.path is None:
+            data = read_limited(stdin if stdin is not None else sys.stdin.buffer)
+        else:
+            with open(source.path, "rb") as fh:
+                data = read_limited(fh)
+    except ImageError as exc:
+        return unreadable(source.name, str(exc), model.field_spec)
     except OSError as exc:
-        raise ImageError(f"cannot read: {exc.strerror or exc}") from None
+        return unreadable(source.name, f"cannot read: {exc.strerror or exc}", model.field_spec)
+    return prepare_page(data, source.name, model.field_spec, max_pixels)
 
 
 def predict(model: DigitModel, arguments: Iterable[str], batch_size: int = MAX_BATCH,
-            stdin: BinaryIO | None = None) -> Iterator[Prediction]:
-    """Yield one Prediction per input, in order, running the model once per batch of up to ``batch_size``."""
-    pending: list[Prediction] = []  # results in input order, some waiting for the batch
-    batch: list[np.ndarray] = []
-    waiting: list[Prediction] = []
+            stdin: BinaryIO | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+            min_confidence: float | None = None) -> Iterator[Reading | Skipped]:
+    """Yield one Reading per input (and a Skipped per skipped file), in order, running the model once
+    per ``batch_size`` fields."""
+    pending: list[Reading | Skipped | Page] = []
+    fields = 0
 
-    def flush() -> Iterator[Prediction]:
-        if batch:
-            probabilities = model.probabilities(np.stack(batch)[:, None], batch_size=batch_size)
-            for prediction, p in zip(waiting, probabilities):
-                prediction.probabilities = p
-            batch.clear()
-            waiting.clear()
-        yield from pending
+    def flush() -> Iterator[Reading | Skipped]:
+        pages = [p for p in pending if isinstance(p, Page)]
+        readings = iter(read_pages(model, pages, min_confidence, batch_size))
+        for item in pending:
+            yield next(readings) if isinstance(item, Page) else item
         pending.clear()
 
     for item in expand_sources(arguments):
-        if isinstance(item, Prediction):
+        if isinstance(item, Source):
+            page = load_page(item, model, max_pixels, stdin)
+            pending.append(page)
+            fields += len(page.fields)
+        else:
             pending.append(item)
-            continue
-        prediction = Prediction(item.name)
-        try:
-            batch.append(load_input(item, stdin))
-            waiting.append(prediction)
-        except NoDigitFound:
-            prediction.no_digit = True
-        except ImageError as exc:
-            prediction.error = str(exc)
-        pending.append(prediction)
-        if len(batch) >= batch_size:
+        if fields >= batch_size:
             yield from flush()
+            fields = 0
     yield from flush()

@@ -14,7 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from serve.model import INPUT_NAME, INPUT_SHAPE
+from serve.image.decode import DEFAULT_MAX_PIXELS
+from serve.image.normalize import FieldSpec
+from serve.model import INPUT_NAME
 from serve.preprocess import ImageError, NoDigitFound, prepare
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -60,10 +62,11 @@ def _shape(value: Any) -> list[int]:
     return value
 
 
-def _fp32_tensor(spec: dict[str, Any], binary: bytes | None) -> np.ndarray:
+def _fp32_tensor(spec: dict[str, Any], binary: bytes | None, input_shape: tuple[int, ...]) -> np.ndarray:
     shape = _shape(spec.get("shape"))
-    if len(shape) != 4 or tuple(shape[1:]) != INPUT_SHAPE or shape[0] < 1:
-        raise ProtocolError(f"input {INPUT_NAME!r} must have shape [N, 1, 28, 28] with N >= 1, got {shape}")
+    if len(shape) != 1 + len(input_shape) or tuple(shape[1:]) != input_shape or shape[0] < 1:
+        expected = ", ".join(["N", *map(str, input_shape)])
+        raise ProtocolError(f"input {INPUT_NAME!r} must have shape [{expected}] with N >= 1, got {shape}")
     if shape[0] > MAX_IMAGES_PER_REQUEST:
         raise ProtocolError(f"at most {MAX_IMAGES_PER_REQUEST} images per request, got {shape[0]}")
     count = int(np.prod(shape))
@@ -119,11 +122,12 @@ def _bytes_elements(spec: dict[str, Any], binary: bytes | None) -> list[bytes]:
     return elements
 
 
-def images_from_files(files: list[bytes]) -> np.ndarray:
+def images_from_files(files: list[bytes], field: FieldSpec = FieldSpec(),
+                      max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     rows = []
     for i, data in enumerate(files):
         try:
-            rows.append(prepare(data))
+            rows.append(prepare(data, max_pixels, field))
         except NoDigitFound:
             raise ProtocolError(f"image {i}: no digit found") from None
         except ImageError as exc:
@@ -131,12 +135,16 @@ def images_from_files(files: list[bytes]) -> np.ndarray:
     return np.stack(rows)[:, None]
 
 
-def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
+def parse_infer_request(body: bytes, header_length: str | None, field: FieldSpec = FieldSpec(),
+                        max_pixels: int = DEFAULT_MAX_PIXELS) -> InferRequest:
+    """The request's images, validated against the model's input (``field``: its size, from the
+    model's metadata); BYTES image files are prepared as `serve predict` prepares them (largest glyph)."""
+    input_shape = (1, field.size, field.size)
     document, binary = split_body(body, header_length)
     inputs = document.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise ProtocolError("'inputs' must be a list with exactly one input: "
-                            f"{INPUT_NAME!r} (FP32 [N,1,28,28]) or image files (BYTES [N])")
+                            f"{INPUT_NAME!r} (FP32 [N,1,{field.size},{field.size}]) or image files (BYTES [N])")
     spec = inputs[0]
     params = spec.get("parameters") or {}
     binary_part: bytes | None = None
@@ -151,9 +159,9 @@ def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
     if datatype == "FP32":
         if spec.get("name") != INPUT_NAME:
             raise ProtocolError(f"unknown FP32 input {spec.get('name')!r}; the model's input is {INPUT_NAME!r}")
-        images = _fp32_tensor(spec, binary_part)
+        images = _fp32_tensor(spec, binary_part, input_shape)
     elif datatype == "BYTES":
-        images = images_from_files(_bytes_elements(spec, binary_part))
+        images = images_from_files(_bytes_elements(spec, binary_part), field, max_pixels)
     else:
         raise ProtocolError(f"datatype {datatype!r} is not accepted: send FP32 {INPUT_NAME!r} or BYTES image files")
     all_binary = bool((document.get("parameters") or {}).get("binary_data_output", False))

@@ -42,12 +42,21 @@ def test_predictions_from_png_files_equal_predictions_from_the_arrays(model_path
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r["image"] for r in records] == [str(digit_dir / f"{i:04d}.png") for i in range(120)]
     arrays = sample_dataset.test_images[:120].astype(np.float32)[:, None] / 255.0
-    expected = load_model(model_path).probabilities(arrays)
-    assert [r["label"] for r in records] == expected.argmax(1).tolist()
-    np.testing.assert_allclose([r["probabilities"] for r in records], expected, rtol=0, atol=1e-6)
-    for r in records:
-        assert set(r) == {"image", "label", "probability", "probabilities"}
-        assert isinstance(r["label"], int) and len(r["probabilities"]) == 10
+    model = load_model(model_path)
+    expected = model.probabilities(arrays)
+    digit_columns = [i for i in range(len(model.labels)) if i != model.reject_index]
+    best_digit = expected[:, digit_columns].max(1)
+    refused = (expected.argmax(1) == model.reject_index) | (best_digit < model.min_confidence)
+    assert [r["not_a_digit"] for r in records] == refused.tolist()
+    assert refused.mean() < 0.05  # clean test digits are read, not refused
+    for r, p, is_refused in zip(records, expected, refused):
+        if is_refused:
+            assert r["label"] is None and r["text"] is None and r["best_guess"]["probability"] == pytest.approx(p[digit_columns].max())
+            continue
+        assert r["label"] == int(p.argmax()) and r["text"] == str(r["label"]) and len(r["digits"]) == 1
+        np.testing.assert_allclose(r["probabilities"], p, rtol=0, atol=1e-6)
+        assert {"image", "text", "digits", "not_a_digit", "label", "probability", "probabilities"} <= set(r)
+        assert isinstance(r["label"], int) and len(r["probabilities"]) == len(model.labels)
         assert r["probability"] == pytest.approx(max(r["probabilities"]))
         assert sum(r["probabilities"]) == pytest.approx(1.0, abs=1e-5)
 
@@ -66,6 +75,25 @@ def test_plain_output_and_top_k(model_path, digit_dir) -> None:
     assert "top-3:" in invoke("predict", "--model", str(model_path), "--top-k", "3", str(one)).stdout
 
 
+def test_a_number_is_read_left_to_right(model_path, sample_dataset, tmp_path) -> None:
+    model = load_model(model_path)
+    digits = sample_dataset.test_images[10:13]
+    alone = [model.probabilities(d.astype(np.float32)[None, None] / 255.0)[0].argmax() for d in digits]
+    canvas = np.full((200, 520), 250, np.uint8)  # dark ink on white, three digits apart
+    for k, digit in enumerate(digits):
+        canvas[20:160, 20 + 170 * k:160 + 170 * k] = 255 - np.asarray(Image.fromarray(digit).resize((140, 140)))
+    Image.fromarray(canvas).save(tmp_path / "number.png")
+    result = invoke("predict", "--model", str(model_path), str(tmp_path / "number.png"))
+    text = "".join(model.labels[i] for i in alone)
+    assert result.exit_code == 0
+    assert re.fullmatch(rf".*number\.png: {text} \(digits {' '.join(text)}, lowest probability [01]\.\d\d\)\n", result.stdout)
+    record = json.loads(invoke("predict", "--model", str(model_path), "--json", str(tmp_path / "number.png")).stdout)
+    assert record["text"] == text and record["label"] is None and "probabilities" not in record
+    for k, d in enumerate(record["digits"]):
+        x, y, w, h = d["box"]
+        assert 20 + 170 * k <= x and x + w <= 160 + 170 * k and 20 <= y and y + h <= 160
+
+
 def test_stdin_and_the_serve_model_environment_variable(model_path, digit_dir) -> None:
     data = (digit_dir / "0001.png").read_bytes()
     result = invoke("predict", "-", env={"SERVE_MODEL": str(model_path)}, input=data)
@@ -82,12 +110,13 @@ def test_default_model_missing_is_one_clear_line(tmp_path, monkeypatch) -> None:
     assert result.stderr.strip().count("\n") == 0 and "runs/default/model.onnx not found" in result.stderr
 
 
-def test_blank_image_is_reported_as_no_digit(model_path, tmp_path) -> None:
+def test_a_blank_image_is_refused_as_an_answer(model_path, tmp_path) -> None:
     Image.new("L", (80, 80), 255).save(tmp_path / "blank.png")
     result = invoke("predict", "--model", str(model_path), str(tmp_path / "blank.png"))
-    assert result.exit_code == 0 and result.stdout.strip() == f"{tmp_path / 'blank.png'}: no digit found"
+    assert result.exit_code == 0 and result.stdout.strip() == f"{tmp_path / 'blank.png'}: not a digit (no ink found)"
     record = json.loads(invoke("predict", "--model", str(model_path), "--json", str(tmp_path / "blank.png")).stdout)
-    assert record["label"] is None and record["note"] == "no digit found"
+    assert record["label"] is None and record["text"] is None and record["not_a_digit"] is True
+    assert record["reason"] == "no ink found" and record["best_guess"] is None
 
 
 def test_bad_inputs_are_reported_and_good_ones_still_predicted(model_path, digit_dir, tmp_path) -> None:
@@ -111,21 +140,38 @@ def test_bad_inputs_are_reported_and_good_ones_still_predicted(model_path, digit
     result = invoke("predict", "--model", str(model_path), *args)
     assert result.exit_code == 2
     assert [line.split(":")[0] for line in result.stdout.splitlines()] == [args[0], args[-1]]
-    errors = result.stderr.strip().splitlines()
-    assert len(errors) == len(bad) + 1 and "Traceback" not in result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.strip().splitlines() if not line.startswith("serve: skipped")]
+    skipped = [line for line in result.stderr.strip().splitlines() if line.startswith("serve: skipped")]
+    assert len(errors) == len(bad) + 1
+    assert skipped == [f"serve: skipped {tmp_path / 'no-images' / 'readme.txt'}: not an image file by its name (.txt)"]
     expected_reasons = {"missing.png": "no such file", "notes.png": "not a recognised image format",
-                        "empty.png": "empty file", "truncated.png": "cannot decode", "bomb.png": "above the limit",
+                        "empty.png": "empty file", "truncated.png": "truncated", "bomb.png": "above the limit",
                         "dot.png": "1x1 pixels", "random.jpg": "not a recognised image format",
                         "no-images": "directory has no images"}
     for line, (name, reason) in zip(errors, expected_reasons.items()):
         assert line.startswith(f"serve: error: {tmp_path / name}: ") and reason in line, line
+    # --json: a record for every input, with an `error` field for the unreadable ones
+    result = invoke("predict", "--model", str(model_path), "--json", *args)
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert result.exit_code == 2
+    assert [r["image"] for r in records if "error" in r] == [str(tmp_path / n) for n in expected_reasons]
+    assert [r["image"] for r in records if "text" in r] == [args[0], args[-1]]
+    assert [r["skipped"] for r in records if "skipped" in r] == ["not an image file by its name (.txt)"]
 
 
-def tiny_model(path: Path, shape: list) -> Path:
+def tiny_model(path: Path, shape: list, labels: list[str] | None = None) -> Path:
+    """A model with input ``shape`` whose 'logits' are the flattened image's first 10 values."""
     x = helper.make_tensor_value_info("image", TensorProto.FLOAT, shape)
-    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])
-    graph = helper.make_graph([helper.make_node("Identity", ["image"], ["logits"])], "g", [x], [y])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, [shape[0], 10])
+    nodes = [helper.make_node("Flatten", ["image"], ["flat"]),
+             helper.make_node("Slice", ["flat", "start", "end", "axis"], ["logits"])]
+    constants = [helper.make_tensor(n, TensorProto.INT64, [1], [v]) for n, v in (("start", 0), ("end", 10), ("axis", 1))]
+    graph = helper.make_graph(nodes, "g", [x], [y], initializer=constants)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    if labels is not None:
+        helper.set_model_props(model, {"labels": json.dumps(labels)})
+    onnx.save(model, str(path))
     return path
 
 
@@ -136,7 +182,9 @@ def test_model_problems_exit_1_with_one_line(tmp_path, digit_dir) -> None:
         str(tmp_path / "nope.onnx"): "not found",
         str(tmp_path / "garbage.onnx"): "not a loadable ONNX model",
         str(tmp_path / "text.onnx"): "not a loadable ONNX model",
-        str(tiny_model(tmp_path / "rgb.onnx", ["N", 3, 32, 32])): "expected float32 [N, 1, 28, 28]",
+        str(tiny_model(tmp_path / "rgb.onnx", ["N", 3, 32, 32])): "declares float32 [N, 1, 28, 28]",
+        str(tiny_model(tmp_path / "three.onnx", ["N", 1, 28, 28], ["a", "b", "c"])): "names 3 labels but the graph has 10 outputs",
+        str(tiny_model(tmp_path / "fixed.onnx", [1, 1, 28, 28])): "fixed batch of 1",
     }
     for model, reason in cases.items():
         result = invoke("predict", "--model", model, str(digit_dir / "0000.png"))
@@ -161,7 +209,7 @@ def test_many_images_run_in_batches_of_256(model_path, digit_dir, tmp_path) -> N
     files = [str(p) for p in sorted(digit_dir.glob("*.png"))] * 3  # 360 images
     results = list(predict(model, files))
     assert len(results) == 360 and calls == [256, 104]
-    assert [r.label for r in results[:120]] == [r.label for r in results[120:240]]
+    assert [r.text for r in results[:120]] == [r.text for r in results[120:240]]
 
 
 def imported_modules(nodes) -> set[str]:
@@ -195,7 +243,7 @@ def test_serve_predict_works_where_torch_cannot_be_imported(model_path, digit_di
                              str(digit_dir / "0000.png"), str(REPO / "examples")],
                             cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    labels = {Path(r["image"]).name: r["label"] for r in map(json.loads, result.stdout.splitlines())}
+    labels = {Path(r["image"]).name: r.get("label") for r in map(json.loads, result.stdout.splitlines())}
     assert labels["seven-photo.jpg"] == 7 and labels["three-canvas.png"] == 3 and labels["four-scan.png"] == 4
     check = subprocess.run([sys.executable, "-c", "import serve.cli, serve.predict, serve.model, serve.preprocess, "
                             "sys; print('torch' in sys.modules)"], cwd=REPO, capture_output=True, text=True)

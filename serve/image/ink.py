@@ -1,0 +1,177 @@
+"""White-on-black ink in [0, 1] from a photo, scan or canvas export.
+
+Paper is rarely one colour: shadows, light fall-off, vignetting and a darker desk around the sheet
+all change the background across the frame, so the background is estimated locally (a median over
+neighbourhoods much larger than a stroke, then a mean of the pixels that are not ink) and ink is what
+differs from it. Contrast is taken per colour channel, so blue ink on yellow paper of the same
+brightness is still ink. Ruled and squared paper lines (long, thin, straight) are removed. Small
+images (28x28 MNIST-form inputs and thumbnails) keep the simple global rule, which reproduces MNIST
+fields exactly.
+"""
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+from serve.image.lines import remove_lines
+from serve.image.morph import box_mean, label, resize_channels
+
+SMALL_SIDE = 64  # images up to this size: one global background level
+LOW_SIDE = 128  # the background is estimated on a copy this small (longer side)
+MEDIAN_SIDE = 64  # and its first, median estimate on one smaller still
+MEDIAN_FRACTION = 0.25  # median window, as a fraction of the low copy's longer side
+MIN_CONTRAST = 0.06  # weakest ink that counts, as a fraction of the paper's brightness
+NOISE_SIGMAS = 6.0  # ink must stand this many noise deviations above the background
+PEAK_FRACTION = 0.3  # and at least this fraction of the strongest ink
+LUMA = np.float32([0.299, 0.587, 0.114])
+
+
+class NoDigitFound(ValueError):
+    """The image has no ink: blank, or nothing but faint noise."""
+
+
+def border(gray: np.ndarray) -> np.ndarray:
+    return np.concatenate([gray[0], gray[-1], gray[1:-1, 0], gray[1:-1, -1]])
+
+
+def ink_map(rgb: np.ndarray) -> np.ndarray:
+    """float32 [H, W] ink, white on black, strongest strokes near 1, background exactly 0."""
+    gray = luminance(rgb)
+    if max(gray.shape) <= SMALL_SIDE:
+        return global_ink(gray)
+    dark_ink = float(np.median(gray)) > 0.5  # most of a frame is background
+    background, sheet = estimate_background(rgb, dark_ink)
+    raw = np.where(sheet, contrast(rgb, background, dark_ink), 0.0).astype(np.float32)
+    return threshold_ink(raw, gray)
+
+
+def luminance(rgb: np.ndarray) -> np.ndarray:
+    """Grey level; a grey image's own values exactly (so MNIST-form inputs come through bit for bit)."""
+    if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]):
+        return rgb[..., 0]
+    return rgb @ LUMA
+
+
+def global_ink(gray: np.ndarray) -> np.ndarray:
+    """The rule for small images: invert a light background, subtract the border's median level."""
+    if np.median(border(gray)) > 0.5:  # light paper, dark ink
+        gray = 1.0 - gray
+    level = float(np.median(border(gray)))
+    if level >= 0.9:
+        raise NoDigitFound("no ink found")
+    return np.clip((gray - level) / (1.0 - level), 0.0, 1.0).astype(np.float32)
+
+
+def estimate_background(rgb: np.ndarray, dark_ink: bool) -> tuple[np.ndarray, np.ndarray]:
+    """float32 [H, W, 3]: the paper's colour at every pixel, without the ink; and bool [H, W]: the
+    sheet (the whole frame, unless a sheet lies on a darker desk)."""
+    h, w, _ = rgb.shape
+    low = shrink(rgb, LOW_SIDE)
+    coarse = shrink(low, MEDIAN_SIDE)
+    size = max(3, int(MEDIAN_FRACTION * MEDIAN_SIDE) | 1)
+    median = np.stack([np.asarray(Image.fromarray((coarse[..., c] * 255).astype(np.uint8)).filter(
+        ImageFilter.MedianFilter(size)), np.float32) / 255 for c in range(3)], axis=2)
+    median = resize_channels(median, (low.shape[1], low.shape[0]), Image.Resampling.BILINEAR)
+    sheet_low = find_sheet(low @ LUMA) if dark_ink else np.ones(low.shape[:2], bool)
+    # Second pass: the paper is the pixels that are not ink; ink pixels get the mean of the paper
+    # around them (a window wider than a fat stroke), so strokes do not darken the paper.
+    diff = contrast(low, median, dark_ink)
+    paper = ((diff < max(MIN_CONTRAST, 0.5 * float(diff.max()))) & sheet_low).astype(np.float32)
+    near, near_weight = paper_mean(low, paper, 1)
+    wide, wide_weight = paper_mean(low, paper, int(MEDIAN_FRACTION * LOW_SIDE) // 3)
+    filled = np.where(near_weight > 0.2, near, np.where(wide_weight > 1e-3, wide, median))
+    sheet = np.asarray(Image.fromarray(sheet_low).resize((w, h), Image.Resampling.NEAREST))
+    return resize_channels(filled, (w, h), Image.Resampling.BILINEAR), sheet
+
+
+def paper_mean(low: np.ndarray, paper: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:
+    """The mean colour of the paper pixels around each pixel, and the fraction of paper there."""
+    weight = box_mean(paper, radius)[..., None]
+    total = np.stack([box_mean(low[..., c] * paper, radius) for c in range(3)], axis=2)
+    return total / np.maximum(weight, 1e-3), weight
+
+
+def shrink(rgb: np.ndarray, side: int) -> np.ndarray:
+    """A box-filtered copy whose longer side is ``side``."""
+    h, w = rgb.shape[:2]
+    scale = side / max(h, w)
+    return resize_channels(rgb, (max(4, round(w * scale)), max(4, round(h * scale))), Image.Resampling.BOX)
+
+
+def otsu(values: np.ndarray) -> tuple[float, float]:
+    """Otsu's threshold of values in [0, 1], and the distance between the two classes' means."""
+    hist = np.bincount(np.clip((values * 255).astype(np.int64), 0, 255).ravel(), minlength=256).astype(np.float64)
+    p = hist / hist.sum()
+    omega, mu = np.cumsum(p), np.cumsum(p * np.arange(256))
+    between = (mu[-1] * omega - mu) ** 2 / np.maximum(omega * (1 - omega), 1e-12)
+    t = int(np.argmax(between))
+    low_mean = mu[t] / max(omega[t], 1e-12)
+    high_mean = (mu[-1] - mu[t]) / max(1 - omega[t], 1e-12)
+    return t / 255, (high_mean - low_mean) / 255
+
+
+def find_sheet(gray_low: np.ndarray) -> np.ndarray:
+    """bool mask of the sheet on a small grey copy: the largest bright region, holes (the ink) filled,
+    less a margin, when a clearly darker surround covers much of the frame's border; else everything."""
+    everything = np.ones(gray_low.shape, bool)
+    t, separation = otsu(gray_low)
+    bright = gray_low > t
+    if separation < 0.25 or border(~bright).mean() < 0.3 or bright.mean() < 0.2:
+        return everything
+    labels, count = label(bright)
+    if count == 0:
+        return everything
+    largest = np.argmax(np.bincount(labels.ravel())[1:]) + 1
+    outside, n_outside = label(labels != largest)
+    edge_labels = np.unique(border(outside))
+    sheet = ~np.isin(outside, edge_labels[edge_labels > 0])  # the region and its enclosed holes
+    margin = max(1, round(0.02 * max(gray_low.shape)))
+    shrunk = np.asarray(Image.fromarray(sheet.astype(np.uint8) * 255).filter(ImageFilter.MinFilter(2 * margin + 1))) > 0
+    return shrunk if shrunk.mean() > 0.1 else everything
+
+
+def contrast(rgb: np.ndarray, background: np.ndarray, dark_ink: bool) -> np.ndarray:
+    """How much each pixel differs from the paper in the ink's direction, in the channel where it
+    differs most, relative to the paper's brightness (so a shadow does not weaken the ink)."""
+    diff = background - rgb if dark_ink else rgb - background
+    paper_luma = background @ LUMA
+    reference = np.maximum(paper_luma, 0.15) if dark_ink else np.maximum(1.0 - paper_luma, 0.15)
+    return (diff.max(axis=2) / reference).astype(np.float32)
+
+
+def threshold_ink(raw: np.ndarray, gray: np.ndarray) -> np.ndarray:
+    """Keep what stands clearly above the background noise; scale typical strokes to 1."""
+    centre = float(np.median(raw))
+    sigma = 1.4826 * float(np.median(np.abs(raw - centre))) + 1e-4
+    peak = float(box_mean(raw, 1).max())
+    cut = max(centre + NOISE_SIGMAS * sigma, PEAK_FRACTION * peak, MIN_CONTRAST)
+    if peak < cut:
+        raise NoDigitFound("no ink found")
+    mask = remove_lines(raw >= cut)
+    if not mask.any():
+        raise NoDigitFound("no ink found")
+    level = float(np.percentile(raw[mask], 90))
+    ink = np.where(mask, np.clip(raw / max(level, 1e-6), 0.0, 1.0), 0.0)
+    hollow = hollow_stroke_interiors(mask, gray)
+    ink[hollow] = 1.0
+    return ink.astype(np.float32)
+
+
+def hollow_stroke_interiors(mask: np.ndarray, gray: np.ndarray) -> np.ndarray:
+    """Enclosed regions of the ink mask that have the ink's colour, not the paper's.
+
+    A marker stroke wider than the background window makes the local background the ink's own
+    colour, so only its outline stands out. A real hole (the loop of a 0, 6, 8, 9) shows paper;
+    the inside of such an outline shows ink: fill those."""
+    regions, count = label(~mask)
+    if count < 2:
+        return np.zeros_like(mask)
+    outside = np.unique(border(regions))
+    sizes = np.bincount(regions.ravel(), minlength=count + 1)
+    means = np.bincount(regions.ravel(), weights=gray.ravel(), minlength=count + 1) / np.maximum(sizes, 1)
+    ink_level = float(np.median(gray[mask]))
+    paper_level = float(np.median(gray[~mask]))
+    inky = np.abs(means - ink_level) < np.abs(means - paper_level)
+    inky[outside] = False
+    inky[0] = False
+    return inky[regions]

@@ -1,0 +1,76 @@
+"""Ruled and squared paper lines: long, thin, nearly straight runs of ink across the sheet.
+
+A line is a run that spans most of the frame (``SPAN`` of its width or height, small gaps allowed)
+after thick strokes are set aside, looked for at a few small tilts because photos are rarely square
+to the page. Its pixels are removed, except where a stroke crosses it (ink right above and below).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from serve.image.morph import runs_at_least
+
+SPAN = 0.6  # a line covers at least this fraction of the frame
+GAP_FILL = 0.85  # of every window along it
+TILTS_DEG = (-4.0, -2.0, 0.0, 2.0, 4.0)
+THIN = 0.012  # a line is at most this thick (fraction of the frame's longer side, plus 2 px)
+
+
+def remove_lines(mask: np.ndarray) -> np.ndarray:
+    """``mask`` without ruled/squared paper lines (horizontal and vertical)."""
+    h, w = mask.shape
+    factor = 2 if max(h, w) > 512 else 1  # lines are found on a half-size copy of large frames
+    small = mask[:h - h % factor, :w - w % factor].reshape(h // factor, factor, w // factor, factor).any(axis=(1, 3))
+    thickness = int(THIN * max(small.shape)) + 2
+    found = horizontal_lines(small, thickness) | horizontal_lines(small.T, thickness).T
+    if not found.any():
+        return mask
+    lines = np.zeros_like(mask)
+    lines[:h - h % factor, :w - w % factor] = np.repeat(np.repeat(found, factor, axis=0), factor, axis=1)
+    thickness *= factor
+    if not lines.any():
+        return mask
+    kept = mask & ~lines
+    return kept | (lines & mask & crossed(kept, thickness + 1))
+
+
+def thin_only(mask: np.ndarray, thickness: int) -> np.ndarray:
+    """Pixels of vertical runs no longer than ``thickness``: thick and vertical strokes set aside."""
+    thick = runs_at_least(mask.T, thickness + 1).T
+    return mask & ~thick
+
+
+def horizontal_lines(mask: np.ndarray, thickness: int) -> np.ndarray:
+    h, w = mask.shape
+    thin = thin_only(mask, thickness)
+    length = int(SPAN * w)
+    found = np.zeros_like(mask)
+    rows = np.arange(h)[:, None]
+    for tilt in TILTS_DEG:
+        offsets = np.round(np.arange(w) * np.tan(np.radians(tilt))).astype(np.int64)
+        offsets -= offsets.min()
+        source = rows + offsets[None, :] - (offsets.max() // 2)  # sheared row for every (row, column)
+        valid = (source >= 0) & (source < h)
+        src = np.clip(source, 0, h - 1)
+        sheared = np.where(valid, thin[src, np.arange(w)[None, :]], False)
+        hits = runs_at_least(sheared, length, GAP_FILL) & valid
+        ys, xs = np.nonzero(hits)
+        found[src[ys, xs], xs] = True
+    # bridge the gaps where thick strokes or other lines cross (set aside above)
+    return found | (mask & near(found, 1, 1, thickness) & near(found, 1, -1, thickness))
+
+
+def near(a: np.ndarray, axis: int, sign: int, reach: int) -> np.ndarray:
+    """Pixels with a set pixel within ``reach`` steps in one direction along ``axis``."""
+    out = np.zeros_like(a)
+    for k in range(1, reach + 1):
+        out |= np.roll(a, sign * k, axis=axis)
+    return out
+
+
+def crossed(kept: np.ndarray, reach: int) -> np.ndarray:
+    """Pixels with kept ink within ``reach`` rows above and below, or columns left and right: where a
+    stroke crosses a line."""
+    vertical = near(kept, 0, 1, reach) & near(kept, 0, -1, reach)
+    horizontal = near(kept, 1, 1, reach) & near(kept, 1, -1, reach)
+    return vertical | horizontal

@@ -1,0 +1,80 @@
+"""Small numpy building blocks for the image steps: window means, run filters, connected components."""
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+
+def box_mean(a: np.ndarray, radius: int) -> np.ndarray:
+    """Mean over the (2r+1)^2 window around each pixel, windows clipped at the edges (integral image)."""
+    h, w = a.shape
+    s = np.zeros((h + 1, w + 1), np.float64)
+    s[1:, 1:] = np.cumsum(np.cumsum(a, axis=0), axis=1)
+    y0 = np.clip(np.arange(h) - radius, 0, h)
+    y1 = np.clip(np.arange(h) + radius + 1, 0, h)
+    x0 = np.clip(np.arange(w) - radius, 0, w)
+    x1 = np.clip(np.arange(w) + radius + 1, 0, w)
+    total = s[y1][:, x1] - s[y0][:, x1] - s[y1][:, x0] + s[y0][:, x0]
+    area = (y1 - y0)[:, None] * (x1 - x0)[None, :]
+    return (total / area).astype(np.float32)
+
+
+def resize_channels(rgb: np.ndarray, size: tuple[int, int], resample: Image.Resampling) -> np.ndarray:
+    """Resize a float [H, W, C] array channel by channel to ``size`` (width, height)."""
+    return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(rgb[..., c]), mode="F").resize(size, resample),
+                                np.float32) for c in range(rgb.shape[2])], axis=2)
+
+
+def runs_at_least(mask: np.ndarray, length: int, fill: float = 1.0) -> np.ndarray:
+    """Pixels of horizontal runs at least ``length`` long (a 1 x length opening); ``fill`` < 1 lets a
+    run have small gaps (that fraction of each window must be set)."""
+    h, w = mask.shape
+    if length > w:
+        return np.zeros_like(mask)
+    s = np.zeros((h, w + 1), np.int32)
+    s[:, 1:] = np.cumsum(mask, axis=1)
+    starts = (s[:, length:] - s[:, :-length]) >= int(np.ceil(fill * length))  # window [x, x+length)
+    # dilate back: a pixel is covered if any window containing it qualified
+    c = np.zeros((h, w - length + 2), np.int32)
+    c[:, 1:] = np.cumsum(starts, axis=1)
+    x = np.arange(w)
+    lo, hi = np.clip(x - length + 1, 0, w - length + 1), np.clip(x + 1, 0, w - length + 1)
+    return ((c[:, hi] - c[:, lo]) > 0) & mask
+
+
+def label(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """8-connected components of a boolean mask: int32 labels (0 background, 1..n) and n.
+
+    Vectorized union-find: every pair of touching pixels hooks the larger root onto the smaller,
+    then pointer jumping flattens the trees; a few rounds suffice even for long spiralling strokes.
+    """
+    h, w = mask.shape
+    ids = np.flatnonzero(mask)
+    n = len(ids)
+    if n == 0:
+        return np.zeros(mask.shape, np.int32), 0
+    index = np.full(h * w, -1, np.int64)
+    index[ids] = np.arange(n)
+    sources, targets = [], []
+    for dy, dx in ((0, 1), (1, -1), (1, 0), (1, 1)):
+        ys, xs = np.nonzero(mask[:h - dy, max(0, -dx):w - max(0, dx)] & mask[dy:, max(0, dx):w - max(0, -dx) if dx < 0 else w][:, :w - abs(dx)])
+        x0 = xs + max(0, -dx)
+        sources.append(index[ys * w + x0])
+        targets.append(index[(ys + dy) * w + x0 + dx])
+    src, dst = np.concatenate(sources), np.concatenate(targets)
+    parent = np.arange(n)
+    while True:
+        ps, pd = parent[src], parent[dst]
+        differ = ps != pd
+        if not differ.any():
+            break
+        np.minimum.at(parent, np.maximum(ps, pd)[differ], np.minimum(ps, pd)[differ])
+        while True:
+            jumped = parent[parent]
+            if np.array_equal(jumped, parent):
+                break
+            parent = jumped
+    _, compact = np.unique(parent, return_inverse=True)
+    labels = np.zeros(h * w, np.int32)
+    labels[ids] = compact + 1
+    return labels.reshape(h, w), int(compact.max()) + 1

@@ -1,0 +1,185 @@
+"""One reading per image, for every front end: the digits with their boxes and probabilities, the
+number they make, or a refusal with its reason.
+
+bytes → ``prepare_page`` (decode, ink, glyphs, one field per glyph) → the model on all fields at once →
+``interpret`` (accept the digits, or refuse). ``serve predict``, ``/predict`` and the page all print or
+encode the same ``Reading``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from serve.image.decode import DEFAULT_MAX_PIXELS, ImageError, decode_image, to_rgb
+from serve.image.ink import NoDigitFound, ink_map
+from serve.image.normalize import INK_MIN, FieldSpec, fit_to_field, is_field_form
+from serve.image.segment import Box, find_glyphs
+
+if TYPE_CHECKING:
+    from serve.model import DigitModel
+
+NO_INK = "no ink found"
+
+
+@dataclass
+class Page:
+    """An image prepared for the model: one field per glyph, left to right (or why there is none)."""
+
+    name: str
+    fields: np.ndarray  # float32 [k, size, size]
+    boxes: list[Box]  # in the original image's pixels
+    refusal: str | None = None  # the image has nothing to read (NO_INK)
+    error: str | None = None  # the input could not be read at all
+
+
+@dataclass(frozen=True)
+class DigitRead:
+    label: str
+    probability: float
+    box: Box
+    probabilities: np.ndarray  # over every class of the model
+
+
+@dataclass
+class Reading:
+    image: str
+    digits: list[DigitRead] = field(default_factory=list)  # the digits read, left to right (empty if refused)
+    reason: str | None = None  # why the image was refused ("not a digit" answers)
+    best_guess: DigitRead | None = None  # for the curious, when refused
+    error: str | None = None  # the input could not be read (not an answer)
+
+    @property
+    def not_a_digit(self) -> bool:
+        return self.error is None and not self.digits
+
+    @property
+    def text(self) -> str | None:
+        return "".join(d.label for d in self.digits) if self.digits else None
+
+    def line(self, labels: list[str], top_k: int = 1) -> str:
+        """The plain output line of `serve predict`."""
+        if self.error:
+            return f"{self.image}: error: {self.error}"
+        if self.not_a_digit:
+            guess = f"best guess {self.best_guess.label}, {self.best_guess.probability:.2f}" if self.best_guess else self.reason
+            return f"{self.image}: not a digit ({guess})"
+        if len(self.digits) == 1:
+            digit = self.digits[0]
+            line = f"{self.image}: {digit.label} (probability {digit.probability:.3f})"
+            if top_k > 1:
+                line += "  top-{}: {}".format(top_k, ", ".join(f"{labels[i]} {v:.3f}" for i, v in top(digit, top_k)))
+            return line
+        lowest = min(d.probability for d in self.digits)
+        return f"{self.image}: {self.text} (digits {' '.join(d.label for d in self.digits)}, lowest probability {lowest:.2f})"
+
+    def record(self, labels: list[str], top_k: int = 1) -> dict[str, Any]:
+        """The JSON object of `serve predict --json` and of the server's /predict."""
+        record: dict[str, Any] = {"image": self.image}
+        if self.error:
+            record["error"] = self.error
+            return record
+        record.update(text=self.text, not_a_digit=self.not_a_digit,
+                      digits=[{"label": d.label, "probability": d.probability, "box": box_list(d.box)}
+                              for d in self.digits],
+                      label=None, probability=None)
+        if len(self.digits) == 1:
+            digit = self.digits[0]
+            record.update(label=int(digit.label) if digit.label.isdigit() else digit.label,
+                          probability=digit.probability,
+                          probabilities=[float(v) for v in digit.probabilities])
+            if top_k > 1:
+                record["top_k"] = [{"label": labels[i], "probability": v} for i, v in top(digit, top_k)]
+        if self.not_a_digit:
+            record["reason"] = self.reason
+            record["best_guess"] = None if self.best_guess is None else {
+                "label": self.best_guess.label, "probability": self.best_guess.probability,
+                "box": box_list(self.best_guess.box)}
+        return record
+
+
+def box_list(box: Box) -> list[int]:
+    return [box.x, box.y, box.width, box.height]
+
+
+def top(digit: DigitRead, k: int) -> list[tuple[int, float]]:
+    order = np.argsort(-digit.probabilities, kind="stable")[:k]
+    return [(int(i), float(digit.probabilities[i])) for i in order]
+
+
+def unreadable(name: str, error: str, spec: FieldSpec = FieldSpec()) -> Page:
+    return Page(name, np.zeros((0, spec.size, spec.size), np.float32), [], error=error)
+
+
+def prepare_page(data: bytes, name: str, spec: FieldSpec = FieldSpec(),
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> Page:
+    """Image bytes → fields for the model. Unreadable input is a Page with ``error``, never an exception."""
+    empty = np.zeros((0, spec.size, spec.size), np.float32)
+    try:
+        decoded = decode_image(data, max_pixels)
+        ink = ink_map(to_rgb(decoded.image))
+    except ImageError as exc:
+        return unreadable(name, str(exc), spec)
+    except NoDigitFound:
+        return Page(name, empty, [], refusal=NO_INK)
+    if ink.max(initial=0.0) < INK_MIN:
+        return Page(name, empty, [], refusal=NO_INK)
+    if is_field_form(ink, spec):  # already what MNIST's own preprocessing produces: leave it alone
+        return Page(name, ink[None].astype(np.float32), [Box(0, 0, spec.size, spec.size)])
+    glyphs = find_glyphs(ink)
+    if not glyphs:
+        return Page(name, empty, [], refusal=NO_INK)
+    fields = np.stack([fit_to_field(g.ink, spec) for g in glyphs])
+    s = decoded.scale
+    boxes = [Box(round(g.box.x * s), round(g.box.y * s), max(1, round(g.box.width * s)),
+                 max(1, round(g.box.height * s))) for g in glyphs]
+    return Page(name, fields, boxes)
+
+
+def interpret(page: Page, probabilities: np.ndarray, labels: list[str], reject_index: int | None,
+              min_confidence: float) -> Reading:
+    """Accept the page's digits, or refuse it: a glyph is read as a digit when its most likely class is
+    a digit with at least ``min_confidence``; one glyph that is not makes the whole image a refusal."""
+    if page.error:
+        return Reading(page.name, error=page.error)
+    if page.refusal:
+        return Reading(page.name, reason=page.refusal)
+    reads = []
+    for p, box in zip(probabilities, page.boxes):
+        digit_p = p.copy()
+        if reject_index is not None:
+            digit_p[reject_index] = -1.0
+        best = int(digit_p.argmax())
+        reads.append((DigitRead(labels[best], float(p[best]), box, p), int(p.argmax()) == best))
+    refused = [(r, is_top) for r, is_top in reads if not is_top or r.probability < min_confidence]
+    if not refused:
+        return Reading(page.name, digits=[r for r, _ in reads])
+    guess = min((r for r, _ in refused), key=lambda r: r.probability)
+    if len(reads) == 1:
+        reason = "not a digit" if not refused[0][1] else f"unsure (below {min_confidence:.2f})"
+    else:
+        reason = f"{len(refused)} of {len(reads)} marks are not digits"
+    return Reading(page.name, reason=reason, best_guess=guess)
+
+
+def read_pages(model: "DigitModel", pages: list[Page], min_confidence: float | None = None,
+               batch_size: int = 256) -> list[Reading]:
+    """Run the model over every field of ``pages`` (calls of ``batch_size``) and interpret each page."""
+    threshold = model.min_confidence if min_confidence is None else min_confidence
+    counts = [len(p.fields) for p in pages]
+    stacked = np.concatenate([p.fields for p in pages]) if pages else np.zeros((0, 1, 1), np.float32)
+    probabilities = (model.probabilities(stacked[:, None], batch_size) if len(stacked)
+                     else np.zeros((0, len(model.labels))))
+    readings, start = [], 0
+    for page, count in zip(pages, counts):
+        readings.append(interpret(page, probabilities[start:start + count], model.labels, model.reject_index,
+                                  threshold))
+        start += count
+    return readings
+
+
+def read_bytes(model: "DigitModel", data: bytes, name: str = "image", min_confidence: float | None = None,
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> Reading:
+    """The reading of one image file's bytes (what `serve predict FILE` prints)."""
+    return read_pages(model, [prepare_page(data, name, model.field_spec, max_pixels)], min_confidence)[0]

@@ -1,0 +1,185 @@
+"""The image steps on the photos users take: local background, colour contrast, paper lines, specks,
+a sheet on a desk, and the glyphs of a number (serve/image/)."""
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+import pytest
+
+from serve.image.decode import decode_image, to_rgb
+from serve.image.ink import LUMA, NoDigitFound, ink_map
+from serve.image.morph import label, runs_at_least
+from serve.image.segment import Box, find_glyphs
+from serve.reading import prepare_page
+from tests.serve.images import paper, put_ink, rgb_bytes, upscale_digit
+
+H, W = 1000, 800
+TOP, LEFT, SIZE = 250, 200, 420  # where the digit's 28x28 frame is drawn
+
+
+def glyph_boxes(rgb: np.ndarray) -> list[Box]:
+    """The glyphs' boxes in the image's own pixels, as a JPEG photo of ``rgb`` is read."""
+    return prepare_page(rgb_bytes(rgb, "JPEG", quality=90), "photo").boxes
+
+
+def assert_one_glyph_on_the_digit(rgb: np.ndarray) -> None:
+    boxes = glyph_boxes(rgb)
+    assert len(boxes) == 1, boxes
+    box = boxes[0]
+    assert TOP <= box.y and box.bottom <= TOP + SIZE and LEFT <= box.x and box.right <= LEFT + SIZE, box
+    assert box.height > SIZE * 0.4  # the digit itself, not a fragment
+
+
+@pytest.fixture(scope="module")
+def digit(sample_dataset) -> np.ndarray:
+    return upscale_digit(sample_dataset.test_images[1], SIZE)  # a 5
+
+
+def test_a_shadow_band_is_not_ink(digit) -> None:
+    rgb = put_ink(paper(H, W), digit, TOP, LEFT)
+    yy, xx = np.mgrid[0:H, 0:W]
+    rgb *= np.where((xx + 0.5 * yy > 500) & (xx + 0.5 * yy < 900), 0.55, 1.0)[..., None].astype(np.float32)
+    assert_one_glyph_on_the_digit(rgb)
+
+
+def test_light_falloff_and_vignetting_are_not_ink(digit) -> None:
+    yy, xx = np.mgrid[0:H, 0:W]
+    r = np.hypot((yy - H / 2) / H, (xx - W / 2) / W)
+    falloff = (1 - 0.35 * (r / r.max()) ** 2)[..., None].astype(np.float32)
+    assert_one_glyph_on_the_digit(put_ink(paper(H, W), digit, TOP, LEFT) * falloff)
+
+
+def test_a_sheet_on_a_darker_desk(digit) -> None:
+    sheet = put_ink(paper(H, W), digit, TOP, LEFT)
+    rgb = np.ones_like(sheet) * np.float32([0.35, 0.25, 0.18])
+    rgb[80:920, 100:720] = sheet[80:920, 100:720]
+    assert_one_glyph_on_the_digit(rgb)
+
+
+@pytest.mark.parametrize("squared", [False, True])
+def test_ruled_and_squared_paper_lines_are_removed_and_the_strokes_kept(digit, squared: bool) -> None:
+    rgb = paper(H, W)
+    blue = np.float32([0.5, 0.6, 0.9])
+    for y in range(30, H, 55):
+        rgb[y:y + 3] = rgb[y:y + 3] * 0.5 + blue * 0.5
+    if squared:
+        for x in range(20, W, 55):
+            rgb[:, x:x + 3] = rgb[:, x:x + 3] * 0.5 + blue * 0.5
+    put_ink(rgb, digit, TOP, LEFT)
+    ink = ink_map(to_rgb(decode_image(rgb_bytes(rgb)).image))
+    outside = np.ones(ink.shape, bool)
+    outside[TOP:TOP + SIZE, LEFT:LEFT + SIZE] = False
+    # no line is left away from the digit (where two lines cross, the darker dot may stay: a speck)
+    left_over, count = label((ink > 0) & outside)
+    for k in range(1, count + 1):
+        ys, xs = np.nonzero(left_over == k)
+        assert max(np.ptp(ys), np.ptp(xs)) < 12, (ys.min(), xs.min())
+    inside = ink[TOP:TOP + SIZE, LEFT:LEFT + SIZE] > 0
+    assert inside.sum() > 0.8 * (digit > 0.5).sum()  # and the digit's strokes are still there
+    assert_one_glyph_on_the_digit(rgb)
+
+
+def test_specks_and_dust_are_judged_against_the_digit(digit) -> None:
+    rgb = put_ink(paper(H, W), digit, TOP, LEFT)
+    for y, x in ((15, 15), (960, 760), (500, 20), (30, 700)):
+        rgb[y:y + 10, x:x + 10] = 0.1
+    assert_one_glyph_on_the_digit(rgb)
+
+
+def test_coloured_ink_on_paper_of_the_same_brightness(digit) -> None:
+    yellow, blue = (0.9, 0.85, 0.2), (0.35, 0.6, 1.0)
+    assert abs(float(np.float32(yellow) @ LUMA) - float(np.float32(blue) @ LUMA)) < 0.25
+    assert_one_glyph_on_the_digit(put_ink(paper(H, W, yellow), digit, TOP, LEFT, colour=blue))
+
+
+def test_thin_pen_on_a_large_canvas_is_one_glyph(sample_dataset) -> None:
+    thin = upscale_digit(sample_dataset.test_images[3], SIZE)
+    thin = thin * (thin > 0.95)  # only the stroke's core: a few px wide
+    assert_one_glyph_on_the_digit(put_ink(paper(H, W, (1.0, 1.0, 1.0)), thin, TOP, LEFT, colour=(0.0, 0.0, 0.0)))
+
+
+@pytest.mark.parametrize("kind", ["blank with a gradient", "noise"])
+def test_no_ink_on_blank_paper_or_noise(kind: str) -> None:
+    rng = np.random.default_rng(0)
+    if kind == "noise":
+        rgb = rng.random((H, W, 3)).astype(np.float32)
+    else:
+        rgb = paper(H, W) * np.linspace(0.6, 1.0, W, dtype=np.float32)[None, :, None]
+    with pytest.raises(NoDigitFound):
+        ink = ink_map(to_rgb(decode_image(rgb_bytes(rgb)).image))
+        if not find_glyphs(ink):
+            raise NoDigitFound
+
+
+def test_the_digits_of_a_number_come_left_to_right(sample_dataset) -> None:
+    images, labels = sample_dataset.test_images, sample_dataset.test_labels
+    rgb = paper(600, 1500)
+    for k in range(4):
+        put_ink(rgb, upscale_digit(images[k], 320), 140, 60 + 340 * k)
+    boxes = glyph_boxes(rgb)
+    assert len(boxes) == 4
+    for k, box in enumerate(boxes):  # left to right, each on its own digit (JPEG draft-decoded at 1/2)
+        assert 60 + 340 * k - 3 <= box.x and box.right <= 60 + 340 * k + 320 + 3, (labels[k], box)
+
+
+def test_touching_digits_are_cut_apart(sample_dataset) -> None:
+    rgb = paper(500, 900)
+    # two digits whose frames overlap by 30% of a frame: the strokes touch
+    first, second = sample_dataset.test_images[0], sample_dataset.test_images[3]  # a 0 and a 4
+    put_ink(rgb, upscale_digit(first, 320), 90, 150)
+    put_ink(rgb, upscale_digit(second, 320), 90, 150 + 170)
+    mask = ink_map(to_rgb(decode_image(rgb_bytes(rgb)).image)) > 0
+    assert label(mask)[1] == 1  # they do touch: one component
+    boxes = glyph_boxes(rgb)
+    assert len(boxes) == 2, boxes
+    centres = [b.x + b.width / 2 for b in boxes]
+    assert 150 < centres[0] < 150 + 230 < centres[1] < 150 + 170 + 320
+
+
+def test_parts_of_one_digit_stacked_above_each_other_are_one_glyph() -> None:
+    ink = np.zeros((300, 300), np.float32)
+    ink[40:52, 100:200] = 1.0  # a 5's detached top bar
+    ink[60:250, 100:112] = 1.0  # and its body, a separate component
+    ink[150:162, 100:200] = 1.0
+    ink[150:250, 188:200] = 1.0
+    glyphs = find_glyphs(ink)
+    assert len(glyphs) == 1 and glyphs[0].box.y == 40 and glyphs[0].box.height == 210
+
+
+def reference_components(mask: np.ndarray) -> int:
+    seen, count = np.zeros(mask.shape, bool), 0
+    for start in zip(*np.nonzero(mask)):
+        if seen[start]:
+            continue
+        count += 1
+        queue = deque([start])
+        seen[start] = True
+        while queue:
+            y, x = queue.popleft()
+            for dy in (-1, 0, 1):
+                for dx in (-1, 0, 1):
+                    p = (y + dy, x + dx)
+                    if 0 <= p[0] < mask.shape[0] and 0 <= p[1] < mask.shape[1] and mask[p] and not seen[p]:
+                        seen[p] = True
+                        queue.append(p)
+    return count
+
+
+def test_connected_components_match_a_breadth_first_search() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        mask = rng.random((int(rng.integers(1, 40)), int(rng.integers(1, 40)))) < rng.random()
+        labels, count = label(mask)
+        assert count == reference_components(mask)
+        assert len(set(zip(labels[mask].tolist()))) == count and (labels[~mask] == 0).all()
+
+
+def test_runs_at_least_keeps_long_runs_with_small_gaps() -> None:
+    mask = np.zeros((3, 30), bool)
+    mask[1, 2:22] = True
+    mask[1, 10] = False  # one gap
+    mask[2, 0:5] = True  # a short run
+    kept = runs_at_least(mask, 15, fill=0.9)
+    assert kept[1].sum() == 19 and not kept[2].any() and not kept[0].any()
+    assert not runs_at_least(mask, 15, fill=1.0).any()

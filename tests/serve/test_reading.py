@@ -1,0 +1,81 @@
+"""The one reading every front end shows: digits, the number, or a refusal (serve/reading.py)."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from serve.image.segment import Box
+from serve.reading import NO_INK, Page, interpret
+
+LABELS = [str(d) for d in range(10)] + ["not a digit"]
+REJECT = 10
+
+
+def page(n: int) -> Page:
+    return Page("img.png", np.zeros((n, 28, 28), np.float32), [Box(10 + 40 * i, 5, 30, 50) for i in range(n)])
+
+
+def probs(*rows: dict[int, float]) -> np.ndarray:
+    out = np.full((len(rows), len(LABELS)), 0.0)
+    for i, row in enumerate(rows):
+        rest = (1 - sum(row.values())) / (len(LABELS) - len(row))
+        out[i] = rest
+        for k, v in row.items():
+            out[i, k] = v
+    return out
+
+
+def test_a_number_is_read_left_to_right_with_boxes_and_the_lowest_probability() -> None:
+    reading = interpret(page(4), probs({2: 0.99}, {0: 0.97}, {2: 0.98}, {6: 0.995}), LABELS, REJECT, 0.5)
+    assert reading.text == "2026" and not reading.not_a_digit
+    assert reading.line(LABELS) == "img.png: 2026 (digits 2 0 2 6, lowest probability 0.97)"
+    record = reading.record(LABELS)
+    assert record["text"] == "2026" and record["label"] is None and record["not_a_digit"] is False
+    assert [d["box"] for d in record["digits"]] == [[10 + 40 * i, 5, 30, 50] for i in range(4)]
+    assert "probabilities" not in record
+
+
+def test_a_single_digit_keeps_label_probability_and_probabilities() -> None:
+    reading = interpret(page(1), probs({7: 0.998}), LABELS, REJECT, 0.5)
+    assert reading.line(LABELS) == "img.png: 7 (probability 0.998)"
+    record = reading.record(LABELS, top_k=2)
+    assert record["label"] == 7 and record["probability"] == 0.998 and record["text"] == "7"
+    assert len(record["probabilities"]) == len(LABELS) and record["top_k"][0]["label"] == "7"
+
+
+def test_the_reject_class_refuses_with_the_best_digit_as_a_guess() -> None:
+    reading = interpret(page(1), probs({REJECT: 0.8, 4: 0.15}), LABELS, REJECT, 0.5)
+    assert reading.not_a_digit and reading.text is None
+    assert reading.line(LABELS) == "img.png: not a digit (best guess 4, 0.15)"
+    record = reading.record(LABELS)
+    assert record["not_a_digit"] is True and record["label"] is None and record["text"] is None
+    assert record["reason"] == "not a digit" and record["best_guess"]["label"] == "4"
+
+
+def test_a_digit_below_the_threshold_is_refused_and_the_threshold_is_adjustable() -> None:
+    unsure = probs({3: 0.41, 5: 0.39})
+    refused = interpret(page(1), unsure, LABELS, REJECT, 0.6)
+    assert refused.not_a_digit and re.search(r"below 0\.60", refused.reason)
+    assert interpret(page(1), unsure, LABELS, REJECT, 0.4).text == "3"
+
+
+def test_one_mark_that_is_not_a_digit_refuses_the_whole_image() -> None:
+    reading = interpret(page(3), probs({4: 0.99}, {REJECT: 0.9}, {2: 0.99}), LABELS, REJECT, 0.5)
+    assert reading.not_a_digit and reading.reason == "1 of 3 marks are not digits"
+
+
+def test_no_ink_is_a_refusal_and_an_error_is_not_an_answer() -> None:
+    blank = interpret(Page("b.png", np.zeros((0, 28, 28), np.float32), [], refusal=NO_INK), probs(), LABELS, REJECT, 0.5)
+    assert blank.not_a_digit and blank.line(LABELS) == "b.png: not a digit (no ink found)"
+    broken = interpret(Page("x.png", np.zeros((0, 28, 28), np.float32), [], error="not a recognised image format"),
+                       probs(), LABELS, REJECT, 0.5)
+    assert not broken.not_a_digit and broken.record(LABELS) == {"image": "x.png", "error": "not a recognised image format"}
+
+
+def test_a_ten_class_model_refuses_by_threshold_only() -> None:
+    ten = [str(d) for d in range(10)]
+    p = np.full((1, 10), 0.02)
+    p[0, 8] = 0.82
+    assert interpret(page(1), p, ten, None, 0.5).text == "8"
+    assert interpret(page(1), p, ten, None, 0.9).not_a_digit
