@@ -14,22 +14,13 @@ from click.testing import CliRunner
 
 from pipeline.cli import cli
 from pipeline.data import write_idx
+from tests.helpers import assert_one_line_error
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def run(*args: str) -> "click.testing.Result":  # noqa: F821
     return CliRunner().invoke(cli, list(args))
-
-
-def assert_one_line_error(result, *fragments: str) -> None:
-    assert result.exit_code != 0
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    lines = [line for line in result.output.strip().splitlines() if line]
-    assert len(lines) == 1, result.output
-    assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def test_help_lists_the_commands_and_options() -> None:

@@ -19,7 +19,7 @@ from pipeline.data import load_dataset
 from pipeline.errors import PipelineError
 from pipeline.export import export_model, verify_model
 from tests.conftest import make_run
-from tests.pipeline.test_cli import assert_one_line_error
+from tests.helpers import assert_one_line_error
 
 
 def op_types(path: Path) -> set[str]:
@@ -71,7 +71,9 @@ def test_metadata_is_present_and_correct(exported_run: Path) -> None:
     props = {p.key: p.value for p in onnx.load(str(exported_run / "model.onnx")).metadata_props}
     ckpt = load_checkpoint(exported_run)
     cfg = DigitNetConfig.from_dict(ckpt["config"])
-    assert json.loads(props["labels"]) == [str(d) for d in range(10)]
+    assert json.loads(props["labels"]) == [str(d) for d in range(10)] + ["not a digit"]
+    assert props["reject_label"] == "not a digit"
+    assert json.loads(props["field"]) == {"size": 28, "box": 20, "centre": 14.0}
     assert float(props["normalize_mean"]) == cfg.normalize_mean and float(props["normalize_std"]) == cfg.normalize_std
     assert float(props["bn_eps"]) == cfg.bn_eps and props["bn_folded"] == "true"
     assert props["checkpoint_sha256"] == hashlib.sha256((exported_run / "checkpoint.pt").read_bytes()).hexdigest()
@@ -88,6 +90,20 @@ def test_metadata_is_present_and_correct(exported_run: Path) -> None:
     sess = session(exported_run / "model.onnx")
     assert sess.get_inputs()[0].name == "image" and isinstance(sess.get_inputs()[0].shape[0], str)  # dynamic batch
     assert [o.name for o in sess.get_outputs()] == ["logits", "probabilities"]
+
+
+def test_the_refusal_threshold_is_calibrated_recorded_and_read_by_serve(exported_run: Path) -> None:
+    from serve.model import load_model
+
+    props = {p.key: p.value for p in onnx.load(str(exported_run / "model.onnx")).metadata_props}
+    calibration = json.loads(props["calibration"])
+    threshold = float(props["min_confidence"])
+    assert 0.3 <= threshold <= 0.9 and calibration["min_confidence"] == threshold
+    assert calibration["validation_digits"] == 3000 and calibration["validation_non_digits"] == 1000
+    # what the threshold does on the validation data is recorded (values, not just keys)
+    assert 0 <= calibration["digits_refused"] < 0.2 and calibration["non_digits_refused"] > 0.5
+    served = load_model(exported_run / "model.onnx")
+    assert served.min_confidence == threshold and served.labels[served.reject_index] == "not a digit"
 
 
 def test_no_fold_export_keeps_batchnorm_and_still_passes(trained_run: Path, tmp_path: Path) -> None:
@@ -150,8 +166,9 @@ def test_verify_cli_human_and_json(exported_run: Path) -> None:
 
 def test_verify_fails_on_a_tampered_model(exported_run: Path, tmp_path: Path) -> None:
     proto = onnx.load(str(exported_run / "model.onnx"))
+    classes = len(json.loads({p.key: p.value for p in proto.metadata_props}["labels"]))
     init = next(i for i in proto.graph.initializer if len(onnx.numpy_helper.to_array(i).shape) == 1
-                and onnx.numpy_helper.to_array(i).shape[0] == 10)
+                and onnx.numpy_helper.to_array(i).shape[0] == classes)  # the last layer's bias
     array = onnx.numpy_helper.to_array(init).copy()
     array[0] += 0.01
     init.CopyFrom(onnx.numpy_helper.from_array(array, init.name))

@@ -1,0 +1,277 @@
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image, ImageOps
+
+from pipeline import evaluate as ev
+from pipeline.cli import cli
+from pipeline.data import Dataset
+from tests.helpers import assert_one_line_error
+
+REPO = Path(__file__).resolve().parents[2]
+CHEAP = tuple(c for c in ev.CONDITIONS if c != "big")  # the 48-megapixel photos take seconds each
+FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP", "tif": "TIFF", "gif": "GIF", "bmp": "BMP"}
+
+
+class Forbidden:
+    """Stands in for the training split: any use of it fails the test."""
+
+    def __getattr__(self, name):
+        raise AssertionError(f"the evaluation set touched the training split ({name})")
+
+    def __getitem__(self, key):
+        raise AssertionError("the evaluation set indexed the training split")
+
+    def __len__(self):
+        raise AssertionError("the evaluation set asked the training split's length")
+
+    def __array__(self, *args, **kwargs):
+        raise AssertionError("the evaluation set converted the training split to an array")
+
+
+def run(*args: str):
+    return CliRunner().invoke(cli, list(args))
+
+
+def decode(data: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image
+
+
+def test_the_set_is_deterministic_per_seed_and_never_reads_the_training_split(sample_dataset: Dataset) -> None:
+    no_train = dataclasses.replace(sample_dataset, train_images=Forbidden(), train_labels=Forbidden())
+    first = list(ev.generate(sample_dataset, per_condition=2, seed=0, conditions=CHEAP))
+    again = list(ev.generate(no_train, per_condition=2, seed=0, conditions=CHEAP))
+    other = list(ev.generate(sample_dataset, per_condition=2, seed=1, conditions=CHEAP))
+    assert len(first) == 2 * len(CHEAP)
+    assert first == again  # names, bytes and expected answers, item by item
+    differing = [a.name for a, b in zip(first, other) if a.data != b.data]
+    assert len(differing) >= len(first) - 3, "another seed should give other images"
+    # an item does not depend on how many items are made
+    assert ev.make_item(ev.Split.from_dataset(sample_dataset), "photo", 1, 0) == first[CHEAP.index("photo") * 2 + 1]
+
+
+def test_training_split_of_zeros_changes_nothing(sample_dataset: Dataset) -> None:
+    zeros = dataclasses.replace(sample_dataset, train_images=np.zeros_like(sample_dataset.train_images),
+                                train_labels=np.zeros_like(sample_dataset.train_labels))
+    conditions = ("mnist-28", "canvas", "numbers", "writers")
+    assert list(ev.generate(zeros, 2, 3, conditions)) == list(ev.generate(sample_dataset, 2, 3, conditions))
+
+
+@pytest.fixture(scope="module")
+def items(sample_dataset: Dataset) -> list[ev.Item]:
+    made = list(ev.generate(sample_dataset, per_condition=4, seed=5, conditions=CHEAP))
+    return made + list(ev.generate(sample_dataset, per_condition=1, seed=5, conditions=("big",)))
+
+
+def claimed_size_ok(item: ev.Item, size: tuple[int, int]) -> bool:
+    w, h = size
+    long, short = max(w, h), min(w, h)
+    photo = 640 <= long <= 3000 and short >= 360
+    scan = (w, h) == (1200, 1600)
+    canvas = 100 <= w <= 600 and 100 <= h <= 600
+    variant = item.variant
+    if item.condition == "mnist-28":
+        return (w, h) == (28, 28)
+    if item.condition == "canvas":
+        return canvas
+    if item.condition in ("photo", "ruled"):
+        return photo
+    if item.condition == "specks":
+        return scan
+    if item.condition == "colour":
+        return canvas if variant.startswith("canvas") else photo
+    if item.condition in ("thick-thin", "writers"):
+        return {"canvas": canvas, "photo": photo, "scan": scan}[variant.split("-")[0]]
+    if item.condition == "numbers":
+        return photo if "photo" in variant else 240 <= w <= 900 and h >= 70
+    if item.condition == "big":
+        return (w, h) in ((8000, 6000), (6000, 8000))
+    return min(w, h) >= 8  # typeset, not-digits: any size a file can have
+
+
+def test_every_condition_gives_decodable_files_of_the_sizes_claimed(items: list[ev.Item]) -> None:
+    seen = set()
+    for item in items:
+        image = decode(item.data)
+        ext = item.name.rsplit(".", 1)[1]
+        assert image.format == FORMATS[ext], item.name
+        upright = ImageOps.exif_transpose(image)
+        assert claimed_size_ok(item, upright.size), (item.name, upright.size)
+        assert re.fullmatch(rf"{item.condition}/\d{{4}}-[^/]+\.{ext}", item.name), item.name
+        seen.add(item.condition)
+    assert seen == set(ev.CONDITIONS)
+    big = [i for i in items if i.condition == "big"]
+    assert big and all(decode(i.data).size[0] * decode(i.data).size[1] == 48_000_000 for i in big)
+
+
+def test_expected_answers(items: list[ev.Item]) -> None:
+    for item in items:
+        if item.condition == "not-digits":
+            assert item.expected is None, item.name
+        elif item.condition == "numbers":
+            assert re.fullmatch(r"[1-9]\d{1,3}", item.expected), item.name
+            assert item.variant.startswith(f"{len(item.expected)}d-"), item.name
+        else:
+            assert re.fullmatch(r"\d", item.expected), item.name
+
+
+def test_expected_labels_are_the_source_digits_labels(sample_dataset: Dataset) -> None:
+    # mnist-28 files are the test digits themselves, pixel for pixel, with their labels
+    split = ev.Split.from_dataset(sample_dataset)
+    for item in ev.generate(split, 10, 0, ("mnist-28",)):
+        pixels = np.asarray(decode(item.data))
+        matches = np.flatnonzero((split.images == pixels).all(axis=(1, 2)))
+        assert len(matches) and {str(split.labels[i]) for i in matches} == {item.expected}
+    # a test split holding only 3s (labelled 3): every handwritten item expects 3s only
+    threes = sample_dataset.test_labels == 3
+    only_threes = ev.Split(sample_dataset.test_images[threes], sample_dataset.test_labels[threes])
+    for item in ev.generate(only_threes, 2, 0, [c for c in CHEAP if c not in ("typeset", "not-digits")]):
+        assert set(item.expected) == {"3"}, item.name
+    relabelled = ev.Split(split.images, np.full_like(split.labels, 7))
+    for item in ev.generate(relabelled, 2, 0, ("photo", "specks", "writers")):
+        assert item.expected == "7", item.name
+
+
+def test_phone_photos_stored_sideways_come_upright_with_exif() -> None:
+    image = Image.new("RGB", (300, 200), "white")
+    image.paste((0, 0, 0), (0, 0, 40, 40))  # a mark at the top left
+    for seed in range(12):
+        data, ext = ev._phone_jpeg(image, np.random.default_rng(seed), rotate=1.0)
+        upright = ImageOps.exif_transpose(decode(data)).convert("L")
+        assert upright.size == (300, 200)
+        assert np.asarray(upright)[:30, :30].mean() < 60 and np.asarray(upright)[-30:, -30:].mean() > 200
+
+
+def test_coloured_ink_and_paper_differ_in_hue_not_brightness() -> None:
+    import colorsys
+
+    for seed in range(40):
+        ink, paper = ev.colour_pair(np.random.default_rng(seed))
+        assert 8 <= abs(ev.luma(ink) - ev.luma(paper)) <= 42, (ink, paper)
+        hue = lambda c: colorsys.rgb_to_hsv(*(v / 255 for v in c))[0]  # noqa: E731
+        distance = abs(hue(ink) - hue(paper))
+        assert min(distance, 1 - distance) > 0.2, (ink, paper)
+
+
+def test_typeset_fonts_are_matplotlibs_own() -> None:
+    import matplotlib
+
+    fonts = ev.font_files()
+    root = Path(matplotlib.get_data_path()).resolve()
+    assert len(fonts) >= 15
+    assert all(Path(f).resolve().is_relative_to(root) for f in fonts)
+    assert not any(s in Path(f).name for f in fonts for s in ("cmex", "cmsy", "STIXSiz", "LastResort"))
+
+
+def markdown_rows(markdown: str) -> dict[str, list[str]]:
+    """The first table of evaluation.md: condition -> cells."""
+    rows = {}
+    for line in markdown.split("| --- |", 1)[1].split("\n\n", 1)[0].splitlines()[1:]:
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        rows[cells[0].strip("*")] = cells[1:]
+    return rows
+
+
+def pct(value):
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def test_cli_end_to_end_writes_the_report(exported_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "eval"
+    result = run("evaluate", "--model", str(exported_run / "model.onnx"), "--per-condition", "1", "--out", str(out),
+                 "--jobs", "1", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert {p.name for p in out.iterdir()} == {"evaluation.json", "evaluation.md", "failures.png", "samples.png"}
+    report = json.loads((out / "evaluation.json").read_text())
+    markdown = (out / "evaluation.md").read_text()
+    assert markdown.strip() in result.output
+    summary = report["summary"]
+    assert list(summary["conditions"]) == list(ev.CONDITIONS)
+    assert len(report["items"]) == len(ev.CONDITIONS) and summary["all"]["n"] == len(ev.CONDITIONS)
+    rows = markdown_rows(markdown)
+    expected_rows = dict(summary["conditions"], **{"all digit images": summary["digits"],
+                                                    "all not-digits": summary["not_digits"]})
+    assert set(rows) == set(expected_rows)
+    for name, stats in expected_rows.items():
+        n, accuracy, refused, errors, mean_p = rows[name][:5]
+        assert int(n) == stats["n"]
+        assert accuracy == pct(stats["accuracy"]) and refused == pct(stats["refused_rate"]), name
+        assert int(errors) == stats["errors"]
+        assert mean_p == ("-" if stats["mean_probability"] is None else f"{stats['mean_probability']:.2f}")
+    # the per-condition numbers are those of the items
+    for condition, stats in summary["conditions"].items():
+        mine = [i for i in report["items"] if i["condition"] == condition]
+        assert stats["correct"] == sum(i["correct"] for i in mine)
+        assert stats["refused"] == sum(i["refused"] for i in mine)
+    for item in report["items"]:
+        if item["expected"] is None:
+            assert item["correct"] == (item["refused"] and item["error"] is None)
+        else:
+            assert item["correct"] == (item["read"] == item["expected"])
+    for picture in ("failures.png", "samples.png"):
+        image = decode((out / picture).read_bytes())
+        assert image.format == "PNG" and image.width > 100 and image.height > 30
+    assert [g["goal"] for g in summary["goals"]] == [g[0] for g in ev.GOALS]
+
+
+def test_cli_default_out_is_beside_the_model_and_jobs_do_not_change_answers(exported_run: Path,
+                                                                           tmp_path: Path) -> None:
+    model = tmp_path / "run" / "model.onnx"
+    model.parent.mkdir()
+    model.write_bytes((exported_run / "model.onnx").read_bytes())
+    args = ["evaluate", "--model", str(model), "--per-condition", "2", "--condition", "canvas", "--condition",
+            "not-digits", "--condition", "typeset", "--quiet"]
+    result = run(*args, "--jobs", "1")
+    assert result.exit_code == 0, result.output
+    single = json.loads((model.parent / "evaluation" / "evaluation.json").read_text())
+    assert single["conditions"] == ["canvas", "not-digits", "typeset"]
+    result = run(*args, "--jobs", "2", "--out", str(tmp_path / "two"))
+    assert result.exit_code == 0, result.output
+    double = json.loads((tmp_path / "two" / "evaluation.json").read_text())
+    strip = lambda items: [{k: v for k, v in i.items() if not k.endswith("_ms")} for i in items]  # noqa: E731
+    assert strip(double["items"]) == strip(single["items"])
+
+
+def test_help_documents_the_options() -> None:
+    result = run("evaluate", "--help")
+    assert result.exit_code == 0
+    for option in ("--model", "--data", "--per-condition", "--condition", "--seed", "--out", "--jobs", "--quiet"):
+        assert option in result.output, option
+    default = next(p.default for p in cli.commands["evaluate"].params if p.name == "per_condition")
+    assert default == ev.DEFAULT_PER_CONDITION
+
+
+def test_bad_model_or_condition_is_one_line(tmp_path: Path) -> None:
+    missing = tmp_path / "nothing.onnx"
+    assert_one_line_error(run("evaluate", "--model", str(missing), "--quiet"), "not found", str(missing))
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"not a model at all")
+    assert_one_line_error(run("evaluate", "--model", str(garbage), "--quiet"), "garbage.onnx")
+    assert not (tmp_path / "evaluation").exists()
+    assert_one_line_error(run("evaluate", "--model", str(missing), "--condition", "selfies", "--quiet"),
+                          "unknown condition 'selfies'")
+
+
+def test_evaluation_needs_no_torch(exported_run: Path, tmp_path: Path) -> None:
+    script = (
+        "import sys; sys.modules['torch'] = None\n"  # any import of torch now fails
+        "from pipeline.evaluate import run_evaluation\n"
+        f"r = run_evaluation({str(exported_run / 'model.onnx')!r}, per_condition=1, "
+        f"conditions=['mnist-28', 'photo', 'not-digits'], out={str(tmp_path)!r}, jobs=1, progress=False)\n"
+        "assert r.report['summary']['all']['n'] == 3\n"
+        "assert 'torch' not in sys.modules or sys.modules['torch'] is None\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
