@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
@@ -25,45 +26,61 @@ def cli() -> None:
 @click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path), envvar="SERVE_MODEL",
               default=DEFAULT_MODEL, show_default=True, show_envvar=True, help="The exported ONNX model.")
 @click.option("--json", "as_json", is_flag=True,
-              help="One JSON object per line: image, label, probability, probabilities (10 floats).")
+              help="One JSON object per line: image, text, digits (label, probability, box), not_a_digit; "
+                   "label, probability and probabilities when exactly one digit is read; error for unreadable input.")
 @click.option("--top-k", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Also show the K most likely classes.")
+              help="Also show the K most likely classes (single digits).")
+@click.option("--min-confidence", type=click.FloatRange(0.0, 1.0), default=None,
+              help="Refuse a digit read with a lower probability  [default: the model's calibrated threshold]")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=None,
+              help="Refuse images declaring more pixels than this, before decoding them (decompression bombs)  "
+                   "[default: 100,000,000]")
 @click.option("--batch-size", type=click.IntRange(1, 256), default=256, show_default=True, hidden=True)
-def predict(images: tuple[str, ...], model_path: Path, as_json: bool, top_k: int, batch_size: int) -> None:
-    """Predict the digit in each IMAGE: files, directories (every image inside, sorted) or - for stdin.
+def predict(images: tuple[str, ...], model_path: Path, as_json: bool, top_k: int, min_confidence: float | None,
+            max_pixels: int | None, batch_size: int) -> None:
+    """Read the digits in each IMAGE: files, directories (every image inside, sorted) or - for stdin.
 
-    Any format Pillow reads (PNG, JPEG, BMP, GIF, TIFF, ...): photos of a digit on paper, canvas
-    exports with a transparent background, scans. Each is converted the way MNIST was made (ink
-    white on black, cropped, longer side 20 px, centred by centre of mass in 28x28).
+    Photos of digits on paper (shadows, ruled or squared paper, a sheet on a desk), scans, canvas
+    exports, any format Pillow reads (HEIC with the heif extra). Every digit is found, made into an
+    MNIST-form field and read; a number is read left to right.
 
-    Prints `IMAGE: DIGIT (probability P)` per image. Unreadable inputs are reported on stderr and
-    the others still predicted; exit status 2 if any input failed, 1 if the model cannot be used.
+    Prints `IMAGE: 7 (probability 0.998)`, `IMAGE: 2026 (digits 2 0 2 6, lowest probability 0.97)`, or
+    `IMAGE: not a digit (best guess 4, 0.41)` for letters, shapes, scribbles and blank paper — a refusal
+    is an answer (exit 0). Unreadable inputs are reported on stderr and the others still read; exit
+    status 2 if any input failed, 1 if the model cannot be used.
     """
+    from serve.image.decode import DEFAULT_MAX_PIXELS
     from serve.model import ModelError, load_model
+    from serve.predict import Skipped
     from serve.predict import predict as run_predictions
 
     try:
         model = load_model(model_path)
     except ModelError as exc:
-        click.echo(f"serve: error: {exc}", err=True)
-        sys.exit(EXIT_MODEL_ERROR)
+        fail(str(exc))
     top_k = min(top_k, len(model.labels))
     failed = False
-    for p in run_predictions(model, images, batch_size=batch_size):
-        if p.error:
+    for reading in run_predictions(model, images, batch_size=batch_size, max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
+                                   min_confidence=min_confidence):
+        if isinstance(reading, Skipped):
+            click.echo(f"serve: skipped {reading.name}: {reading.reason}", err=True)
+            if as_json:
+                click.echo(json.dumps({"image": reading.name, "skipped": reading.reason}))
+            continue
+        if reading.error:
             failed = True
-            click.echo(f"serve: error: {p.image}: {p.error}", err=True)
-        elif as_json:
-            click.echo(json.dumps(p.record(model.labels, top_k)))
-        elif p.no_digit:
-            click.echo(f"{p.image}: no digit found")
-        else:
-            line = f"{p.image}: {model.labels[p.label]} (probability {p.probability:.3f})"
-            if top_k > 1:
-                line += "  top-{}: {}".format(top_k, ", ".join(f"{model.labels[i]} {v:.3f}" for i, v in p.top_k(top_k)))
-            click.echo(line)
+            click.echo(f"serve: error: {reading.image}: {reading.error}", err=True)
+        if as_json:
+            click.echo(json.dumps(reading.record(model.labels, top_k)))
+        elif not reading.error:
+            click.echo(reading.line(model.labels, top_k))
     if failed:
         sys.exit(EXIT_INPUT_ERROR)
+
+
+def fail(message: str, status: int = EXIT_MODEL_ERROR) -> NoReturn:
+    click.echo(f"serve: error: {message}", err=True)
+    sys.exit(status)
 
 
 @cli.command()
@@ -76,15 +93,22 @@ def predict(images: tuple[str, ...], model_path: Path, as_json: bool, top_k: int
               help="Dynamic batching: most images per model call (1 turns batching off).")
 @click.option("--max-delay-ms", type=click.FloatRange(min=0), default=2.0, show_default=True,
               help="Dynamic batching: longest wait for a batch to fill.")
-@click.option("--max-body-mb", type=click.FloatRange(min=0.001), default=5.0, show_default=True,
+@click.option("--max-body-mb", type=click.FloatRange(min=0.001), default=25.0, show_default=True,
               help="Larger request bodies are refused with 413.")
 @click.option("--max-queue", type=click.IntRange(min=1), default=1024, show_default=True,
               help="Requests waiting for the model beyond this are answered 503.")
+@click.option("--max-decodes", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Images decoded at once per server process (decoded pixels are the large allocation); "
+                   "other requests wait their turn.")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=None,
+              help="Refuse images declaring more pixels than this, before decoding them (decompression bombs)  "
+                   "[default: 100,000,000]")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Server processes.")
 def http(model_path: Path, model_name: str, host: str, port: int, max_batch: int, max_delay_ms: float,
-         max_body_mb: float, max_queue: int, workers: int) -> None:
-    """Serve the model over HTTP: Open Inference Protocol v2 (/v2/...), POST /predict, /metrics, and a
-    page at / to draw digits on. Stops cleanly on Ctrl-C or SIGTERM (requests in flight finish)."""
+         max_body_mb: float, max_queue: int, max_decodes: int, max_pixels: int | None, workers: int) -> None:
+    """Serve the model over HTTP: Open Inference Protocol v2 (/v2/...), POST /predict (the reading of an
+    image, as `serve predict --json` prints it), /metrics, and a page at / to write a number on or read a
+    photo with. Stops cleanly on Ctrl-C or SIGTERM (requests in flight finish)."""
     import os
 
     from serve.model import ModelError, load_model
@@ -102,9 +126,11 @@ def http(model_path: Path, model_name: str, host: str, port: int, max_batch: int
     except ModelError as exc:
         click.echo(f"serve: error: {exc}", err=True)
         sys.exit(EXIT_MODEL_ERROR)
+    from serve.image.decode import DEFAULT_MAX_PIXELS
+
     config = ServerConfig(model_path=str(model_path.resolve()), model_name=model_name, max_batch=max_batch,
                           max_delay_ms=max_delay_ms, max_body_bytes=int(max_body_mb * 1024 * 1024),
-                          max_queue=max_queue)
+                          max_queue=max_queue, max_decodes=max_decodes, max_pixels=max_pixels or DEFAULT_MAX_PIXELS)
     os.environ[CONFIG_ENV] = config_to_env(config)
     click.echo(f"serving {model_path} as {model_name!r} on http://{host}:{port}/ "
                f"(dynamic batching: up to {max_batch} images, {max_delay_ms:g} ms)", err=True)

@@ -5,8 +5,11 @@ batcher. Needs the `http` extra (FastAPI, uvicorn, prometheus-client, python-mul
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import html
 import json
+import math
 import os
 import time
 from collections.abc import AsyncIterator
@@ -24,10 +27,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve.batching import DynamicBatcher, Overloaded
+from serve.image.decode import DEFAULT_MAX_PIXELS
 from serve.model import INPUT_NAME, DigitModel, load_model, softmax
-from serve.predict import Prediction
-from serve.preprocess import ImageError, NoDigitFound, prepare
 from serve.protocol import HEADER_LENGTH, OUTPUTS, ProtocolError, encode_infer_response, parse_infer_request
+from serve.reading import Page, Reading, interpret_for, prepare_page
 
 CONFIG_ENV = "FOLDSERVE_HTTP_CONFIG"
 IMAGE_TYPES = ("image/", "application/octet-stream")
@@ -39,8 +42,15 @@ class ServerConfig:
     model_name: str = "digits"
     max_batch: int = 64
     max_delay_ms: float = 2.0
-    max_body_bytes: int = 5 * 1024 * 1024
+    max_body_bytes: int = 25 * 1024 * 1024  # a 48 MP phone JPEG is 10-20 MB
     max_queue: int = 1024  # requests waiting for the model; beyond this: 503
+    max_decodes: int = 2  # images decoded at once (per process): decoded pixels are the big allocation
+    max_pixels: int = DEFAULT_MAX_PIXELS  # larger images are refused before decoding
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch", "max_queue", "max_decodes", "max_pixels"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ServerConfig.{name} must be at least 1, got {getattr(self, name)}")
 
 
 class Metrics:
@@ -81,10 +91,10 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 def model_metadata(name: str, model: DigitModel) -> dict[str, Any]:
-    classes = len(model.labels)
+    classes, side = len(model.labels), model.field_spec.size
     return {
         "name": name, "versions": ["1"], "platform": "onnxruntime_onnx",
-        "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, 1, 28, 28]},
+        "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, 1, side, side]},
                    {"name": "image_files", "datatype": "BYTES", "shape": [-1]}],
         "outputs": [{"name": o, "datatype": "FP32", "shape": [-1, classes]} for o in OUTPUTS],
         "parameters": {
@@ -106,6 +116,8 @@ def create_app(config: ServerConfig, model: DigitModel | None = None) -> FastAPI
                                  max_queue=config.max_queue, on_batch=metrics.on_batch)
         batcher.start()
         app.state.model, app.state.batcher = loaded, batcher
+        # waiting requests hold only their (size-limited) body, no thread and no decoded pixels
+        app.state.decodes = asyncio.BoundedSemaphore(config.max_decodes)
         yield
         await batcher.stop()  # in-flight requests finish before the process exits
 
@@ -177,8 +189,11 @@ def create_app(config: ServerConfig, model: DigitModel | None = None) -> FastAPI
             raise HTTPException(415, f"content type {content_type!r} is not accepted; send application/json")
         body = await read_body(request, config.max_body_bytes)
         try:
-            # parsing may decode images: off the event loop, which keeps accepting requests
-            parsed = await run_in_threadpool(parse_infer_request, body, request.headers.get(HEADER_LENGTH))
+            # parsing may decode images (BYTES inputs): off the event loop, which keeps accepting
+            # requests, and at most max_decodes at once
+            async with app.state.decodes:
+                parsed = await run_in_threadpool(parse_infer_request, body, request.headers.get(HEADER_LENGTH),
+                                                 app.state.model.field_spec, config.max_pixels)
         except ProtocolError as exc:
             raise HTTPException(400, str(exc)) from None
         logits = await logits_for(parsed.images)
@@ -196,8 +211,19 @@ def create_app(config: ServerConfig, model: DigitModel | None = None) -> FastAPI
             raise HTTPException(404, f"unknown version {version!r} of model {name!r}")
         return await infer_impl(name, request)
 
+    async def read_page(page: Page, min_confidence: float | None) -> Reading:
+        """The page's reading: all its fields in one submit to the batcher, interpreted as `serve predict` does."""
+        model: DigitModel = app.state.model
+        if len(page.fields):
+            probabilities = softmax(await logits_for(page.fields[:, None]))
+        else:
+            probabilities = np.zeros((0, len(model.labels)), np.float32)
+        return interpret_for(model, page, probabilities, min_confidence)
+
     @app.post("/predict")
     async def predict(request: Request) -> dict[str, Any]:
+        """The reading of one image, the object `serve predict --json` prints (a refusal is a 200 answer)."""
+        min_confidence = confidence_parameter(request.query_params.get("min_confidence"))
         content_type = request.headers.get("content-type", "").lower()
         body = await read_body(request, config.max_body_bytes)
         filename = "upload"
@@ -208,16 +234,14 @@ def create_app(config: ServerConfig, model: DigitModel | None = None) -> FastAPI
         else:
             raise HTTPException(415, f"content type {content_type or 'none'!r} is not an image; send the image "
                                      "as the body (image/png, image/jpeg, ...) or as multipart field 'file'")
-        result = Prediction(filename)
-        try:
-            image = await run_in_threadpool(prepare, data)
-        except NoDigitFound:
-            result.no_digit = True
-        except ImageError as exc:
-            raise HTTPException(400, f"{filename}: {exc}") from None
-        else:
-            result.probabilities = softmax(await logits_for(image[None, None]))[0]
-        return result.record(app.state.model.labels)
+        del body  # a multipart body's image is a copy: only that waits for a decode slot
+        async with app.state.decodes:
+            page = await run_in_threadpool(prepare_page, data, filename, app.state.model.field_spec,
+                                           config.max_pixels)
+        if page.error:
+            raise HTTPException(400, f"{filename}: {page.error}")
+        reading = await read_page(page, min_confidence)
+        return reading.record(app.state.model.labels)
 
     @app.get("/metrics")
     async def prometheus_metrics() -> Response:
@@ -225,9 +249,23 @@ def create_app(config: ServerConfig, model: DigitModel | None = None) -> FastAPI
 
     @app.get("/", response_class=HTMLResponse)
     async def page() -> HTMLResponse:
-        return HTMLResponse((resources.files("serve") / "static" / "index.html").read_text())
+        text = (resources.files("serve") / "static" / "index.html").read_text()
+        return HTMLResponse(text.replace("__MODEL_NAME__", html.escape(config.model_name, quote=True)))
 
     return app
+
+
+def confidence_parameter(value: str | None) -> float | None:
+    """The ``min_confidence`` query parameter: None when absent, else a number in [0, 1] (400 otherwise)."""
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not 0.0 <= number <= 1.0:  # NaN fails too
+        raise HTTPException(400, f"min_confidence must be a number from 0 to 1, got {value[:40]!r}")
+    return number
 
 
 async def multipart_file(request: Request, body: bytes, content_type: str) -> tuple[bytes, str]:

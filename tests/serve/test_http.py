@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -18,9 +19,10 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from serve.server import ServerConfig, create_app
+import serve.server
+from serve.server import CONFIG_ENV, ServerConfig, create_app
 from tests.serve.conftest import start_server
-from tests.serve.images import encode
+from tests.serve.images import encode, number_strokes, written
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -42,13 +44,15 @@ def fp32_request(images: np.ndarray, **extra) -> dict:
                         "data": images.ravel().tolist()}], **extra}
 
 
-def test_health_and_metadata(client) -> None:
+def test_health_and_metadata(client, model) -> None:
     assert client.get("/v2/health/live").json() == {"live": True}
     assert client.get("/v2/health/ready").status_code == 200
     assert "binary_tensor_data" in client.get("/v2").json()["extensions"]
     meta = client.get("/v2/models/digits").json()
     assert meta["inputs"][0] == {"name": "image", "datatype": "FP32", "shape": [-1, 1, 28, 28]}
-    assert {o["name"]: o["shape"] for o in meta["outputs"]} == {"logits": [-1, 10], "probabilities": [-1, 10]}
+    classes = len(model.labels)
+    assert {o["name"]: o["shape"] for o in meta["outputs"]} == {"logits": [-1, classes], "probabilities": [-1, classes]}
+    assert meta["parameters"]["labels"] == model.labels
     assert client.get("/v2/models/digits/ready").json()["ready"] is True
     missing = client.get("/v2/models/cats")
     assert missing.status_code == 404 and "unknown model 'cats'" in missing.json()["error"]
@@ -62,9 +66,11 @@ def test_infer_fp32_json_matches_the_model(client, model, digits) -> None:
     body = response.json()
     assert body["model_name"] == "digits" and body["id"] == "r1"
     outputs = {o["name"]: o for o in body["outputs"]}
-    assert outputs["logits"]["shape"] == [5, 10] and outputs["logits"]["datatype"] == "FP32"
-    np.testing.assert_allclose(np.array(outputs["logits"]["data"]).reshape(5, 10), model.logits(images[:5]), atol=1e-5)
-    np.testing.assert_allclose(np.array(outputs["probabilities"]["data"]).reshape(5, 10).sum(1), 1, atol=1e-5)
+    classes = len(model.labels)
+    assert outputs["logits"]["shape"] == [5, classes] and outputs["logits"]["datatype"] == "FP32"
+    np.testing.assert_allclose(np.array(outputs["logits"]["data"]).reshape(5, classes), model.logits(images[:5]),
+                               atol=1e-5)
+    np.testing.assert_allclose(np.array(outputs["probabilities"]["data"]).reshape(5, classes).sum(1), 1, atol=1e-5)
 
 
 def test_infer_with_encoded_image_files(client, model, digits) -> None:
@@ -75,7 +81,7 @@ def test_infer_with_encoded_image_files(client, model, digits) -> None:
                "outputs": [{"name": "logits"}]}
     response = client.post("/v2/models/digits/infer", json=request)
     assert response.status_code == 200, response.text
-    logits = np.array(response.json()["outputs"][0]["data"]).reshape(3, 10)
+    logits = np.array(response.json()["outputs"][0]["data"]).reshape(3, len(model.labels))
     np.testing.assert_allclose(logits, model.logits(images[:3]), atol=1e-5)  # MNIST-form PNGs pass through unchanged
 
 
@@ -90,8 +96,8 @@ def test_binary_tensor_extension_both_ways(client, model, digits) -> None:
     assert response.status_code == 200, response.text
     n = int(response.headers["Inference-Header-Content-Length"])
     meta = json.loads(response.content[:n])
-    assert meta["outputs"][0]["parameters"]["binary_data_size"] == 4 * 10 * 4
-    logits = np.frombuffer(response.content[n:], dtype="<f4").reshape(4, 10)
+    assert meta["outputs"][0]["parameters"]["binary_data_size"] == 4 * len(model.labels) * 4
+    logits = np.frombuffer(response.content[n:], dtype="<f4").reshape(4, len(model.labels))
     np.testing.assert_allclose(logits, model.logits(images), atol=1e-5)
 
 
@@ -132,30 +138,198 @@ def test_bad_requests_get_a_clear_error_and_the_server_stays_good(client, model,
     np.testing.assert_allclose(np.array(good.json()["outputs"][0]["data"]), model.logits(digits[0][7:8])[0], atol=1e-5)
 
 
+def serve_predict_json(model, path: Path, *options: str) -> dict:
+    from click.testing import CliRunner
+
+    from serve.cli import cli
+
+    result = CliRunner().invoke(cli, ["predict", "--model", str(model.path), "--json", *options, str(path)])
+    return json.loads(result.stdout)
+
+
+def without_image(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k != "image"}
+
+
+NUMBER_SIZE = (640, 300)
+
+
+@pytest.fixture(scope="module")
+def number_png() -> bytes:
+    """"17" written big and clear, the two digits far apart, dark on white."""
+    return encode(written(number_strokes("17", left=110, top=50, height=200, pitch=280), NUMBER_SIZE))
+
+
 def test_predict_endpoint_matches_serve_predict_json(client, model, digits, tmp_path) -> None:
     png = encode(Image.fromarray((digits[0][0, 0] * 255).round().astype(np.uint8)))
     raw = client.post("/predict", content=png, headers={"Content-Type": "image/png"}).json()
     form = client.post("/predict", files={"file": ("digit.png", png, "image/png")}).json()
     expected = model.probabilities(digits[0][:1])[0]
     for result in (raw, form):
-        assert set(result) == {"image", "label", "probability", "probabilities"}
-        assert result["label"] == int(expected.argmax())
+        assert result["not_a_digit"] is False and result["text"] == result["digits"][0]["label"]
+        assert result["label"] == int(model.labels[int(expected.argmax())])
         np.testing.assert_allclose(result["probabilities"], expected, atol=1e-6)
-    assert form["image"] == "digit.png"
-    # the same object as `serve predict --json`
-    (tmp_path / "digit.png").write_bytes(png)
+    assert raw["image"] == "upload" and form["image"] == "digit.png"
+    (tmp_path / "digit.png").write_bytes(png)  # the same object as `serve predict --json`
+    assert without_image(serve_predict_json(model, tmp_path / "digit.png")) == without_image(form)
+    assert client.post("/predict", content=b"x", headers={"Content-Type": "text/plain"}).status_code == 415
+    assert client.post("/predict", files={"other": ("a.png", png)}).status_code == 400
+
+
+def test_predict_reads_a_number_left_to_right_with_boxes(client, model, number_png, tmp_path) -> None:
+    response = client.post("/predict", files={"file": ("number.png", number_png, "image/png")})
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert result["text"] == "17" and result["not_a_digit"] is False, result
+    assert [d["label"] for d in result["digits"]] == ["1", "7"]
+    assert result["label"] is None and result["probability"] is None and "probabilities" not in result
+    boxes = [d["box"] for d in result["digits"]]
+    width, height = NUMBER_SIZE
+    for x, y, w, h in boxes:
+        assert 0 <= x and 0 <= y and w > 0 and h > 0 and x + w <= width and y + h <= height
+        assert h > 150  # each box holds its whole digit (200 px tall strokes)
+    assert boxes[0][0] + boxes[0][2] <= boxes[1][0]  # left to right, apart
+    (tmp_path / "number.png").write_bytes(number_png)
+    assert without_image(serve_predict_json(model, tmp_path / "number.png")) == without_image(result)
+
+
+def test_predict_refuses_a_blank_image_with_a_200(client, model, tmp_path) -> None:
+    blank = encode(Image.new("L", (64, 64), 255))
+    response = client.post("/predict", content=blank, headers={"Content-Type": "image/png"})
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert result["not_a_digit"] is True and result["text"] is None and result["label"] is None
+    assert result["digits"] == [] and isinstance(result["reason"], str) and result["reason"]
+    (tmp_path / "blank.png").write_bytes(blank)
+    assert without_image(serve_predict_json(model, tmp_path / "blank.png")) == without_image(result)
+
+
+def test_predict_min_confidence_parameter(client, model, number_png, tmp_path) -> None:
+    accepted = client.post("/predict", content=number_png, headers={"Content-Type": "image/png"}).json()
+    lowest = min(d["probability"] for d in accepted["digits"])
+    assert lowest < 1.0  # float32 probabilities of a real model: a threshold of 1 refuses
+    strict = client.post("/predict?min_confidence=1.0", content=number_png, headers={"Content-Type": "image/png"})
+    assert strict.status_code == 200, strict.text
+    refused = strict.json()
+    assert refused["not_a_digit"] is True and refused["text"] is None and refused["label"] is None
+    assert refused["reason"] and refused["best_guess"]["probability"] == pytest.approx(lowest)
+    (tmp_path / "number.png").write_bytes(number_png)
+    assert without_image(serve_predict_json(model, tmp_path / "number.png", "--min-confidence", "1.0")) \
+        == without_image(refused)
+    lenient = client.post("/predict?min_confidence=0", content=number_png, headers={"Content-Type": "image/png"})
+    assert lenient.json()["text"] == "17"
+    for bad in ("abc", "1.5", "-0.1", "nan", ""):
+        response = client.post(f"/predict?min_confidence={bad}", content=number_png,
+                               headers={"Content-Type": "image/png"})
+        assert response.status_code == 400, (bad, response.text)
+        assert set(response.json()) == {"error"} and "min_confidence" in response.json()["error"]
+
+
+@pytest.mark.parametrize("name, data, reason", [
+    ("garbage", b"not an image at all", "not a recognised image format"),
+    ("truncated", None, ""),
+    ("empty", b"", "empty file"),
+])
+def test_predict_unreadable_image_is_a_one_line_400(client, number_png, name, data, reason) -> None:
+    data = number_png[:len(number_png) // 2] if data is None else data
+    for response, image in ((client.post("/predict", content=data, headers={"Content-Type": "image/png"}), "upload"),
+                            (client.post("/predict", files={"file": (f"{name}.png", data, "image/png")}),
+                             f"{name}.png")):
+        assert response.status_code == 400, response.text
+        assert set(response.json()) == {"error"}
+        message = response.json()["error"]
+        assert message.startswith(f"{image}: ") and reason in message and "\n" not in message
+    assert client.post("/predict", content=number_png, headers={"Content-Type": "image/png"}).json()["text"] == "17"
+
+
+def test_predict_refuses_images_above_max_pixels(model, number_png) -> None:
+    app = create_app(ServerConfig(max_pixels=100_000, max_delay_ms=1), model=model)
+    with TestClient(app) as client:
+        response = client.post("/predict", content=number_png, headers={"Content-Type": "image/png"})
+        assert response.status_code == 400 and "above the limit of 100,000" in response.json()["error"]
+        small = encode(Image.new("L", (300, 300), 255))
+        assert client.post("/predict", content=small, headers={"Content-Type": "image/png"}).status_code == 200
+        files = {"inputs": [{"name": "image_files", "datatype": "BYTES", "shape": [1],
+                             "data": [base64.b64encode(number_png).decode()]}]}
+        response = client.post("/v2/models/digits/infer", json=files)  # the OIP v2 image files too
+        assert response.status_code == 400 and "image 0: " in response.json()["error"]
+        assert "above the limit of 100,000" in response.json()["error"]
+
+
+def test_at_most_max_decodes_images_are_decoded_at_once(model, number_png, monkeypatch) -> None:
+    """max_decodes=1: three /predict requests and one OIP BYTES request, all with their bodies read, and
+    only one of them decoding; the others wait for its slot, then each gets its answer."""
+    lock = threading.Lock()
+    inside, most = [0], [0]
+    arrived, entered, go = threading.Semaphore(0), threading.Semaphore(0), threading.Event()
+
+    def counting(decode):
+        def run(*args, **kwargs):
+            with lock:
+                inside[0] += 1
+                most[0] = max(most[0], inside[0])
+            entered.release()
+            try:
+                assert go.wait(timeout=60), "the test never let the decode go on"
+                return decode(*args, **kwargs)
+            finally:
+                with lock:
+                    inside[0] -= 1
+        return run
+
+    real_read_body = serve.server.read_body
+
+    async def read_body(request, limit: int) -> bytes:
+        body = await real_read_body(request, limit)
+        # the handler awaits nothing between here and the decode slot, and the event loop runs one
+        # step at a time: once the test hears this, the request is decoding or waiting for its slot
+        arrived.release()
+        return body
+
+    monkeypatch.setattr(serve.server, "prepare_page", counting(serve.server.prepare_page))
+    monkeypatch.setattr(serve.server, "parse_infer_request", counting(serve.server.parse_infer_request))
+    monkeypatch.setattr(serve.server, "read_body", read_body)
+    files_request = {"inputs": [{"name": "image_files", "datatype": "BYTES", "shape": [1],
+                                 "data": [base64.b64encode(number_png).decode()]}]}
+    app = create_app(ServerConfig(max_decodes=1, max_delay_ms=1), model=model)
+    with TestClient(app) as client, ThreadPoolExecutor(4) as pool:
+        pending = [pool.submit(client.post, "/predict", content=number_png, headers={"Content-Type": "image/png"})
+                   for _ in range(3)]
+        pending.append(pool.submit(client.post, "/v2/models/digits/infer", json=files_request))
+        try:
+            for _ in pending:
+                assert arrived.acquire(timeout=60)
+            assert entered.acquire(timeout=60)
+            with lock:
+                assert inside[0] == 1
+            assert app.state.decodes.locked()
+        finally:
+            go.set()
+        responses = [p.result(timeout=60) for p in pending]
+    assert [r.status_code for r in responses] == [200] * 4, [r.text for r in responses]
+    assert [r.json()["text"] for r in responses[:3]] == ["17"] * 3
+    assert most[0] == 1
+
+
+def test_serve_http_passes_its_limits_to_the_server(model_path, monkeypatch) -> None:
+    import uvicorn
     from click.testing import CliRunner
 
     from serve.cli import cli
 
-    line = json.loads(CliRunner().invoke(cli, ["predict", "--model", str(model.path), "--json",
-                                               str(tmp_path / "digit.png")]).stdout)
-    assert {k: v for k, v in line.items() if k != "image"} == {k: v for k, v in form.items() if k != "image"}
-    blank = client.post("/predict", content=encode(Image.new("L", (64, 64), 255)), headers={"Content-Type": "image/png"})
-    assert blank.json()["label"] is None and blank.json()["note"] == "no digit found"
-    assert client.post("/predict", content=b"x", headers={"Content-Type": "text/plain"}).status_code == 415
-    assert client.post("/predict", content=b"not png", headers={"Content-Type": "image/png"}).status_code == 400
-    assert client.post("/predict", files={"other": ("a.png", png)}).status_code == 400
+    monkeypatch.setenv(CONFIG_ENV, "{}")  # restored after the test: the command sets it
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: None)
+    result = CliRunner().invoke(cli, ["http", "--model", str(model_path), "--max-decodes", "3",
+                                      "--max-pixels", "5000000"])
+    assert result.exit_code == 0, result.output
+    config = ServerConfig(**json.loads(os.environ[CONFIG_ENV]))
+    assert config.max_decodes == 3 and config.max_pixels == 5_000_000
+    result = CliRunner().invoke(cli, ["http", "--model", str(model_path)])
+    from serve.image.decode import DEFAULT_MAX_PIXELS
+
+    config = ServerConfig(**json.loads(os.environ[CONFIG_ENV]))
+    assert config.max_decodes == 2 and config.max_pixels == DEFAULT_MAX_PIXELS
+    assert CliRunner().invoke(cli, ["http", "--model", str(model_path), "--max-decodes", "0"]).exit_code == 2
 
 
 def test_metrics_count_requests_batches_and_queue_time(client, digits) -> None:
@@ -279,8 +453,8 @@ def test_real_server_alternates_bad_and_good_requests(server, model, digits) -> 
         connection.close()
         good_status, good = post_json(server[0], "/v2/models/digits/infer", fp32_request(digits[0][:2]))
         assert good_status == 200
-        np.testing.assert_allclose(np.array(good["outputs"][0]["data"]).reshape(2, 10), model.logits(digits[0][:2]),
-                                   atol=1e-5)
+        np.testing.assert_allclose(np.array(good["outputs"][0]["data"]).reshape(2, len(model.labels)),
+                                   model.logits(digits[0][:2]), atol=1e-5)
 
 
 def test_sigterm_lets_the_request_in_flight_finish(model_path: Path, model, digits) -> None:
@@ -311,7 +485,7 @@ def test_sigterm_lets_the_request_in_flight_finish(model_path: Path, model, digi
         status, body, json_length = pending.result(timeout=60)
     _, stderr = process.communicate(timeout=30)
     assert status == 200, body[:300]
-    logits = np.frombuffer(body[int(json_length):], dtype="<f4").reshape(4096, 10)
+    logits = np.frombuffer(body[int(json_length):], dtype="<f4").reshape(4096, len(model.labels))
     np.testing.assert_allclose(logits[:300], model.logits(digits[0]), atol=1e-5)
     assert process.returncode in (0, -signal.SIGTERM) and "Traceback" not in stderr, stderr
 
