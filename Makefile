@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# constraints.txt pins torch to the 2.13.0 CPU wheel; anything else pulls GBs of CUDA packages.
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[train,http,dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[train,http,dev,heif]'
 	touch $(STAMP)
 
 # The main job on the embedded data: train, export (BN folded, parity verified), predict.
@@ -22,6 +22,10 @@ demo: $(STAMP)
 	$(BIN)/pipeline train --out $(RUN)
 	$(BIN)/pipeline export --run $(RUN)
 	$(BIN)/serve predict --model $(RUN)/model.onnx examples/
+	@echo
+	@echo "Next: $(BIN)/serve predict --model $(RUN)/model.onnx YOUR-PHOTO.jpg"
+	@echo "      $(BIN)/serve http --model $(RUN)/model.onnx   (then open http://127.0.0.1:8000/ to write a number)"
+	@echo "      make evaluate   (how well it reads photos, numbers and non-digits)"
 
 # Headless Chromium and its driver for the page's browser test (Debian packages).
 browser:
@@ -34,6 +38,11 @@ test: $(STAMP) browser
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
+
+.PHONY: evaluate
+# How well the served model reads photos, scans, canvases, fonts, numbers and non-digits (a few minutes).
+evaluate: $(STAMP)
+	$(BIN)/pipeline evaluate --model $(RUN)/model.onnx
 
 .PHONY: bench bench-smoke
 # Measures training and inference side by side and writes BENCHMARKS.md (about 10 minutes).

@@ -98,6 +98,12 @@ class StopFlag:
 @click.option("--dropout", type=float, default=0.5, show_default=True, help="Dropout before the last layer.")
 @click.option("--augment/--no-augment", default=True, show_default=True,
               help="Small random affine per image (±10°, ±2 px, scale 0.9–1.1).")
+@click.option("--augment-real/--no-augment-real", default=True, show_default=True,
+              help="Also, for half the images: elastic distortion, thicker/thinner strokes, blur, contrast, noise.")
+@click.option("--stroke-digits", type=click.IntRange(min=0), default=4000, show_default=True,
+              help="Digits drawn from stroke skeletons (pipeline/synth.py) added to a digit training split.")
+@click.option("--non-digits", type=click.IntRange(min=0), default=2500, show_default=True,
+              help='Generated letters, shapes and scribbles added as the class "not a digit" (0: no such class).')
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_RUN, show_default=True,
               help="Run directory: config.json, metrics.json, checkpoint.pt.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
@@ -122,7 +128,8 @@ class StopFlag:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
 def train(ctx: click.Context, data: str, data_dir: Path | None, download: bool, epochs: int, batch_size: int,
-          lr: float, optimizer: str, seed: int, no_bn: bool, dropout: float, augment: bool, out: Path, device: str,
+          lr: float, optimizer: str, seed: int, no_bn: bool, dropout: float, augment: bool, augment_real: bool,
+          stroke_digits: int, non_digits: int, out: Path, device: str,
           max_steps: int | None, log_every: int, eval_every: int, precision: str, channels_last: bool,
           checkpoint_every_s: float, compile_: bool,
           resume: bool, nproc: int, quiet: bool) -> None:
@@ -136,6 +143,7 @@ def train(ctx: click.Context, data: str, data_dir: Path | None, download: bool, 
 
     cfg = TrainConfig(data=data, data_dir=str(data_dir) if data_dir else None, epochs=epochs, batch_size=batch_size,
                       lr=lr, optimizer=optimizer, seed=seed, bn=not no_bn, dropout=dropout, augment=augment,
+                      augment_real=augment_real, stroke_digits=stroke_digits, non_digits=non_digits,
                       device=device,
                       max_steps=max_steps, log_every=log_every, eval_every=eval_every, precision=precision,
                       channels_last=channels_last, compile=compile_, checkpoint_every_s=checkpoint_every_s)
@@ -277,6 +285,43 @@ def compare(data: str, data_dir: Path | None, epochs: int, seeds: int, lrs: tupl
     click.echo((out / "summary.md").read_text())
     click.echo(f"wrote {out / 'curves.png'}, {out / 'summary.json'} and {out / 'summary.md'} "
                f"({result.wall_time:.0f} s)")
+
+
+@cli.command()
+@click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=DEFAULT_RUN / "model.onnx", show_default=True,
+              help="The exported model, read through the served path (onnxruntime), as `serve predict` does.")
+@click.option("--data", type=click.Choice(["sample", "mnist"]), default="sample", show_default=True,
+              help="Where the digits come from; only its TEST split is used.")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="With --data mnist: the directory with the IDX files.")
+@click.option("--per-condition", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Images per condition (the 48-megapixel `big` condition makes at most 3).")
+@click.option("--condition", "conditions", multiple=True,
+              help="Only this condition (repeat for several): mnist-28, canvas, photo, ruled, specks, colour, "
+                   "thick-thin, writers, typeset, numbers, not-digits, big. Default: all.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Same seed, same images, byte for byte.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where to write the report  [default: the model's directory/evaluation]")
+@click.option("--jobs", type=click.IntRange(min=1), default=None,
+              help="Processes that make and prepare the images  [default: the CPU count, at most 4]")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def evaluate(model_path: Path, data: str, data_dir: Path | None, per_condition: int, conditions: tuple[str, ...],
+             seed: int, out: Path | None, jobs: int | None, quiet: bool) -> None:
+    """Measure how well the served model reads real images: photos, scans, canvases, fonts, numbers, non-digits.
+
+    Generates a deterministic set from the TEST split only (photographed, ruled, scanned, coloured,
+    distorted and typeset digits, numbers of 2-4 digits, and things that must be refused), encoded as
+    users' files, and reads it through serve.reading. Writes evaluation.json, evaluation.md,
+    failures.png and samples.png into --out.
+    """
+    from pipeline.evaluate import run_evaluation
+
+    result = run_evaluation(model_path, data=data, data_dir=data_dir, per_condition=per_condition, seed=seed,
+                            out=out, conditions=conditions, jobs=jobs, progress=not quiet)
+    click.echo(result.markdown)
+    click.echo(f"wrote {', '.join(str(p) for p in result.files)} ({result.wall_time:.0f} s)")
 
 
 def main() -> None:

@@ -332,10 +332,10 @@ def train(cfg: TrainConfig, out_dir: Path, *, resume: bool = False, given_option
 
     if dataset is None:
         dataset = load_dataset(cfg.data, Path(cfg.data_dir) if cfg.data_dir else None)
-    dataset = with_generated(dataset, cfg.stroke_digits, cfg.non_digits, cfg.seed)
     device = resolve_device(cfg.device)
-    if ctx.enabled:
+    if ctx.enabled:  # join the process group first: a peer that dies later then fails our collectives
         device = start(ctx, device, cfg.batch_size)
+    dataset = with_generated(dataset, cfg.stroke_digits, cfg.non_digits, cfg.seed)
     train_x, train_y = to_tensors(dataset.train_images, dataset.train_labels, device)
     test_x, test_y = to_tensors(dataset.test_images, dataset.test_labels, device)
     steps_per_epoch = len(train_x) // cfg.batch_size

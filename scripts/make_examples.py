@@ -45,6 +45,36 @@ def four_scan() -> None:
     img.save(OUT / "four-scan.png")
 
 
+def number_photo() -> None:
+    """A phone photo of "2026" written on ruled paper, a shadow across one side."""
+    w, h = 1200, 700
+    img = paper((w, h), seed=26)
+    d = ImageDraw.Draw(img)
+    for y in range(40, h, 70):  # ruled lines, light blue
+        d.line([(0, y), (w, y + 6)], fill=(150, 170, 215), width=3)
+    ink, pen = (30, 35, 70), 14
+    d.arc([150, 220, 390, 400], start=190, end=20, fill=ink, width=pen)  # 2
+    d.line([(383, 345), (160, 560), (400, 555)], fill=ink, width=pen, joint="curve")
+    d.ellipse([440, 220, 640, 560], outline=ink, width=pen)  # 0
+    d.arc([690, 220, 930, 400], start=190, end=20, fill=ink, width=pen)  # 2
+    d.line([(923, 345), (700, 560), (940, 555)], fill=ink, width=pen, joint="curve")
+    d.arc([985, 220, 1160, 560], start=200, end=265, fill=ink, width=pen)  # 6
+    d.ellipse([990, 380, 1150, 560], outline=ink, width=pen)
+    shaded = np.asarray(img, np.float32)
+    shaded[:, : w // 3] *= 0.7  # the phone's shadow
+    Image.fromarray(shaded.astype(np.uint8)).filter(ImageFilter.GaussianBlur(1.5)).save(
+        OUT / "number-photo.jpg", quality=85)
+
+
+def scribble() -> None:
+    """Not a digit: a star drawn on a canvas."""
+    img = Image.new("L", (280, 280), 255)
+    d = ImageDraw.Draw(img)
+    points = [(140 + 110 * np.sin(a), 150 - 110 * np.cos(a)) for a in np.arange(0, 5) * 4 * np.pi / 5]
+    d.line(points + [points[0]], fill=0, width=10, joint="curve")
+    img.save(OUT / "scribble.png")
+
+
 def mnist_digits() -> None:
     """Two digits of the embedded sample's test split, as 28x28 PNGs in MNIST form."""
     from pipeline.data import load_dataset
@@ -60,4 +90,6 @@ if __name__ == "__main__":
     seven_photo()
     three_canvas()
     four_scan()
+    number_photo()
+    scribble()
     mnist_digits()

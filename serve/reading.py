@@ -25,13 +25,20 @@ NO_INK = "no ink found"
 
 @dataclass
 class Page:
-    """An image prepared for the model: one field per glyph, left to right (or why there is none)."""
+    """An image prepared for the model: one field per glyph, left to right (or why there is none);
+    after those, the fields of the pieces a wide glyph may be cut into (``pieces``: glyph index →
+    field indices), for the model to decide between."""
 
     name: str
     fields: np.ndarray  # float32 [k, size, size]
-    boxes: list[Box]  # in the original image's pixels
+    boxes: list[Box]  # in the original image's pixels, one per field
     refusal: str | None = None  # the image has nothing to read (NO_INK)
     error: str | None = None  # the input could not be read at all
+    pieces: dict[int, list[int]] = field(default_factory=dict)
+
+    @property
+    def glyphs(self) -> int:
+        return len(self.fields) - sum(len(p) for p in self.pieces.values())
 
 
 @dataclass(frozen=True)
@@ -86,17 +93,22 @@ class Reading:
                       label=None, probability=None)
         if len(self.digits) == 1:
             digit = self.digits[0]
-            record.update(label=int(digit.label) if digit.label.isdigit() else digit.label,
+            record.update(label=label_value(digit.label),
                           probability=digit.probability,
                           probabilities=[float(v) for v in digit.probabilities])
             if top_k > 1:
-                record["top_k"] = [{"label": labels[i], "probability": v} for i, v in top(digit, top_k)]
+                record["top_k"] = [{"label": label_value(labels[i]), "probability": v} for i, v in top(digit, top_k)]
         if self.not_a_digit:
             record["reason"] = self.reason
             record["best_guess"] = None if self.best_guess is None else {
                 "label": self.best_guess.label, "probability": self.best_guess.probability,
                 "box": box_list(self.best_guess.box)}
         return record
+
+
+def label_value(label: str) -> int | str:
+    """A digit label as the int JSON readers expect (as in `label`); other classes by name."""
+    return int(label) if label.isdigit() else label
 
 
 def box_list(box: Box) -> list[int]:
@@ -130,11 +142,16 @@ def prepare_page(data: bytes, name: str, spec: FieldSpec = FieldSpec(),
     glyphs = find_glyphs(ink)
     if not glyphs:
         return Page(name, empty, [], refusal=NO_INK)
-    fields = np.stack([fit_to_field(g.ink, spec) for g in glyphs])
+    ordered, pieces = list(glyphs), {}
+    for i, glyph in enumerate(glyphs):
+        if glyph.pieces:
+            pieces[i] = list(range(len(ordered), len(ordered) + len(glyph.pieces)))
+            ordered += glyph.pieces
+    fields = np.stack([fit_to_field(g.ink, spec) for g in ordered])
     s = decoded.scale
     boxes = [Box(round(g.box.x * s), round(g.box.y * s), max(1, round(g.box.width * s)),
-                 max(1, round(g.box.height * s))) for g in glyphs]
-    return Page(name, fields, boxes)
+                 max(1, round(g.box.height * s))) for g in ordered]
+    return Page(name, fields, boxes, pieces=pieces)
 
 
 def interpret(page: Page, probabilities: np.ndarray, labels: list[str], reject_index: int | None,
@@ -145,36 +162,71 @@ def interpret(page: Page, probabilities: np.ndarray, labels: list[str], reject_i
         return Reading(page.name, error=page.error)
     if page.refusal:
         return Reading(page.name, reason=page.refusal)
-    reads = []
+    every = []
     for p, box in zip(probabilities, page.boxes):
         digit_p = p.copy()
         if reject_index is not None:
             digit_p[reject_index] = -1.0
         best = int(digit_p.argmax())
-        reads.append((DigitRead(labels[best], float(p[best]), box, p), int(p.argmax()) == best))
-    refused = [(r, is_top) for r, is_top in reads if not is_top or r.probability < min_confidence]
-    if not refused:
+        every.append((DigitRead(labels[best], float(p[best]), box, p), int(p.argmax()) == best))
+    reads = []
+    for i in range(page.glyphs):
+        cut = [every[j] for j in page.pieces.get(i, [])]
+        reads += cut if cut and prefer_pieces(every[i], cut, min_confidence) else [every[i]]
+    not_digits = [r for r, is_top in reads if not is_top]
+    unsure = [r for r, is_top in reads if is_top and r.probability < min_confidence]
+    if not not_digits and not unsure:
         return Reading(page.name, digits=[r for r, _ in reads])
-    guess = min((r for r, _ in refused), key=lambda r: r.probability)
-    if len(reads) == 1:
-        reason = "not a digit" if not refused[0][1] else f"unsure (below {min_confidence:.2f})"
-    else:
-        reason = f"{len(refused)} of {len(reads)} marks are not digits"
-    return Reading(page.name, reason=reason, best_guess=guess)
+    guess = min(not_digits + unsure, key=lambda r: r.probability)
+    return Reading(page.name, reason=refusal_reason(len(reads), len(not_digits), len(unsure), min_confidence),
+                   best_guess=guess)
+
+
+SURE_WHOLE = 0.9  # a wide glyph read as one digit at least this surely is not cut
+
+
+def prefer_pieces(whole: tuple[DigitRead, bool], pieces: list[tuple[DigitRead, bool]], min_confidence: float) -> bool:
+    """Read a wide glyph as touching digits only when the whole is not a sure digit and every piece
+    is a digit, each more surely than the whole."""
+    whole_read, whole_is_digit = whole
+    if whole_is_digit and whole_read.probability >= max(SURE_WHOLE, min_confidence):
+        return False
+    for read, is_digit in pieces:
+        if not is_digit or read.probability < min_confidence:
+            return False
+        if whole_is_digit and read.probability <= whole_read.probability:
+            return False
+    return True
+
+
+def refusal_reason(marks: int, not_digits: int, unsure: int, min_confidence: float) -> str:
+    if marks == 1:
+        return "not a digit" if not_digits else f"unsure (below {min_confidence:.2f})"
+    parts = []
+    if not_digits:
+        parts.append(f"{not_digits} of {marks} marks {'is' if not_digits == 1 else 'are'} not a digit")
+    if unsure:
+        parts.append(f"{unsure} of {marks} {'is' if unsure == 1 else 'are'} unsure (below {min_confidence:.2f})")
+    return "; ".join(parts)
+
+
+def interpret_for(model: "DigitModel", page: Page, probabilities: np.ndarray,
+                  min_confidence: float | None = None) -> Reading:
+    """``interpret`` with the model's labels, refusal class and (unless given) calibrated threshold."""
+    threshold = model.min_confidence if min_confidence is None else min_confidence
+    return interpret(page, probabilities, model.labels, model.reject_index, threshold)
 
 
 def read_pages(model: "DigitModel", pages: list[Page], min_confidence: float | None = None,
                batch_size: int = 256) -> list[Reading]:
     """Run the model over every field of ``pages`` (calls of ``batch_size``) and interpret each page."""
-    threshold = model.min_confidence if min_confidence is None else min_confidence
     counts = [len(p.fields) for p in pages]
     stacked = np.concatenate([p.fields for p in pages]) if pages else np.zeros((0, 1, 1), np.float32)
     probabilities = (model.probabilities(stacked[:, None], batch_size) if len(stacked)
                      else np.zeros((0, len(model.labels))))
     readings, start = [], 0
     for page, count in zip(pages, counts):
-        readings.append(interpret(page, probabilities[start:start + count], model.labels, model.reject_index,
-                                  threshold))
+        readings.append(interpret_for(model, page, probabilities[start:start + count], min_confidence))
         start += count
     return readings
 

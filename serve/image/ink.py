@@ -40,8 +40,7 @@ def ink_map(rgb: np.ndarray) -> np.ndarray:
     if max(gray.shape) <= SMALL_SIDE:
         return global_ink(gray)
     dark_ink = float(np.median(gray)) > 0.5  # most of a frame is background
-    background, sheet = estimate_background(rgb, dark_ink)
-    raw = np.where(sheet, contrast(rgb, background, dark_ink), 0.0).astype(np.float32)
+    raw = contrast(rgb, estimate_background(rgb, dark_ink), dark_ink)
     return threshold_ink(raw, gray)
 
 
@@ -62,9 +61,8 @@ def global_ink(gray: np.ndarray) -> np.ndarray:
     return np.clip((gray - level) / (1.0 - level), 0.0, 1.0).astype(np.float32)
 
 
-def estimate_background(rgb: np.ndarray, dark_ink: bool) -> tuple[np.ndarray, np.ndarray]:
-    """float32 [H, W, 3]: the paper's colour at every pixel, without the ink; and bool [H, W]: the
-    sheet (the whole frame, unless a sheet lies on a darker desk)."""
+def estimate_background(rgb: np.ndarray, dark_ink: bool) -> np.ndarray:
+    """float32 [H, W, 3]: the paper's colour at every pixel (a desk's around a sheet), without the ink."""
     h, w, _ = rgb.shape
     low = shrink(rgb, LOW_SIDE)
     coarse = shrink(low, MEDIAN_SIDE)
@@ -72,16 +70,14 @@ def estimate_background(rgb: np.ndarray, dark_ink: bool) -> tuple[np.ndarray, np
     median = np.stack([np.asarray(Image.fromarray((coarse[..., c] * 255).astype(np.uint8)).filter(
         ImageFilter.MedianFilter(size)), np.float32) / 255 for c in range(3)], axis=2)
     median = resize_channels(median, (low.shape[1], low.shape[0]), Image.Resampling.BILINEAR)
-    sheet_low = find_sheet(low @ LUMA) if dark_ink else np.ones(low.shape[:2], bool)
     # Second pass: the paper is the pixels that are not ink; ink pixels get the mean of the paper
     # around them (a window wider than a fat stroke), so strokes do not darken the paper.
     diff = contrast(low, median, dark_ink)
-    paper = ((diff < max(MIN_CONTRAST, 0.5 * float(diff.max()))) & sheet_low).astype(np.float32)
+    paper = (diff < max(MIN_CONTRAST, 0.5 * float(diff.max()))).astype(np.float32)
     near, near_weight = paper_mean(low, paper, 1)
     wide, wide_weight = paper_mean(low, paper, int(MEDIAN_FRACTION * LOW_SIDE) // 3)
     filled = np.where(near_weight > 0.2, near, np.where(wide_weight > 1e-3, wide, median))
-    sheet = np.asarray(Image.fromarray(sheet_low).resize((w, h), Image.Resampling.NEAREST))
-    return resize_channels(filled, (w, h), Image.Resampling.BILINEAR), sheet
+    return resize_channels(filled, (w, h), Image.Resampling.BILINEAR)
 
 
 def paper_mean(low: np.ndarray, paper: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:
@@ -96,38 +92,6 @@ def shrink(rgb: np.ndarray, side: int) -> np.ndarray:
     h, w = rgb.shape[:2]
     scale = side / max(h, w)
     return resize_channels(rgb, (max(4, round(w * scale)), max(4, round(h * scale))), Image.Resampling.BOX)
-
-
-def otsu(values: np.ndarray) -> tuple[float, float]:
-    """Otsu's threshold of values in [0, 1], and the distance between the two classes' means."""
-    hist = np.bincount(np.clip((values * 255).astype(np.int64), 0, 255).ravel(), minlength=256).astype(np.float64)
-    p = hist / hist.sum()
-    omega, mu = np.cumsum(p), np.cumsum(p * np.arange(256))
-    between = (mu[-1] * omega - mu) ** 2 / np.maximum(omega * (1 - omega), 1e-12)
-    t = int(np.argmax(between))
-    low_mean = mu[t] / max(omega[t], 1e-12)
-    high_mean = (mu[-1] - mu[t]) / max(1 - omega[t], 1e-12)
-    return t / 255, (high_mean - low_mean) / 255
-
-
-def find_sheet(gray_low: np.ndarray) -> np.ndarray:
-    """bool mask of the sheet on a small grey copy: the largest bright region, holes (the ink) filled,
-    less a margin, when a clearly darker surround covers much of the frame's border; else everything."""
-    everything = np.ones(gray_low.shape, bool)
-    t, separation = otsu(gray_low)
-    bright = gray_low > t
-    if separation < 0.25 or border(~bright).mean() < 0.3 or bright.mean() < 0.2:
-        return everything
-    labels, count = label(bright)
-    if count == 0:
-        return everything
-    largest = np.argmax(np.bincount(labels.ravel())[1:]) + 1
-    outside, n_outside = label(labels != largest)
-    edge_labels = np.unique(border(outside))
-    sheet = ~np.isin(outside, edge_labels[edge_labels > 0])  # the region and its enclosed holes
-    margin = max(1, round(0.02 * max(gray_low.shape)))
-    shrunk = np.asarray(Image.fromarray(sheet.astype(np.uint8) * 255).filter(ImageFilter.MinFilter(2 * margin + 1))) > 0
-    return shrunk if shrunk.mean() > 0.1 else everything
 
 
 def contrast(rgb: np.ndarray, background: np.ndarray, dark_ink: bool) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Ruled and squared paper lines: long, thin, nearly straight runs of ink across the sheet.
 
-A line is a run that spans most of the frame (``SPAN`` of its width or height, small gaps allowed)
+A line is a run that spans much of the frame (``SPAN`` of its width or height, gaps allowed)
 after thick strokes are set aside, looked for at a few small tilts because photos are rarely square
 to the page. Its pixels are removed, except where a stroke crosses it (ink right above and below).
 """
@@ -10,9 +10,9 @@ import numpy as np
 
 from serve.image.morph import runs_at_least
 
-SPAN = 0.6  # a line covers at least this fraction of the frame
-GAP_FILL = 0.85  # of every window along it
-TILTS_DEG = (-4.0, -2.0, 0.0, 2.0, 4.0)
+SPAN = 0.5  # a line covers at least this fraction of the frame
+GAP_FILL = 0.7  # of every window along it (faint lines break up in the threshold)
+TILTS_DEG = (-6.0, -4.0, -2.0, 0.0, 2.0, 4.0, 6.0)
 THIN = 0.012  # a line is at most this thick (fraction of the frame's longer side, plus 2 px)
 
 

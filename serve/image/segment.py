@@ -3,10 +3,12 @@
 - Specks and dust are judged against the largest mark, not the frame: a component far smaller than
   the main marks is dropped.
 - Marks touching the frame's edge that are long and thin (a sheet's edge, a desk) are dropped.
+- Glyphs much shorter than the tallest are dropped: the digits of a number stand about alike.
 - Components stacked above each other (a 5's detached top bar, a 4 drawn in two strokes, a stroke
   cut by a removed paper line) are one glyph.
-- A glyph much wider than a digit is two or more touching digits: it is cut at the columns with the
-  least ink near the expected cuts.
+- A glyph wider than a digit may be two or more touching digits, or one wide digit: it carries a
+  proposed cut (at the columns with the least ink near the expected cuts) as ``pieces``, and the
+  model decides which reading holds (serve/reading.py).
 Glyphs come left to right.
 """
 from __future__ import annotations
@@ -20,10 +22,14 @@ from serve.image.normalize import BOX_THRESHOLD
 
 SPECK = 0.2  # components smaller than this fraction of the largest one's height (and width) are specks
 SMALL_AREA = 0.02  # ... or than this fraction of its ink area
+SHORT = 0.45  # glyphs shorter than this fraction of the tallest are not digits (dashes, fragments)
 OVERLAP = 0.5  # components sharing this fraction of the narrower one's columns are one glyph
 DIGIT_ASPECT = 0.75  # typical width / height of one digit, for cutting touching digits
-WIDE = 1.3  # a glyph wider than this times its height holds touching digits
+WIDE = 1.1  # a glyph wider than this times its height may hold touching digits: a cut is proposed
+LINE_LENGTH = 0.4  # a component this long (fraction of the frame's longer side) ...
+LINE_THICKNESS = 0.015  # ... and on average at most this thick is a paper line or an edge, not ink
 MAX_DIGITS = 12
+MAX_PARTS = 64  # bounds the work on noisy images
 
 
 @dataclass(frozen=True)
@@ -48,10 +54,12 @@ class Box:
 
 @dataclass
 class Glyph:
-    """One digit candidate: its ink (other glyphs' ink masked out), cropped to its box in the ink map."""
+    """One digit candidate: its ink (other glyphs' ink masked out), cropped to its box in the ink map;
+    for a wide glyph, the proposed cut into touching digits."""
 
     ink: np.ndarray
     box: Box
+    pieces: list["Glyph"] | None = None
 
 
 @dataclass
@@ -68,17 +76,32 @@ def find_glyphs(ink: np.ndarray) -> list[Glyph]:
     if count == 0:
         return []
     parts = components(labels, count)
-    parts = [p for p in parts if not is_edge_artifact(p, mask.shape)] or parts
+    parts = [p for p in parts if not is_line_or_edge(p, mask.shape)] or parts
     parts = drop_specks(parts)
+    if len(parts) > MAX_PARTS:  # noise or texture: the largest marks are the only candidates worth the time
+        parts = sorted(parts, key=lambda p: p.area, reverse=True)[:MAX_PARTS]
+    grouped = group_stacked(parts)
+    tallest = max(p.box.height for p in grouped)
+    grouped = [p for p in grouped if p.box.height >= SHORT * tallest]  # digits of a number stand alike
+    median_height = sorted(p.box.height for p in grouped)[len(grouped) // 2]
     glyphs = []
-    for part in split_wide(group_stacked(parts), mask):
-        b = part.box
-        own = np.isin(labels[b.y:b.bottom, b.x:b.right], part.labels)
-        crop = np.where(own, ink[b.y:b.bottom, b.x:b.right], 0.0)
-        if crop.max(initial=0) > 0:
-            glyphs.append(Glyph(crop.astype(np.float32), b))
+    for part in grouped:
+        glyph = cut_out(part, labels, ink)
+        if glyph is None:
+            continue
+        cut = split_wide(part, mask, median_height)
+        if cut:
+            glyph.pieces = [g for g in (cut_out(piece, labels, ink) for piece in cut) if g is not None] or None
+        glyphs.append(glyph)
     glyphs.sort(key=lambda g: g.box.x + g.box.width / 2)
     return glyphs[:MAX_DIGITS]
+
+
+def cut_out(part: Part, labels: np.ndarray, ink: np.ndarray) -> Glyph | None:
+    b = part.box
+    own = np.isin(labels[b.y:b.bottom, b.x:b.right], part.labels)
+    crop = np.where(own, ink[b.y:b.bottom, b.x:b.right], 0.0)
+    return Glyph(crop.astype(np.float32), b) if crop.max(initial=0) > 0 else None
 
 
 def components(labels: np.ndarray, count: int) -> list[Part]:
@@ -93,15 +116,16 @@ def components(labels: np.ndarray, count: int) -> list[Part]:
                  int(area[k])) for k in range(1, count + 1)]
 
 
-def is_edge_artifact(part: Part, shape: tuple[int, int]) -> bool:
-    """Touches the frame and is long and thin: a sheet's edge, a desk, a shadow's rim."""
+def is_line_or_edge(part: Part, shape: tuple[int, int]) -> bool:
+    """Long and thin anywhere (what is left of a paper line, a shadow's rim), or a large filled
+    region touching the frame (a desk, a dark border)."""
     h, w = shape
     b = part.box
-    touches = b.x == 0 or b.y == 0 or b.right >= w or b.bottom >= h
     length = float(np.hypot(b.width, b.height))
-    long_thin = length > 0.4 * max(h, w) and part.area / length < 0.015 * max(h, w)
+    long_thin = length > LINE_LENGTH * max(h, w) and part.area / length < LINE_THICKNESS * max(h, w)
+    touches = b.x == 0 or b.y == 0 or b.right >= w or b.bottom >= h
     filled = part.area > 0.6 * b.width * b.height and part.area > 0.05 * h * w
-    return touches and (long_thin or filled)
+    return long_thin or (touches and filled)
 
 
 def drop_specks(parts: list[Part]) -> list[Part]:
@@ -112,47 +136,35 @@ def drop_specks(parts: list[Part]) -> list[Part]:
 
 
 def group_stacked(parts: list[Part]) -> list[Part]:
-    """Join parts whose columns overlap: pieces of one digit stacked or crossing."""
-    parts = sorted(parts, key=lambda p: p.box.x)
-    merged = True
-    while merged:
-        merged = False
-        for i in range(len(parts)):
-            for j in range(i + 1, len(parts)):
-                a, b = parts[i].box, parts[j].box
-                shared = min(a.right, b.right) - max(a.x, b.x)
-                if shared >= OVERLAP * min(a.width, b.width):
-                    parts[i] = Part(parts[i].labels + parts[j].labels, a.union(b), parts[i].area + parts[j].area)
-                    del parts[j]
-                    merged = True
-                    break
-            if merged:
-                break
-    return parts
+    """Join parts whose columns overlap: pieces of one digit stacked or crossing (one sweep, left to right)."""
+    groups: list[Part] = []
+    for part in sorted(parts, key=lambda p: p.box.x):
+        if groups:
+            a, b = groups[-1].box, part.box
+            shared = min(a.right, b.right) - max(a.x, b.x)
+            if shared >= OVERLAP * min(a.width, b.width):
+                groups[-1] = Part(groups[-1].labels + part.labels, a.union(b), groups[-1].area + part.area)
+                continue
+        groups.append(part)
+    return groups
 
 
-def split_wide(parts: list[Part], mask: np.ndarray) -> list[Part]:
-    """Cut glyphs much wider than a digit (touching digits) at their thinnest columns."""
-    out = []
-    heights = sorted(p.box.height for p in parts)
-    for part in parts:
-        b = part.box
-        height = max(b.height, heights[len(heights) // 2])
-        if b.width <= WIDE * height:
-            out.append(part)
+def split_wide(part: Part, mask: np.ndarray, median_height: int) -> list[Part] | None:
+    """A proposed cut of a glyph wider than a digit into touching digits, at its thinnest columns."""
+    b = part.box
+    height = max(b.height, median_height)
+    if b.width <= WIDE * height:
+        return None
+    n = min(MAX_DIGITS, max(2, round(b.width / (DIGIT_ASPECT * height))))
+    profile = mask[b.y:b.bottom, b.x:b.right].sum(axis=0).astype(np.float64)
+    cuts = [0]
+    for k in range(1, n):
+        centre = round(k * b.width / n)
+        lo, hi = max(cuts[-1] + 1, centre - b.width // (3 * n)), min(b.width - 1, centre + b.width // (3 * n))
+        if hi <= lo:
             continue
-        n = min(MAX_DIGITS, max(2, round(b.width / (DIGIT_ASPECT * height))))
-        profile = mask[b.y:b.bottom, b.x:b.right].sum(axis=0).astype(np.float64)
-        cuts = [0]
-        for k in range(1, n):
-            centre = round(k * b.width / n)
-            lo, hi = max(cuts[-1] + 1, centre - b.width // (3 * n)), min(b.width - 1, centre + b.width // (3 * n))
-            if hi <= lo:
-                continue
-            cuts.append(lo + int(np.argmin(profile[lo:hi])))
-        cuts.append(b.width)
-        for x0, x1 in zip(cuts, cuts[1:]):
-            if x1 - x0 < 2:
-                continue
-            out.append(Part(part.labels, Box(b.x + x0, b.y, x1 - x0, b.height), part.area))
-    return out
+        cuts.append(lo + int(np.argmin(profile[lo:hi])))
+    cuts.append(b.width)
+    pieces = [Part(part.labels, Box(b.x + x0, b.y, x1 - x0, b.height), part.area)
+              for x0, x1 in zip(cuts, cuts[1:]) if x1 - x0 >= 2]
+    return pieces if len(pieces) > 1 else None

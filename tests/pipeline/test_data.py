@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import http.server
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.data import (DataError, download_files, find_split_files, load_dataset, read_idx, read_split,
+from pipeline.data import (FASHION_LABELS, DataError, download_files, find_split_files, load_dataset, read_idx, read_split,
                            write_idx)
 
 
@@ -195,3 +196,20 @@ def test_find_split_files_prefers_gz(tmp_path: Path) -> None:
     write_standard_files(tmp_path, compress=True)
     files = find_split_files(tmp_path)
     assert files["train"][0].name == "train-images-idx3-ubyte.gz"
+
+
+def test_generated_training_data_is_added_to_digits_only_and_deterministic(small_dataset) -> None:
+    from pipeline.data import with_generated
+
+    grown = with_generated(small_dataset, 50, 30, seed=3)
+    n = len(small_dataset.train_images)
+    assert grown.train_images.shape == (n + 80, 28, 28) and grown.train_images.dtype == np.uint8
+    assert grown.class_names == tuple(str(d) for d in range(10)) + ("not a digit",)
+    assert (grown.train_labels[n + 50:] == 10).all() and set(grown.train_labels[n:n + 50]) <= set(range(10))
+    assert grown.test_images is small_dataset.test_images and grown.test_labels is small_dataset.test_labels
+    again = with_generated(small_dataset, 50, 30, seed=3)
+    np.testing.assert_array_equal(grown.train_images, again.train_images)
+    assert not np.array_equal(grown.train_images, with_generated(small_dataset, 50, 30, seed=4).train_images)
+    assert with_generated(small_dataset, 50, 0, seed=3).class_names == small_dataset.class_names
+    fashion = dataclasses.replace(small_dataset, class_names=FASHION_LABELS)
+    assert with_generated(fashion, 50, 30, seed=3) is fashion  # clothes get no digits or "not a digit"

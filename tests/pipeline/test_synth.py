@@ -178,7 +178,7 @@ def test_a_lone_dot_becomes_a_filled_disc() -> None:
     field = to_field(render(Glyph([np.array([[0.5, 0.5]])]), look, np.random.default_rng(0)), SPEC) / 255.0
     box = field[4:24, 4:24]
     assert 0.65 < (box > 0.5).mean() < 0.88
-    assert field[14, 14] > 0.9  # filled, not a ring
+    assert field[14, 14] > 0.8  # filled, not a ring
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -10,6 +10,7 @@ import pytest
 from serve.image.decode import decode_image, to_rgb
 from serve.image.ink import LUMA, NoDigitFound, ink_map
 from serve.image.morph import label, runs_at_least
+from serve.image.normalize import MAX_PASSES, normalize_stroke, stroke_width
 from serve.image.segment import Box, find_glyphs
 from serve.reading import prepare_page
 from tests.serve.images import paper, put_ink, rgb_bytes, upscale_digit
@@ -20,7 +21,8 @@ TOP, LEFT, SIZE = 250, 200, 420  # where the digit's 28x28 frame is drawn
 
 def glyph_boxes(rgb: np.ndarray) -> list[Box]:
     """The glyphs' boxes in the image's own pixels, as a JPEG photo of ``rgb`` is read."""
-    return prepare_page(rgb_bytes(rgb, "JPEG", quality=90), "photo").boxes
+    page = prepare_page(rgb_bytes(rgb, "JPEG", quality=90), "photo")
+    return page.boxes[:page.glyphs]
 
 
 def assert_one_glyph_on_the_digit(rgb: np.ndarray) -> None:
@@ -123,7 +125,7 @@ def test_the_digits_of_a_number_come_left_to_right(sample_dataset) -> None:
         assert 60 + 340 * k - 3 <= box.x and box.right <= 60 + 340 * k + 320 + 3, (labels[k], box)
 
 
-def test_touching_digits_are_cut_apart(sample_dataset) -> None:
+def test_touching_digits_get_a_proposed_cut(sample_dataset) -> None:
     rgb = paper(500, 900)
     # two digits whose frames overlap by 30% of a frame: the strokes touch
     first, second = sample_dataset.test_images[0], sample_dataset.test_images[3]  # a 0 and a 4
@@ -131,9 +133,9 @@ def test_touching_digits_are_cut_apart(sample_dataset) -> None:
     put_ink(rgb, upscale_digit(second, 320), 90, 150 + 170)
     mask = ink_map(to_rgb(decode_image(rgb_bytes(rgb)).image)) > 0
     assert label(mask)[1] == 1  # they do touch: one component
-    boxes = glyph_boxes(rgb)
-    assert len(boxes) == 2, boxes
-    centres = [b.x + b.width / 2 for b in boxes]
+    page = prepare_page(rgb_bytes(rgb, "JPEG", quality=90), "photo")
+    assert page.glyphs == 1 and list(page.pieces) == [0]  # one glyph, with a proposed cut in two
+    centres = [page.boxes[i].x + page.boxes[i].width / 2 for i in page.pieces[0]]
     assert 150 < centres[0] < 150 + 230 < centres[1] < 150 + 170 + 320
 
 
@@ -183,3 +185,20 @@ def test_runs_at_least_keeps_long_runs_with_small_gaps() -> None:
     kept = runs_at_least(mask, 15, fill=0.9)
     assert kept[1].sum() == 19 and not kept[2].any() and not kept[0].any()
     assert not runs_at_least(mask, 15, fill=1.0).any()
+
+
+def test_stroke_width_counts_the_crop_edge_as_boundary() -> None:
+    bar = np.ones((10, 200), np.float32)  # a fully inked crop: a dash, or a piece of a cut line
+    assert 9 < stroke_width(bar) < 11  # 2 * 2000 / 416 boundary pixels, not "no boundary at all"
+
+
+def test_normalizing_a_blob_is_bounded_work(monkeypatch) -> None:
+    from PIL import Image as PILImage
+
+    calls = []
+    original = PILImage.Image.filter
+    monkeypatch.setattr(PILImage.Image, "filter", lambda self, f: calls.append(f) or original(self, f))
+    cross = np.zeros((80, 80), np.float32)
+    cross[25:55, :] = cross[:, 25:55] = 1.0  # a "+" drawn with a very fat marker: strokes, not a blob
+    normalize_stroke(cross, box=20, rounds=3)
+    assert 0 < len(calls) <= 3 * (MAX_PASSES + 1)  # a round: the width measurement and the passes

@@ -41,7 +41,7 @@ def test_a_single_digit_keeps_label_probability_and_probabilities() -> None:
     assert reading.line(LABELS) == "img.png: 7 (probability 0.998)"
     record = reading.record(LABELS, top_k=2)
     assert record["label"] == 7 and record["probability"] == 0.998 and record["text"] == "7"
-    assert len(record["probabilities"]) == len(LABELS) and record["top_k"][0]["label"] == "7"
+    assert len(record["probabilities"]) == len(LABELS) and record["top_k"][0]["label"] == 7
 
 
 def test_the_reject_class_refuses_with_the_best_digit_as_a_guess() -> None:
@@ -62,7 +62,7 @@ def test_a_digit_below_the_threshold_is_refused_and_the_threshold_is_adjustable(
 
 def test_one_mark_that_is_not_a_digit_refuses_the_whole_image() -> None:
     reading = interpret(page(3), probs({4: 0.99}, {REJECT: 0.9}, {2: 0.99}), LABELS, REJECT, 0.5)
-    assert reading.not_a_digit and reading.reason == "1 of 3 marks are not digits"
+    assert reading.not_a_digit and reading.reason == "1 of 3 marks is not a digit"
 
 
 def test_no_ink_is_a_refusal_and_an_error_is_not_an_answer() -> None:
@@ -79,3 +79,26 @@ def test_a_ten_class_model_refuses_by_threshold_only() -> None:
     p[0, 8] = 0.82
     assert interpret(page(1), p, ten, None, 0.5).text == "8"
     assert interpret(page(1), p, ten, None, 0.9).not_a_digit
+
+
+def wide_page() -> Page:
+    """One wide glyph (field 0) with a proposed cut into two pieces (fields 1 and 2)."""
+    return Page("w.png", np.zeros((3, 28, 28), np.float32), [Box(0, 0, 100, 50), Box(0, 0, 50, 50), Box(50, 0, 50, 50)],
+                pieces={0: [1, 2]})
+
+
+def test_a_wide_glyph_sure_as_one_digit_is_not_cut() -> None:
+    reading = interpret(wide_page(), probs({0: 0.97}, {6: 0.99}, {7: 0.99}), LABELS, REJECT, 0.5)
+    assert reading.text == "0" and reading.digits[0].box == Box(0, 0, 100, 50)
+
+
+def test_touching_digits_are_read_as_the_pieces_when_those_are_surer() -> None:
+    reading = interpret(wide_page(), probs({4: 0.6}, {1: 0.98}, {2: 0.95}), LABELS, REJECT, 0.5)
+    assert reading.text == "12" and [d.box.x for d in reading.digits] == [0, 50]
+    not_a_digit_whole = interpret(wide_page(), probs({REJECT: 0.7}, {1: 0.98}, {2: 0.95}), LABELS, REJECT, 0.5)
+    assert not_a_digit_whole.text == "12"
+
+
+def test_a_cut_with_an_unsure_or_non_digit_piece_is_not_taken() -> None:
+    assert interpret(wide_page(), probs({4: 0.6}, {1: 0.98}, {REJECT: 0.9}), LABELS, REJECT, 0.5).text == "4"
+    assert interpret(wide_page(), probs({4: 0.6}, {1: 0.98}, {2: 0.55}), LABELS, REJECT, 0.5).text == "4"
