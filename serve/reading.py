@@ -35,10 +35,11 @@ class Page:
     refusal: str | None = None  # the image has nothing to read (NO_INK)
     error: str | None = None  # the input could not be read at all
     pieces: dict[int, list[int]] = field(default_factory=dict)
+    joins: dict[int, int] = field(default_factory=dict)  # glyph i → the field of glyphs i and i + 1 as one
 
     @property
     def glyphs(self) -> int:
-        return len(self.fields) - sum(len(p) for p in self.pieces.values())
+        return len(self.fields) - sum(len(p) for p in self.pieces.values()) - len(self.joins)
 
 
 @dataclass(frozen=True)
@@ -142,16 +143,19 @@ def prepare_page(data: bytes, name: str, spec: FieldSpec = FieldSpec(),
     glyphs = find_glyphs(ink)
     if not glyphs:
         return Page(name, empty, [], refusal=NO_INK)
-    ordered, pieces = list(glyphs), {}
+    ordered, pieces, joins = list(glyphs), {}, {}
     for i, glyph in enumerate(glyphs):
         if glyph.pieces:
             pieces[i] = list(range(len(ordered), len(ordered) + len(glyph.pieces)))
             ordered += glyph.pieces
+        if glyph.joined_with_next is not None:
+            joins[i] = len(ordered)
+            ordered.append(glyph.joined_with_next)
     fields = np.stack([fit_to_field(g.ink, spec) for g in ordered])
     s = decoded.scale
     boxes = [Box(round(g.box.x * s), round(g.box.y * s), max(1, round(g.box.width * s)),
                  max(1, round(g.box.height * s))) for g in ordered]
-    return Page(name, fields, boxes, pieces=pieces)
+    return Page(name, fields, boxes, pieces=pieces, joins=joins)
 
 
 def interpret(page: Page, probabilities: np.ndarray, labels: list[str], reject_index: int | None,
@@ -169,10 +173,16 @@ def interpret(page: Page, probabilities: np.ndarray, labels: list[str], reject_i
             digit_p[reject_index] = -1.0
         best = int(digit_p.argmax())
         every.append((DigitRead(labels[best], float(p[best]), box, p), int(p.argmax()) == best))
-    reads = []
-    for i in range(page.glyphs):
+    reads, i = [], 0
+    while i < page.glyphs:
+        if i in page.joins and i + 1 < page.glyphs and prefer_joined(every[page.joins[i]], every[i], every[i + 1],
+                                                                      min_confidence):
+            reads.append(every[page.joins[i]])
+            i += 2
+            continue
         cut = [every[j] for j in page.pieces.get(i, [])]
         reads += cut if cut and prefer_pieces(every[i], cut, min_confidence) else [every[i]]
+        i += 1
     not_digits = [r for r, is_top in reads if not is_top]
     unsure = [r for r, is_top in reads if is_top and r.probability < min_confidence]
     if not not_digits and not unsure:
@@ -197,6 +207,19 @@ def prefer_pieces(whole: tuple[DigitRead, bool], pieces: list[tuple[DigitRead, b
         if whole_is_digit and read.probability <= whole_read.probability:
             return False
     return True
+
+
+def prefer_joined(joined: tuple[DigitRead, bool], left: tuple[DigitRead, bool], right: tuple[DigitRead, bool],
+                  min_confidence: float) -> bool:
+    """Read two close neighbours as one digit only when they are not both sure digits apart and the
+    joined one is a digit, more surely than the weaker of the two."""
+    def sureness(read: tuple[DigitRead, bool]) -> float:
+        return read[0].probability if read[1] else 0.0
+
+    if min(sureness(left), sureness(right)) >= max(SURE_WHOLE, min_confidence):
+        return False
+    return joined[1] and joined[0].probability >= min_confidence and \
+        joined[0].probability > min(sureness(left), sureness(right))
 
 
 def refusal_reason(marks: int, not_digits: int, unsure: int, min_confidence: float) -> str:

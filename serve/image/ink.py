@@ -23,6 +23,7 @@ MEDIAN_FRACTION = 0.25  # median window, as a fraction of the low copy's longer 
 MIN_CONTRAST = 0.06  # weakest ink that counts, as a fraction of the paper's brightness
 NOISE_SIGMAS = 6.0  # ink must stand this many noise deviations above the background
 PEAK_FRACTION = 0.3  # and at least this fraction of the strongest ink
+FAINT = 0.5  # paper lines are looked for at this fraction of the ink threshold, where they are unbroken
 LUMA = np.float32([0.299, 0.587, 0.114])
 
 
@@ -111,7 +112,7 @@ def threshold_ink(raw: np.ndarray, gray: np.ndarray) -> np.ndarray:
     cut = max(centre + NOISE_SIGMAS * sigma, PEAK_FRACTION * peak, MIN_CONTRAST)
     if peak < cut:
         raise NoDigitFound("no ink found")
-    mask = remove_lines(raw >= cut)
+    mask = remove_lines(raw >= cut, raw >= FAINT * cut)
     if not mask.any():
         raise NoDigitFound("no ink found")
     level = float(np.percentile(raw[mask], 90))

@@ -16,11 +16,14 @@ TILTS_DEG = (-6.0, -4.0, -2.0, 0.0, 2.0, 4.0, 6.0)
 THIN = 0.012  # a line is at most this thick (fraction of the frame's longer side, plus 2 px)
 
 
-def remove_lines(mask: np.ndarray) -> np.ndarray:
-    """``mask`` without ruled/squared paper lines (horizontal and vertical)."""
+def remove_lines(mask: np.ndarray, faint: np.ndarray | None = None) -> np.ndarray:
+    """``mask`` without ruled/squared paper lines (horizontal and vertical). Lines are looked for in
+    ``faint`` (a lower threshold of the same ink, default ``mask``), where they are unbroken: a line
+    at the threshold's edge would otherwise leave dashes behind."""
     h, w = mask.shape
+    faint = mask if faint is None else faint | mask
     factor = 2 if max(h, w) > 512 else 1  # lines are found on a half-size copy of large frames
-    small = mask[:h - h % factor, :w - w % factor].reshape(h // factor, factor, w // factor, factor).any(axis=(1, 3))
+    small = faint[:h - h % factor, :w - w % factor].reshape(h // factor, factor, w // factor, factor).any(axis=(1, 3))
     thickness = int(THIN * max(small.shape)) + 2
     found = horizontal_lines(small, thickness) | horizontal_lines(small.T, thickness).T
     if not found.any():
@@ -30,8 +33,19 @@ def remove_lines(mask: np.ndarray) -> np.ndarray:
     thickness *= factor
     if not lines.any():
         return mask
-    kept = mask & ~lines
+    lines &= faint
+    kept = mask & ~dilate(lines)
     return kept | (lines & mask & crossed(kept, thickness + 1))
+
+
+def dilate(mask: np.ndarray) -> np.ndarray:
+    """One pixel more on every side (a line's anti-aliased rim)."""
+    out = mask.copy()
+    out[1:] |= mask[:-1]
+    out[:-1] |= mask[1:]
+    out[:, 1:] |= mask[:, :-1]
+    out[:, :-1] |= mask[:, 1:]
+    return out
 
 
 def thin_only(mask: np.ndarray, thickness: int) -> np.ndarray:

@@ -2,7 +2,8 @@
 
 - Specks and dust are judged against the largest mark, not the frame: a component far smaller than
   the main marks is dropped.
-- Marks touching the frame's edge that are long and thin (a sheet's edge, a desk) are dropped.
+- Long thin marks (paper line remains, shadow rims) are dropped, and so are marks cut by the frame
+  when others are not (a desk or a sheet's edge at the border of a photo).
 - Glyphs much shorter than the tallest are dropped: the digits of a number stand about alike.
 - Components stacked above each other (a 5's detached top bar, a 4 drawn in two strokes, a stroke
   cut by a removed paper line) are one glyph.
@@ -22,6 +23,8 @@ from serve.image.normalize import BOX_THRESHOLD
 
 SPECK = 0.2  # components smaller than this fraction of the largest one's height (and width) are specks
 SMALL_AREA = 0.02  # ... or than this fraction of its ink area
+DASH_ASPECT = 10  # a part this many times wider than tall is a piece of a line, not of a digit
+DASHES, DASH_FILL = 4, 0.06  # a "glyph" of at least this many parts filling less than this of its box
 SHORT = 0.45  # glyphs shorter than this fraction of the tallest are not digits (dashes, fragments)
 OVERLAP = 0.5  # components sharing this fraction of the narrower one's columns are one glyph
 DIGIT_ASPECT = 0.75  # typical width / height of one digit, for cutting touching digits
@@ -29,7 +32,10 @@ WIDE = 1.1  # a glyph wider than this times its height may hold touching digits:
 LINE_LENGTH = 0.4  # a component this long (fraction of the frame's longer side) ...
 LINE_THICKNESS = 0.015  # ... and on average at most this thick is a paper line or an edge, not ink
 MAX_DIGITS = 12
+JOIN_GAP = 0.15  # neighbours closer than this (fraction of their height) ...
+JOIN_ASPECT = 1.0  # ... whose union is at most this wide for its height may be one digit
 MAX_PARTS = 64  # bounds the work on noisy images
+SMALL_FRAME = 64  # frames up to this size (MNIST-form inputs, thumbnails) keep marks that touch the edge
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,7 @@ class Glyph:
     ink: np.ndarray
     box: Box
     pieces: list["Glyph"] | None = None
+    joined_with_next: "Glyph | None" = None  # this and the next glyph as one (a stroke cut apart)
 
 
 @dataclass
@@ -76,11 +83,14 @@ def find_glyphs(ink: np.ndarray) -> list[Glyph]:
     if count == 0:
         return []
     parts = components(labels, count)
-    parts = [p for p in parts if not is_line_or_edge(p, mask.shape)] or parts
+    parts = [p for p in parts if not is_line_or_edge(p, mask.shape) and not is_dash(p)] or parts
+    inside = [p for p in parts if not touches_frame(p.box, mask.shape)]
+    if inside and mask.shape[0] > SMALL_FRAME:  # a mark cut by the frame (a desk's edge, a sheet's corner,
+        parts = inside  # a neighbour's digit) cannot be read, and is not what the photo is of
     parts = drop_specks(parts)
     if len(parts) > MAX_PARTS:  # noise or texture: the largest marks are the only candidates worth the time
         parts = sorted(parts, key=lambda p: p.area, reverse=True)[:MAX_PARTS]
-    grouped = group_stacked(parts)
+    grouped = [g for g in group_stacked(parts) if not is_dash_stack(g)] or group_stacked(parts)
     tallest = max(p.box.height for p in grouped)
     grouped = [p for p in grouped if p.box.height >= SHORT * tallest]  # digits of a number stand alike
     median_height = sorted(p.box.height for p in grouped)[len(grouped) // 2]
@@ -94,7 +104,24 @@ def find_glyphs(ink: np.ndarray) -> list[Glyph]:
             glyph.pieces = [g for g in (cut_out(piece, labels, ink) for piece in cut) if g is not None] or None
         glyphs.append(glyph)
     glyphs.sort(key=lambda g: g.box.x + g.box.width / 2)
-    return glyphs[:MAX_DIGITS]
+    glyphs = glyphs[:MAX_DIGITS]
+    for glyph, following in zip(glyphs, glyphs[1:]):
+        if may_be_one(glyph.box, following.box):
+            union = glyph.box.union(following.box)
+            own = np.zeros((union.height, union.width), np.float32)
+            for g in (glyph, following):
+                y, x = g.box.y - union.y, g.box.x - union.x
+                own[y:y + g.box.height, x:x + g.box.width] = np.maximum(own[y:y + g.box.height, x:x + g.box.width], g.ink)
+            glyph.joined_with_next = Glyph(own, union)
+    return glyphs
+
+
+def may_be_one(left: Box, right: Box) -> bool:
+    """Two neighbours so close, and together so digit-shaped, that they may be one digit cut apart
+    (a 0 whose top and bottom a paper line took): the model decides (serve/reading.py)."""
+    union = left.union(right)
+    gap = right.x - left.right
+    return gap <= JOIN_GAP * union.height and union.width <= JOIN_ASPECT * union.height
 
 
 def cut_out(part: Part, labels: np.ndarray, ink: np.ndarray) -> Glyph | None:
@@ -114,6 +141,10 @@ def components(labels: np.ndarray, count: int) -> list[Part]:
     right = np.zeros(count + 1, np.int64); np.maximum.at(right, lab, xs)
     return [Part([k], Box(int(left[k]), int(top[k]), int(right[k] - left[k] + 1), int(bottom[k] - top[k] + 1)),
                  int(area[k])) for k in range(1, count + 1)]
+
+
+def touches_frame(box: Box, shape: tuple[int, int]) -> bool:
+    return box.x == 0 or box.y == 0 or box.right >= shape[1] or box.bottom >= shape[0]
 
 
 def is_line_or_edge(part: Part, shape: tuple[int, int]) -> bool:
@@ -147,6 +178,17 @@ def group_stacked(parts: list[Part]) -> list[Part]:
                 continue
         groups.append(part)
     return groups
+
+
+def is_dash(part: Part) -> bool:
+    """A flat horizontal sliver: a piece of a paper line (a 5's or 7's bar is far less flat)."""
+    return part.box.width >= DASH_ASPECT * part.box.height
+
+
+def is_dash_stack(group: Part) -> bool:
+    """Many small parts stacked in a tall, mostly empty box: what paper lines leave along a margin or
+    a desk's edge, not a digit (whose few parts fill its box far more)."""
+    return len(group.labels) >= DASHES and group.area < DASH_FILL * group.box.width * group.box.height
 
 
 def split_wide(part: Part, mask: np.ndarray, median_height: int) -> list[Part] | None:

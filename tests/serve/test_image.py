@@ -141,12 +141,12 @@ def test_touching_digits_get_a_proposed_cut(sample_dataset) -> None:
 
 def test_parts_of_one_digit_stacked_above_each_other_are_one_glyph() -> None:
     ink = np.zeros((300, 300), np.float32)
-    ink[40:52, 100:200] = 1.0  # a 5's detached top bar
+    ink[38:52, 100:200] = 1.0  # a 5's detached top bar (a flat one: 7 times wider than tall)
     ink[60:250, 100:112] = 1.0  # and its body, a separate component
     ink[150:162, 100:200] = 1.0
     ink[150:250, 188:200] = 1.0
     glyphs = find_glyphs(ink)
-    assert len(glyphs) == 1 and glyphs[0].box.y == 40 and glyphs[0].box.height == 210
+    assert len(glyphs) == 1 and glyphs[0].box.y == 38 and glyphs[0].box.height == 212
 
 
 def reference_components(mask: np.ndarray) -> int:
@@ -202,3 +202,12 @@ def test_normalizing_a_blob_is_bounded_work(monkeypatch) -> None:
     cross[25:55, :] = cross[:, 25:55] = 1.0  # a "+" drawn with a very fat marker: strokes, not a blob
     normalize_stroke(cross, box=20, rounds=3)
     assert 0 < len(calls) <= 3 * (MAX_PASSES + 1)  # a round: the width measurement and the passes
+
+
+def test_pieces_of_paper_lines_left_by_the_threshold_are_not_digits() -> None:
+    ink = np.zeros((600, 800), np.float32)
+    ink[200:400, 380:395] = 1.0  # a "1"
+    for y, x0 in ((150, 100), (250, 450), (330, 120), (420, 500), (500, 300)):
+        ink[y:y + 4, x0:x0 + 180] = 1.0  # dashes: what a faint, tilted ruled line leaves
+    glyphs = find_glyphs(ink)
+    assert [g.box for g in glyphs] == [Box(380, 200, 15, 200)]

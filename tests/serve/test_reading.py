@@ -102,3 +102,19 @@ def test_touching_digits_are_read_as_the_pieces_when_those_are_surer() -> None:
 def test_a_cut_with_an_unsure_or_non_digit_piece_is_not_taken() -> None:
     assert interpret(wide_page(), probs({4: 0.6}, {1: 0.98}, {REJECT: 0.9}), LABELS, REJECT, 0.5).text == "4"
     assert interpret(wide_page(), probs({4: 0.6}, {1: 0.98}, {2: 0.55}), LABELS, REJECT, 0.5).text == "4"
+
+
+def close_pair() -> Page:
+    """Two close glyphs (fields 0 and 1) and the two as one (field 2)."""
+    return Page("j.png", np.zeros((3, 28, 28), np.float32), [Box(0, 0, 20, 60), Box(24, 0, 20, 60), Box(0, 0, 44, 60)],
+                joins={0: 2})
+
+
+def test_two_halves_of_a_cut_digit_are_read_as_one() -> None:
+    reading = interpret(close_pair(), probs({REJECT: 0.6}, {1: 0.55}, {0: 0.99}), LABELS, REJECT, 0.5)
+    assert reading.text == "0" and reading.digits[0].box == Box(0, 0, 44, 60)
+
+
+def test_two_sure_digits_close_together_stay_two() -> None:
+    reading = interpret(close_pair(), probs({1: 0.99}, {1: 0.98}, {4: 0.999}), LABELS, REJECT, 0.5)
+    assert reading.text == "11"
