@@ -23,6 +23,7 @@ MEDIAN_FRACTION = 0.25  # median window, as a fraction of the low copy's longer 
 MIN_CONTRAST = 0.06  # weakest ink that counts, as a fraction of the paper's brightness
 NOISE_SIGMAS = 6.0  # ink must stand this many noise deviations above the background
 PEAK_FRACTION = 0.3  # and at least this fraction of the strongest ink
+HOLE_SIDE = 256
 FAINT = 0.5  # paper lines are looked for at this fraction of the ink threshold, where they are unbroken
 LUMA = np.float32([0.299, 0.587, 0.114])
 
@@ -127,10 +128,17 @@ def hollow_stroke_interiors(mask: np.ndarray, gray: np.ndarray) -> np.ndarray:
 
     A marker stroke wider than the background window makes the local background the ink's own
     colour, so only its outline stands out. A real hole (the loop of a 0, 6, 8, 9) shows paper;
-    the inside of such an outline shows ink: fill those."""
-    regions, count = label(~mask)
+    the inside of such an outline shows ink: fill those. Regions are found on a copy at most
+    HOLE_SIDE px wide (labelling the whole background at full size would cost ~100 MB), which only
+    misses interiors too thin to matter."""
+    h, w = mask.shape
+    f = max(1, -(-max(h, w) // HOLE_SIDE))
+    small_mask = np.pad(mask, ((0, -h % f), (0, -w % f))).reshape(-(-h // f), f, -(-w // f), f).any(axis=(1, 3))
+    regions, count = label(~small_mask)
     if count < 2:
         return np.zeros_like(mask)
+    regions = np.repeat(np.repeat(regions, f, axis=0), f, axis=1)[:h, :w]
+    regions = np.where(mask, 0, regions)
     outside = np.unique(border(regions))
     sizes = np.bincount(regions.ravel(), minlength=count + 1)
     means = np.bincount(regions.ravel(), weights=gray.ravel(), minlength=count + 1) / np.maximum(sizes, 1)
