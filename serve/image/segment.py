@@ -25,6 +25,7 @@ SPECK = 0.2  # components smaller than this fraction of the largest one's height
 SMALL_AREA = 0.02  # ... or than this fraction of its ink area
 DASH_ASPECT = 10  # a part this many times wider than tall is a piece of a line, not of a digit
 DASHES, DASH_FILL = 4, 0.06  # a "glyph" of at least this many parts filling less than this of its box
+SLIVER_HEIGHT, SLIVER_WIDTH = 2.0, 0.25  # taller than twice every other mark, and this thin: not a digit
 SHORT = 0.45  # glyphs shorter than this fraction of the tallest are not digits (dashes, fragments)
 OVERLAP = 0.5  # components sharing this fraction of the narrower one's columns are one glyph
 DIGIT_ASPECT = 0.75  # typical width / height of one digit, for cutting touching digits
@@ -91,6 +92,7 @@ def find_glyphs(ink: np.ndarray) -> list[Glyph]:
     if len(parts) > MAX_PARTS:  # noise or texture: the largest marks are the only candidates worth the time
         parts = sorted(parts, key=lambda p: p.area, reverse=True)[:MAX_PARTS]
     grouped = [g for g in group_stacked(parts) if not is_dash_stack(g)] or group_stacked(parts)
+    grouped = drop_slivers(grouped)
     tallest = max(p.box.height for p in grouped)
     grouped = [p for p in grouped if p.box.height >= SHORT * tallest]  # digits of a number stand alike
     median_height = sorted(p.box.height for p in grouped)[len(grouped) // 2]
@@ -178,6 +180,19 @@ def group_stacked(parts: list[Part]) -> list[Part]:
                 continue
         groups.append(part)
     return groups
+
+
+def drop_slivers(groups: list[Part]) -> list[Part]:
+    """Drop thin marks far taller than every other mark: what a sheet's edge or a shadow's rim leaves
+    beside the digits (a 1 stands about as tall as its neighbours)."""
+    if len(groups) < 2:
+        return groups
+    kept = []
+    for g in groups:
+        others = max(o.box.height for o in groups if o is not g)
+        if not (g.box.height > SLIVER_HEIGHT * others and g.box.width < SLIVER_WIDTH * g.box.height):
+            kept.append(g)
+    return kept or groups
 
 
 def is_dash(part: Part) -> bool:

@@ -211,3 +211,13 @@ def test_pieces_of_paper_lines_left_by_the_threshold_are_not_digits() -> None:
         ink[y:y + 4, x0:x0 + 180] = 1.0  # dashes: what a faint, tilted ruled line leaves
     glyphs = find_glyphs(ink)
     assert [g.box for g in glyphs] == [Box(380, 200, 15, 200)]
+
+
+def test_a_tall_sliver_beside_the_digit_is_not_a_digit() -> None:
+    ink = np.zeros((800, 600), np.float32)
+    ink[300:420, 250:330] = 0.0
+    ink[300:420, 250:262] = ink[300:420, 318:330] = 1.0  # a "0" 120 px tall ...
+    ink[300:312, 250:330] = ink[408:420, 250:330] = 1.0
+    ink[100:700, 500:525] = 1.0  # ... beside a sheet's edge left as a band of "ink" (too thick for a line)
+    glyphs = find_glyphs(ink)
+    assert [g.box for g in glyphs] == [Box(250, 300, 80, 120)]
