@@ -11,9 +11,16 @@ from typing import NoReturn
 
 import click
 
+from serve.limits import DEFAULT_MAX_PIXELS
+
 DEFAULT_MODEL = Path("runs/default/model.onnx")
 EXIT_MODEL_ERROR = 1
 EXIT_INPUT_ERROR = 2
+
+
+max_pixels_option = click.option(
+    "--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True,
+    help="Refuse images declaring more pixels than this, before decoding them (decompression bombs).")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -32,12 +39,10 @@ def cli() -> None:
               help="Also show the K most likely classes (single digits).")
 @click.option("--min-confidence", type=click.FloatRange(0.0, 1.0), default=None,
               help="Refuse a digit read with a lower probability  [default: the model's calibrated threshold]")
-@click.option("--max-pixels", type=click.IntRange(min=1), default=None,
-              help="Refuse images declaring more pixels than this, before decoding them (decompression bombs)  "
-                   "[default: 100,000,000]")
+@max_pixels_option
 @click.option("--batch-size", type=click.IntRange(1, 256), default=256, show_default=True, hidden=True)
 def predict(images: tuple[str, ...], model_path: Path, as_json: bool, top_k: int, min_confidence: float | None,
-            max_pixels: int | None, batch_size: int) -> None:
+            max_pixels: int, batch_size: int) -> None:
     """Read the digits in each IMAGE: files, directories (every image inside, sorted) or - for stdin.
 
     Photos of digits on paper (shadows, ruled or squared paper, a sheet on a desk), scans, canvas
@@ -49,7 +54,6 @@ def predict(images: tuple[str, ...], model_path: Path, as_json: bool, top_k: int
     is an answer (exit 0). Unreadable inputs are reported on stderr and the others still read; exit
     status 2 if any input failed, 1 if the model cannot be used.
     """
-    from serve.image.decode import DEFAULT_MAX_PIXELS
     from serve.model import ModelError, load_model
     from serve.predict import Skipped
     from serve.predict import predict as run_predictions
@@ -60,7 +64,7 @@ def predict(images: tuple[str, ...], model_path: Path, as_json: bool, top_k: int
         fail(str(exc))
     top_k = min(top_k, len(model.labels))
     failed = False
-    for reading in run_predictions(model, images, batch_size=batch_size, max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
+    for reading in run_predictions(model, images, batch_size=batch_size, max_pixels=max_pixels,
                                    min_confidence=min_confidence):
         if isinstance(reading, Skipped):
             click.echo(f"serve: skipped {reading.name}: {reading.reason}", err=True)
@@ -100,12 +104,10 @@ def fail(message: str, status: int = EXIT_MODEL_ERROR) -> NoReturn:
 @click.option("--max-decodes", type=click.IntRange(min=1), default=2, show_default=True,
               help="Images decoded at once per server process (decoded pixels are the large allocation); "
                    "other requests wait their turn.")
-@click.option("--max-pixels", type=click.IntRange(min=1), default=None,
-              help="Refuse images declaring more pixels than this, before decoding them (decompression bombs)  "
-                   "[default: 100,000,000]")
+@max_pixels_option
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Server processes.")
 def http(model_path: Path, model_name: str, host: str, port: int, max_batch: int, max_delay_ms: float,
-         max_body_mb: float, max_queue: int, max_decodes: int, max_pixels: int | None, workers: int) -> None:
+         max_body_mb: float, max_queue: int, max_decodes: int, max_pixels: int, workers: int) -> None:
     """Serve the model over HTTP: Open Inference Protocol v2 (/v2/...), POST /predict (the reading of an
     image, as `serve predict --json` prints it), /metrics, and a page at / to write a number on or read a
     photo with. Stops cleanly on Ctrl-C or SIGTERM (requests in flight finish)."""
@@ -130,7 +132,7 @@ def http(model_path: Path, model_name: str, host: str, port: int, max_batch: int
 
     config = ServerConfig(model_path=str(model_path.resolve()), model_name=model_name, max_batch=max_batch,
                           max_delay_ms=max_delay_ms, max_body_bytes=int(max_body_mb * 1024 * 1024),
-                          max_queue=max_queue, max_decodes=max_decodes, max_pixels=max_pixels or DEFAULT_MAX_PIXELS)
+                          max_queue=max_queue, max_decodes=max_decodes, max_pixels=max_pixels)
     os.environ[CONFIG_ENV] = config_to_env(config)
     click.echo(f"serving {model_path} as {model_name!r} on http://{host}:{port}/ "
                f"(dynamic batching: up to {max_batch} images, {max_delay_ms:g} ms)", err=True)
