@@ -7,9 +7,12 @@
 - Glyphs much shorter than the tallest are dropped: the digits of a number stand about alike.
 - Components stacked above each other (a 5's detached top bar, a 4 drawn in two strokes, a stroke
   cut by a removed paper line) are one glyph.
+- Flat slivers and stacks of dashes (what a paper line leaves), and a thin mark far taller than every
+  other (a sheet's edge), are not digits.
 - A glyph wider than a digit may be two or more touching digits, or one wide digit: it carries a
-  proposed cut (at the columns with the least ink near the expected cuts) as ``pieces``, and the
-  model decides which reading holds (serve/reading.py).
+  proposed cut (at the columns with the least ink near the expected cuts) as ``pieces``; two close
+  neighbours may be one digit cut apart (a 0 whose top a paper line took): ``joined_with_next``.
+  The model decides which reading holds (serve/reading.py).
 Glyphs come left to right.
 """
 from __future__ import annotations
@@ -78,30 +81,22 @@ class Part:
 
 
 def find_glyphs(ink: np.ndarray) -> list[Glyph]:
-    """The digit candidates of ``ink`` (white on black, background 0), left to right."""
-    mask = ink > (BOX_THRESHOLD * float(ink.max()) if ink.min() > 0 or ink.shape[0] <= 64 else 0.0)
+    """The digit candidates of ``ink`` (white on black, background 0), left to right, with the
+    alternative readings the model will choose between (a cut into touching digits, a join of two)."""
+    small = max(ink.shape) <= SMALL_FRAME
+    # small frames come from the global rule, whose background is not exactly 0
+    mask = ink > (BOX_THRESHOLD * float(ink.max()) if small else 0.0)
     labels, count = label(mask)
     if count == 0:
         return []
-    parts = components(labels, count)
-    parts = [p for p in parts if not is_line_or_edge(p, mask.shape) and not is_dash(p)] or parts
-    inside = [p for p in parts if not touches_frame(p.box, mask.shape)]
-    if inside and mask.shape[0] > SMALL_FRAME:  # a mark cut by the frame (a desk's edge, a sheet's corner,
-        parts = inside  # a neighbour's digit) cannot be read, and is not what the photo is of
-    parts = drop_specks(parts)
-    if len(parts) > MAX_PARTS:  # noise or texture: the largest marks are the only candidates worth the time
-        parts = sorted(parts, key=lambda p: p.area, reverse=True)[:MAX_PARTS]
-    grouped = [g for g in group_stacked(parts) if not is_dash_stack(g)] or group_stacked(parts)
-    grouped = drop_slivers(grouped)
-    tallest = max(p.box.height for p in grouped)
-    grouped = [p for p in grouped if p.box.height >= SHORT * tallest]  # digits of a number stand alike
-    median_height = sorted(p.box.height for p in grouped)[len(grouped) // 2]
+    groups = digit_groups(candidate_parts(components(labels, count), mask.shape, small))
+    median_height = sorted(g.box.height for g in groups)[len(groups) // 2]
     glyphs = []
-    for part in grouped:
-        glyph = cut_out(part, labels, ink)
+    for group in groups:
+        glyph = cut_out(group, labels, ink)
         if glyph is None:
             continue
-        cut = split_wide(part, mask, median_height)
+        cut = split_wide(group, mask, median_height)
         if cut:
             glyph.pieces = [g for g in (cut_out(piece, labels, ink) for piece in cut) if g is not None] or None
         glyphs.append(glyph)
@@ -109,13 +104,39 @@ def find_glyphs(ink: np.ndarray) -> list[Glyph]:
     glyphs = glyphs[:MAX_DIGITS]
     for glyph, following in zip(glyphs, glyphs[1:]):
         if may_be_one(glyph.box, following.box):
-            union = glyph.box.union(following.box)
-            own = np.zeros((union.height, union.width), np.float32)
-            for g in (glyph, following):
-                y, x = g.box.y - union.y, g.box.x - union.x
-                own[y:y + g.box.height, x:x + g.box.width] = np.maximum(own[y:y + g.box.height, x:x + g.box.width], g.ink)
-            glyph.joined_with_next = Glyph(own, union)
+            glyph.joined_with_next = joined(glyph, following)
     return glyphs
+
+
+def candidate_parts(parts: list[Part], shape: tuple[int, int], small: bool) -> list[Part]:
+    """The components that may be (parts of) digits: no line remains, slivers, specks or frame cuts."""
+    parts = [p for p in parts if not is_line_or_edge(p, shape) and not is_dash(p)] or parts
+    inside = [p for p in parts if not touches_frame(p.box, shape)]
+    if inside and not small:  # a mark cut by the frame (a desk's edge, a sheet's corner, a neighbour's
+        parts = inside  # digit) cannot be read, and is not what the photo is of
+    parts = drop_specks(parts)
+    if len(parts) > MAX_PARTS:  # noise or texture: the largest marks are the only candidates worth the time
+        parts = sorted(parts, key=lambda p: p.area, reverse=True)[:MAX_PARTS]
+    return parts
+
+
+def digit_groups(parts: list[Part]) -> list[Part]:
+    """Parts grouped into digit candidates; stacks of dashes, tall slivers and short marks dropped."""
+    groups = group_stacked(parts)
+    groups = drop_slivers([g for g in groups if not is_dash_stack(g)] or groups)
+    tallest = max(g.box.height for g in groups)
+    return [g for g in groups if g.box.height >= SHORT * tallest]  # the digits of a number stand alike
+
+
+def joined(left: Glyph, right: Glyph) -> Glyph:
+    """Two glyphs as one, in the box around both."""
+    union = left.box.union(right.box)
+    ink = np.zeros((union.height, union.width), np.float32)
+    for g in (left, right):
+        y, x = g.box.y - union.y, g.box.x - union.x
+        region = ink[y:y + g.box.height, x:x + g.box.width]
+        np.maximum(region, g.ink, out=region)
+    return Glyph(ink, union)
 
 
 def may_be_one(left: Box, right: Box) -> bool:
