@@ -141,9 +141,10 @@ def bench_training(work: Path, smoke: bool) -> dict:
     x, y = to_tensors(dataset.train_images, dataset.train_labels, torch.device("cpu"))
 
     def pipeline_run(**options) -> float:
-        # the same arithmetic as the minimal loop: fp32, contiguous
+        # the same work as the minimal loop: fp32, contiguous, the affine augmentation only, the sample as
+        # it is (no generated images, no real-world augmentation: those are data, not loop overhead)
         cfg = TrainConfig(max_steps=steps, batch_size=batch, device="cpu", precision="fp32", channels_last=False,
-                          **options)
+                          augment_real=False, stroke_digits=0, non_digits=0, **options)
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
             train(cfg, Path(tmp) / "r", progress=True, dataset=short)
