@@ -1,13 +1,14 @@
-"""One image → one model field (the OIP v2 BYTES input and tests use this; readings use serve.reading)."""
+"""One image → one model field: the largest glyph's (the OIP v2 BYTES input uses this; everything
+else reads whole images with serve.reading, whose steps this reuses)."""
 from __future__ import annotations
 
 import numpy as np
 from PIL import Image
 
-from serve.image.decode import DEFAULT_MAX_PIXELS, ImageError, decode_image, to_rgb
-from serve.image.ink import NoDigitFound, ink_map
-from serve.image.normalize import INK_MIN, FieldSpec, centre_of_mass, fit_to_field, is_field_form
-from serve.image.segment import find_glyphs
+from serve.image.decode import DEFAULT_MAX_PIXELS, ImageError, decode_image
+from serve.image.ink import NoDigitFound
+from serve.image.normalize import FieldSpec, centre_of_mass
+from serve.reading import page_of_image
 
 __all__ = ["ImageError", "NoDigitFound", "centre_of_mass", "prepare", "preprocess", "BOX", "CENTRE"]
 BOX, CENTRE = FieldSpec().box, FieldSpec().centre
@@ -20,13 +21,8 @@ def prepare(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, spec: FieldSpec =
 
 def preprocess(image: Image.Image, spec: FieldSpec = FieldSpec()) -> np.ndarray:
     """A decoded image → float32 [size, size] field of its largest glyph (raises NoDigitFound)."""
-    ink = ink_map(to_rgb(image))
-    if ink.max(initial=0.0) < INK_MIN:
+    page = page_of_image(image, "image", spec)
+    if page.refusal or page.glyphs == 0:
         raise NoDigitFound("no digit found")
-    if is_field_form(ink, spec):
-        return ink.astype(np.float32)
-    glyphs = find_glyphs(ink)
-    if not glyphs:
-        raise NoDigitFound("no digit found")
-    largest = max(glyphs, key=lambda g: g.box.width * g.box.height)
-    return fit_to_field(largest.ink, spec)
+    largest = max(range(page.glyphs), key=lambda i: page.boxes[i].width * page.boxes[i].height)
+    return page.fields[largest]

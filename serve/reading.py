@@ -18,6 +18,8 @@ from serve.image.normalize import INK_MIN, FieldSpec, fit_to_field, is_field_for
 from serve.image.segment import Box, find_glyphs
 
 if TYPE_CHECKING:
+    from PIL import Image
+
     from serve.model import DigitModel
 
 NO_INK = "no ink found"
@@ -128,12 +130,19 @@ def unreadable(name: str, error: str, spec: FieldSpec = FieldSpec()) -> Page:
 def prepare_page(data: bytes, name: str, spec: FieldSpec = FieldSpec(),
                  max_pixels: int = DEFAULT_MAX_PIXELS) -> Page:
     """Image bytes → fields for the model. Unreadable input is a Page with ``error``, never an exception."""
-    empty = np.zeros((0, spec.size, spec.size), np.float32)
     try:
         decoded = decode_image(data, max_pixels)
-        ink = ink_map(to_rgb(decoded.image))
     except ImageError as exc:
         return unreadable(name, str(exc), spec)
+    return page_of_image(decoded.image, name, spec, decoded.scale)
+
+
+def page_of_image(image: "Image.Image", name: str, spec: FieldSpec = FieldSpec(), scale: float = 1.0) -> Page:
+    """A decoded image → one field per glyph (and per alternative), boxes scaled by ``scale`` to the
+    original image's pixels."""
+    empty = np.zeros((0, spec.size, spec.size), np.float32)
+    try:
+        ink = ink_map(to_rgb(image))
     except NoDigitFound:
         return Page(name, empty, [], refusal=NO_INK)
     if ink.max(initial=0.0) < INK_MIN:
@@ -152,9 +161,8 @@ def prepare_page(data: bytes, name: str, spec: FieldSpec = FieldSpec(),
             joins[i] = len(ordered)
             ordered.append(glyph.joined_with_next)
     fields = np.stack([fit_to_field(g.ink, spec) for g in ordered])
-    s = decoded.scale
-    boxes = [Box(round(g.box.x * s), round(g.box.y * s), max(1, round(g.box.width * s)),
-                 max(1, round(g.box.height * s))) for g in ordered]
+    boxes = [Box(round(g.box.x * scale), round(g.box.y * scale), max(1, round(g.box.width * scale)),
+                 max(1, round(g.box.height * scale))) for g in ordered]
     return Page(name, fields, boxes, pieces=pieces, joins=joins)
 
 
