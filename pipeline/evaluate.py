@@ -1541,6 +1541,7 @@ class Outcome:
     read_seconds: float  # prepare_page plus this image's share of the model run
     generate_seconds: float
     bytes: int
+    reason: str | None = None  # why it was refused (the reading's own words)
 
     @property
     def variant(self) -> str:
@@ -1548,7 +1549,7 @@ class Outcome:
 
     def record(self) -> dict[str, Any]:
         return {"condition": self.condition, "name": self.name, "expected": self.expected, "read": self.read,
-                "refused": self.refused, "error": self.error,
+                "refused": self.refused, "reason": self.reason, "error": self.error,
                 "probability": None if self.probability is None else round(self.probability, 4),
                 "correct": self.correct, "read_ms": round(self.read_seconds * 1000, 2),
                 "generate_ms": round(self.generate_seconds * 1000, 2), "bytes": self.bytes}
@@ -1871,7 +1872,7 @@ def run_evaluation(model_path: Path, *, data: str = "sample", data_dir: Path | N
                 correct = reading.text == item.expected
             outcome = Outcome(item.condition, item.name, item.expected, reading.text, bool(reading.not_a_digit),
                               reading.error, min(d.probability for d in digits) if digits else None, correct,
-                              prep_s + share, gen_s, len(item.data))
+                              prep_s + share, gen_s, len(item.data), reading.reason)
             outcomes.append(outcome)
             if len(samples[item.condition]) < SAMPLES_PER_CONDITION:
                 samples[item.condition].append((outcome, item.data))

@@ -191,6 +191,7 @@ def interpret(page: Page, probabilities: np.ndarray, labels: list[str], reject_i
         cut = [every[j] for j in page.pieces.get(i, [])]
         reads += cut if cut and prefer_pieces(every[i], cut, min_confidence) else [every[i]]
         i += 1
+    reads = without_strays(reads, min_confidence)
     not_digits = [r for r, is_top in reads if not is_top]
     unsure = [r for r, is_top in reads if is_top and r.probability < min_confidence]
     if not not_digits and not unsure:
@@ -198,6 +199,32 @@ def interpret(page: Page, probabilities: np.ndarray, labels: list[str], reject_i
     guess = min(not_digits + unsure, key=lambda r: r.probability)
     return Reading(page.name, reason=refusal_reason(len(reads), len(not_digits), len(unsure), min_confidence),
                    best_guess=guess)
+
+
+STRAY_HEIGHT = (0.5, 2.0)  # marks outside this range of the sure digits' height do not belong with them
+
+
+def without_strays(reads: list[tuple[DigitRead, bool]], min_confidence: float) -> list[tuple[DigitRead, bool]]:
+    """The marks that belong with the sure digits. Marks the model does not read as sure digits are set
+    aside when they are off the digits' row, or much smaller or taller than the digits: the remains of a
+    shadow's edge, a ruled line, the sheet's edge. One in the row and of the digits' size (a letter beside
+    digits, a digit the model doubts) stays, and refuses the image."""
+    sure = [r for r, is_top in reads if is_top and r.probability >= min_confidence]
+    if not sure or len(sure) == len(reads):
+        return reads
+    row_top = min(r.box.y for r in sure)
+    row_bottom = max(r.box.y + r.box.height for r in sure)
+    height = float(np.median([r.box.height for r in sure]))
+
+    def belongs(read: DigitRead, is_top: bool) -> bool:
+        if is_top and read.probability >= min_confidence:
+            return True
+        box = read.box
+        overlap = min(row_bottom, box.y + box.height) - max(row_top, box.y)
+        in_row = overlap >= 0.5 * min(box.height, row_bottom - row_top)
+        return in_row and STRAY_HEIGHT[0] * height <= box.height <= STRAY_HEIGHT[1] * height
+
+    return [(r, is_top) for r, is_top in reads if belongs(r, is_top)]
 
 
 SURE_WHOLE = 0.9  # a wide glyph read as one digit at least this surely is not cut

@@ -20,21 +20,29 @@ def remove_lines(mask: np.ndarray, faint: np.ndarray | None = None) -> np.ndarra
     """``mask`` without ruled/squared paper lines (horizontal and vertical). Lines are looked for in
     ``faint`` (a lower threshold of the same ink, default ``mask``), where they are unbroken: a line
     at the threshold's edge would otherwise leave dashes behind."""
-    h, w = mask.shape
-    faint = mask if faint is None else faint | mask
+    return without_lines(mask, *find_lines(mask if faint is None else faint | mask))
+
+
+def find_lines(faint: np.ndarray) -> tuple[np.ndarray, int]:
+    """The paper lines' pixels in ``faint`` (within it, grown by one pixel: their anti-aliased rim),
+    and the thickest a line may be, in pixels."""
+    h, w = faint.shape
     factor = 2 if max(h, w) > 512 else 1  # lines are found on a half-size copy of large frames
     small = faint[:h - h % factor, :w - w % factor].reshape(h // factor, factor, w // factor, factor).any(axis=(1, 3))
     thickness = int(THIN * max(small.shape)) + 2
     found = horizontal_lines(small, thickness) | horizontal_lines(small.T, thickness).T
-    if not found.any():
-        return mask
-    lines = np.zeros_like(mask)
-    lines[:h - h % factor, :w - w % factor] = np.repeat(np.repeat(found, factor, axis=0), factor, axis=1)
-    thickness *= factor
+    lines = np.zeros_like(faint)
+    if found.any():
+        lines[:h - h % factor, :w - w % factor] = np.repeat(np.repeat(found, factor, axis=0), factor, axis=1)
+        lines = dilate(lines & faint)
+    return lines, thickness * factor
+
+
+def without_lines(mask: np.ndarray, lines: np.ndarray, thickness: int) -> np.ndarray:
+    """``mask`` without the ``lines`` found, except where a stroke crosses them."""
     if not lines.any():
         return mask
-    lines &= faint
-    kept = mask & ~dilate(lines)
+    kept = mask & ~lines
     return kept | (lines & mask & crossed(kept, thickness + 1))
 
 

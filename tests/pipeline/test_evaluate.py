@@ -220,6 +220,7 @@ def test_cli_end_to_end_writes_the_report(exported_run: Path, tmp_path: Path) ->
             assert item["correct"] == (item["refused"] and item["error"] is None)
         else:
             assert item["correct"] == (item["read"] == item["expected"])
+        assert (item["reason"] is not None) == (item["refused"] and item["error"] is None)  # says why
     for picture in ("failures.png", "samples.png"):
         image = decode((out / picture).read_bytes())
         assert image.format == "PNG" and image.width > 100 and image.height > 30

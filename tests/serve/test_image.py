@@ -9,6 +9,7 @@ import pytest
 
 from serve.image.decode import decode_image, to_rgb
 from serve.image.ink import LUMA, NoDigitFound, ink_map
+from serve.image.lines import remove_lines
 from serve.image.morph import label, runs_at_least
 from serve.image.normalize import MAX_PASSES, normalize_stroke, stroke_width
 from serve.image.segment import Box, find_glyphs
@@ -80,6 +81,19 @@ def test_ruled_and_squared_paper_lines_are_removed_and_the_strokes_kept(digit, s
     inside = ink[TOP:TOP + SIZE, LEFT:LEFT + SIZE] > 0
     assert inside.sum() > 0.8 * (digit > 0.5).sum()  # and the digit's strokes are still there
     assert_one_glyph_on_the_digit(rgb)
+
+
+def test_a_thin_stroke_crossing_a_ruled_line_stays_one_piece() -> None:
+    mask = np.zeros((400, 400), bool)
+    for y in range(40, 400, 60):
+        mask[y:y + 2] = True  # the lines
+        mask[y - 1] |= np.arange(400) % 3 == 0  # and their ragged anti-aliased rims
+        mask[y + 2] |= np.arange(400) % 3 == 1
+    mask[90:190, 200:203] = True  # a thin pen's stroke (a quarter of the frame) across two of them
+    kept = remove_lines(mask)
+    labels, count = label(kept)
+    assert count == 1 and kept[90:190, 200:203].all()  # no gap where it crosses a line or its rim
+    assert not kept[:, :150].any()
 
 
 def test_specks_and_dust_are_judged_against_the_digit(digit) -> None:

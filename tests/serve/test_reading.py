@@ -118,3 +118,30 @@ def test_two_halves_of_a_cut_digit_are_read_as_one() -> None:
 def test_two_sure_digits_close_together_stay_two() -> None:
     reading = interpret(close_pair(), probs({1: 0.99}, {1: 0.98}, {4: 0.999}), LABELS, REJECT, 0.5)
     assert reading.text == "11"
+
+
+def boxed_page(*boxes: Box) -> Page:
+    return Page("img.png", np.zeros((len(boxes), 28, 28), np.float32), list(boxes))
+
+
+def test_marks_off_the_digits_row_or_far_smaller_are_set_aside() -> None:
+    digit, below, speck = Box(100, 100, 40, 60), Box(300, 400, 30, 50), Box(160, 120, 8, 10)
+    reading = interpret(boxed_page(digit, speck, below), probs({3: 0.99}, {REJECT: 0.9}, {REJECT: 0.95}),
+                        LABELS, REJECT, 0.5)
+    assert reading.text == "3"  # a shadow's or a ruled line's remains do not refuse the photo
+
+
+def test_a_mark_in_the_digits_row_and_of_their_size_still_refuses() -> None:
+    letter = Box(150, 105, 35, 55)
+    reading = interpret(boxed_page(Box(100, 100, 40, 60), letter), probs({4: 0.99}, {REJECT: 0.9}),
+                        LABELS, REJECT, 0.5)
+    assert reading.not_a_digit and reading.reason == "1 of 2 marks is not a digit"
+    unsure = interpret(boxed_page(Box(100, 100, 40, 60), letter), probs({4: 0.99}, {7: 0.4, 1: 0.35}),
+                       LABELS, REJECT, 0.5)
+    assert unsure.not_a_digit  # a doubted digit beside a sure one is not dropped
+
+
+def test_without_a_sure_digit_nothing_is_set_aside() -> None:
+    reading = interpret(boxed_page(Box(100, 100, 40, 60), Box(300, 400, 10, 12)),
+                        probs({REJECT: 0.9}, {REJECT: 0.9}), LABELS, REJECT, 0.5)
+    assert reading.not_a_digit
