@@ -106,8 +106,18 @@ def fail(message: str, status: int = EXIT_MODEL_ERROR) -> NoReturn:
                    "other requests wait their turn.")
 @max_pixels_option
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Server processes.")
+@click.option("--api-key", envvar="FOLDSERVE_API_KEY", show_envvar=True, default=None,
+              help="Require 'Authorization: Bearer KEY' on every endpoint but health and the page "
+                   "(open the page as /#key=KEY). Prefer the environment variable: options show in `ps`.")
+@click.option("--allowed-host", "allowed_hosts", multiple=True, metavar="NAME",
+              help="Host header values to answer (repeat; '*' for any). Default: localhost, 127.0.0.1 and ::1 "
+                   "when bound to loopback (stops DNS rebinding), any otherwise.")
+@click.option("--cors-origin", "cors_origins", multiple=True, metavar="ORIGIN",
+              help="Browser origins (https://app.example) allowed to call the API from their pages (repeat). "
+                   "Default: none.")
 def http(model_path: Path, model_name: str, host: str, port: int, max_batch: int, max_delay_ms: float,
-         max_body_mb: float, max_queue: int, max_decodes: int, max_pixels: int, workers: int) -> None:
+         max_body_mb: float, max_queue: int, max_decodes: int, max_pixels: int, workers: int,
+         api_key: str | None, allowed_hosts: tuple[str, ...], cors_origins: tuple[str, ...]) -> None:
     """Serve the model over HTTP: Open Inference Protocol v2 (/v2/...), POST /predict (the reading of an
     image, as `serve predict --json` prints it), /metrics, and a page at / to write a number on or read a
     photo with. Stops cleanly on Ctrl-C or SIGTERM (requests in flight finish)."""
@@ -118,7 +128,7 @@ def http(model_path: Path, model_name: str, host: str, port: int, max_batch: int
     try:
         import uvicorn
 
-        from serve.server import CONFIG_ENV, ServerConfig, config_to_env
+        from serve.server import CONFIG_ENV, LOOPBACK_HOSTS, ServerConfig, config_to_env
     except ModuleNotFoundError as exc:
         click.echo(f"serve: error: `serve http` needs the http extra ({exc.name} is not installed): "
                    "pip install 'foldserve[http]'", err=True)
@@ -128,16 +138,33 @@ def http(model_path: Path, model_name: str, host: str, port: int, max_batch: int
     except ModelError as exc:
         click.echo(f"serve: error: {exc}", err=True)
         sys.exit(EXIT_MODEL_ERROR)
-    from serve.image.decode import DEFAULT_MAX_PIXELS
-
+    loopback = is_loopback(host)
+    if not allowed_hosts:
+        allowed_hosts = LOOPBACK_HOSTS if loopback else ("*",)
     config = ServerConfig(model_path=str(model_path.resolve()), model_name=model_name, max_batch=max_batch,
                           max_delay_ms=max_delay_ms, max_body_bytes=int(max_body_mb * 1024 * 1024),
-                          max_queue=max_queue, max_decodes=max_decodes, max_pixels=max_pixels)
+                          max_queue=max_queue, max_decodes=max_decodes, max_pixels=max_pixels,
+                          api_key=api_key or None, allowed_hosts=tuple(h.lower() for h in allowed_hosts),
+                          cors_origins=cors_origins)
+    if not loopback and not api_key:
+        click.echo(f"serve: warning: listening on {host}, beyond this machine, without an API key: anyone who "
+                   "can reach it can use it (set FOLDSERVE_API_KEY)", err=True)
     os.environ[CONFIG_ENV] = config_to_env(config)
     click.echo(f"serving {model_path} as {model_name!r} on http://{host}:{port}/ "
                f"(dynamic batching: up to {max_batch} images, {max_delay_ms:g} ms)", err=True)
     uvicorn.run("serve.server:create_app_from_env", factory=True, host=host, port=port, workers=workers,
                 log_level="warning", timeout_graceful_shutdown=30)
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -40,17 +41,18 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], 
     if header_length is None:
         json_part, binary = body, b""
     else:
-        try:
-            n = int(header_length)
-        except ValueError:
-            raise ProtocolError(f"{HEADER_LENGTH} must be an integer, got {header_length!r}") from None
+        if not re.fullmatch(r"[0-9]{1,12}", header_length.strip()):  # int() would take "1_3", "+13", "١٣"
+            raise ProtocolError(f"{HEADER_LENGTH} must be a decimal integer, got {header_length[:40]!r}")
+        n = int(header_length)
         if not 0 <= n <= len(body):
             raise ProtocolError(f"{HEADER_LENGTH} {n} is outside the body of {len(body)} bytes")
         json_part, binary = body[:n], body[n:]
     try:
         document = json.loads(json_part)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError(f"malformed JSON: {exc}") from None
+    except RecursionError:
+        raise ProtocolError("malformed JSON: nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, integers of thousands of digits
+        raise ProtocolError(f"malformed JSON: {str(exc)[:200]}") from None
     if not isinstance(document, dict):
         raise ProtocolError("the request body must be a JSON object")
     return document, binary
@@ -78,10 +80,7 @@ def _fp32_tensor(spec: dict[str, Any], binary: bytes | None, input_shape: tuple[
         data = spec.get("data")
         if not isinstance(data, list):
             raise ProtocolError(f"input {INPUT_NAME!r} needs a 'data' list")
-        try:
-            array = np.asarray(data, dtype=np.float64)
-        except (TypeError, ValueError):
-            raise ProtocolError("'data' must hold numbers only (a flat or nested list)") from None
+        array = numbers_only(data)
         if array.size != count:
             raise ProtocolError(f"'data' has {array.size} elements, shape {shape} needs {count}")
         array = array.astype(np.float32)
@@ -92,6 +91,31 @@ def _fp32_tensor(spec: dict[str, Any], binary: bytes | None, input_shape: tuple[
         raise ProtocolError(f"pixel values must be in [0, 1] (white ink on black), got {array.min():g} to "
                             f"{array.max():g}; divide 8-bit pixels by 255, or send the image files as BYTES")
     return array.reshape(shape)
+
+
+def numbers_only(data: list[Any]) -> np.ndarray:
+    """float64 array of a flat or evenly nested list of JSON numbers; strings ("0.5"), booleans, nulls,
+    ragged nesting and numbers beyond float range are refused rather than converted."""
+    try:
+        elements = np.asarray(data, dtype=object)
+        if elements.dtype != object or elements.ndim == 0:
+            raise ValueError
+        flat = elements.ravel()
+        if not set(map(type, flat)) <= {int, float}:
+            raise ValueError
+        return flat.astype(np.float64).reshape(elements.shape)
+    except (TypeError, ValueError, OverflowError):
+        raise ProtocolError("'data' must hold JSON numbers only, in a flat or evenly nested list") from None
+
+
+def parameters(owner: dict[str, Any], where: str) -> dict[str, Any]:
+    """The optional ``parameters`` object of ``owner`` (a request, an input or an output)."""
+    value = owner.get("parameters")
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ProtocolError(f"'parameters' of {where} must be a JSON object, got {type(value).__name__}")
+    return value
 
 
 def _bytes_elements(spec: dict[str, Any], binary: bytes | None) -> list[bytes]:
@@ -146,11 +170,11 @@ def parse_infer_request(body: bytes, header_length: str | None, field: FieldSpec
         raise ProtocolError("'inputs' must be a list with exactly one input: "
                             f"{INPUT_NAME!r} (FP32 [N,1,{field.size},{field.size}]) or image files (BYTES [N])")
     spec = inputs[0]
-    params = spec.get("parameters") or {}
+    params = parameters(spec, "the input")
     binary_part: bytes | None = None
     if "binary_data_size" in params:
         size = params["binary_data_size"]
-        if not isinstance(size, int) or size != len(binary):
+        if type(size) is not int or size != len(binary):
             raise ProtocolError(f"binary_data_size {size!r} does not match the {len(binary)} bytes after the JSON")
         binary_part = binary
     elif binary:
@@ -164,7 +188,7 @@ def parse_infer_request(body: bytes, header_length: str | None, field: FieldSpec
         images = images_from_files(_bytes_elements(spec, binary_part), field, max_pixels)
     else:
         raise ProtocolError(f"datatype {datatype!r} is not accepted: send FP32 {INPUT_NAME!r} or BYTES image files")
-    all_binary = bool((document.get("parameters") or {}).get("binary_data_output", False))
+    all_binary = flag(parameters(document, "the request"), "binary_data_output", False)
     requested = document.get("outputs")
     if requested is None:
         outputs = [(name, all_binary) for name in OUTPUTS]
@@ -173,11 +197,21 @@ def parse_infer_request(body: bytes, header_length: str | None, field: FieldSpec
             raise ProtocolError("'outputs' must be a list of objects with a 'name'")
         outputs = []
         for o in requested:
-            if o.get("name") not in OUTPUTS:
-                raise ProtocolError(f"unknown output {o.get('name')!r}; outputs are {', '.join(OUTPUTS)}")
-            outputs.append((o["name"], bool((o.get("parameters") or {}).get("binary_data", all_binary))))
+            name = o.get("name")
+            if name not in OUTPUTS:
+                raise ProtocolError(f"unknown output {str(name)[:40]!r}; outputs are {', '.join(OUTPUTS)}")
+            if any(name == seen for seen, _ in outputs):  # a repeated output would multiply the response
+                raise ProtocolError(f"output {name!r} is requested more than once")
+            outputs.append((name, flag(parameters(o, f"output {name!r}"), "binary_data", all_binary)))
     request_id = document.get("id")
     return InferRequest(images, outputs, request_id if isinstance(request_id, str) else None)
+
+
+def flag(params: dict[str, Any], name: str, default: bool) -> bool:
+    value = params.get(name, default)
+    if not isinstance(value, bool):
+        raise ProtocolError(f"parameter {name!r} must be true or false, got {str(value)[:40]!r}")
+    return value
 
 
 def encode_infer_response(model_name: str, request: InferRequest, logits: np.ndarray,

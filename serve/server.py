@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import html
 import json
+import logging
 import math
 import os
 import time
@@ -34,6 +36,10 @@ from serve.reading import Page, Reading, interpret_for, prepare_page
 
 CONFIG_ENV = "FOLDSERVE_HTTP_CONFIG"
 IMAGE_TYPES = ("image/", "application/octet-stream")
+OPEN_PATHS = ("/v2/health/live", "/v2/health/ready", "/")  # answered without the API key
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -46,11 +52,16 @@ class ServerConfig:
     max_queue: int = 1024  # requests waiting for the model; beyond this: 503
     max_decodes: int = 2  # images decoded at once (per process): decoded pixels are the big allocation
     max_pixels: int = DEFAULT_MAX_PIXELS  # larger images are refused before decoding
+    api_key: str | None = None  # when set, every endpoint but health and the page needs "Bearer <key>"
+    allowed_hosts: tuple[str, ...] = ("*",)  # Host header values accepted (DNS rebinding); "*": any
+    cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API; none by default
 
     def __post_init__(self) -> None:
         for name in ("max_batch", "max_queue", "max_decodes", "max_pixels"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ServerConfig.{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("allowed_hosts", "cors_origins"):  # lists when the config comes back from JSON
+            object.__setattr__(self, name, tuple(getattr(self, name)))
 
 
 class Metrics:
@@ -122,13 +133,27 @@ def create_app(config: ServerConfig, model: DigitModel | None = None) -> FastAPI
         await batcher.stop()  # in-flight requests finish before the process exits
 
     app = FastAPI(title="foldserve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    if config.cors_origins:
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type", HEADER_LENGTH],
+                           expose_headers=[HEADER_LENGTH])
     app.state.config = config
     app.state.metrics = metrics
 
     @app.middleware("http")
     async def count_requests(request: Request, call_next):  # type: ignore[no-untyped-def]
         started = time.perf_counter()
-        response = await call_next(request)
+        refusal = guard(config, request)
+        if refusal is not None:
+            response = refusal
+        else:
+            try:
+                response = await call_next(request)
+            except Exception:  # counted and answered here: Starlette's own 500 comes after the metrics
+                log.exception("unhandled error on %s %s", request.method, request.url.path)
+                response = error(500, "internal server error")
         route = request.scope.get("route")
         endpoint = getattr(route, "path", "unmatched")
         metrics.requests.labels(endpoint, str(response.status_code)).inc()
@@ -163,7 +188,7 @@ def create_app(config: ServerConfig, model: DigitModel | None = None) -> FastAPI
 
     @app.get("/v2")
     async def server_metadata() -> dict[str, Any]:
-        return {"name": "foldserve", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
+        return {"name": "foldserve", "version": server_version(), "extensions": ["binary_tensor_data"]}
 
     @app.get("/v2/models/{name}")
     async def get_model_metadata(name: str) -> dict[str, Any]:
@@ -253,6 +278,33 @@ def create_app(config: ServerConfig, model: DigitModel | None = None) -> FastAPI
         return HTMLResponse(text.replace("__MODEL_NAME__", html.escape(config.model_name, quote=True)))
 
     return app
+
+
+def guard(config: ServerConfig, request: Request) -> JSONResponse | None:
+    """The refusal of a request from a host not allowed, or without the API key; None to let it in."""
+    if "*" not in config.allowed_hosts:
+        host = request.headers.get("host", "")
+        name = host[1:host.index("]")] if host.startswith("[") and "]" in host else host.rsplit(":", 1)[0]
+        if name.lower() not in config.allowed_hosts:
+            return error(400, f"host {host[:80]!r} is not allowed; "
+                              f"the server answers {', '.join(config.allowed_hosts)}")
+    if config.api_key and request.url.path not in OPEN_PATHS and request.method != "OPTIONS":
+        given = request.headers.get("authorization", "")
+        scheme, _, token = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), config.api_key.encode()):
+            response = error(401, "missing or wrong API key: send the header 'Authorization: Bearer <key>'")
+            response.headers["WWW-Authenticate"] = "Bearer"
+            return response
+    return None
+
+
+def server_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("foldserve")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def confidence_parameter(value: str | None) -> float | None:

@@ -20,6 +20,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 import serve.server
+from serve.protocol import HEADER_LENGTH
 from serve.server import CONFIG_ENV, ServerConfig, create_app
 from tests.serve.conftest import start_server
 from tests.serve.images import encode, number_strokes, written
@@ -121,6 +122,28 @@ BAD_REQUESTS = [
     ("not an image", json.dumps({"inputs": [{"name": "f", "datatype": "BYTES", "shape": [1],
                                             "data": [base64.b64encode(b"hello").decode()]}]}).encode(),
      {}, 400, "image 0: not a recognised image format"),
+    ("nested 90,000 deep", b'{"inputs": ' + b"[" * 90_000 + b"]" * 90_000 + b"}", {}, 400, "nested too deeply"),
+    ("5,000-digit integer", b'{"inputs": [{"name": "image", "data": [' + b"9" * 5000 + b"]}]}", {}, 400,
+     "malformed JSON"),
+    ("400-digit integer pixel", b'{"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1, 28, 28], '
+     b'"data": [' + b"9" * 400 + b', 0' * 783 + b"]}]}", {}, 400, "JSON numbers only"),
+    ("pixels as strings", json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1, 28, 28],
+                                                 "data": ["0.5"] * 784}]}).encode(), {}, 400, "JSON numbers only"),
+    ("pixels as booleans", json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1, 28, 28],
+                                                  "data": [0.0] * 783 + [True]}]}).encode(), {}, 400,
+     "JSON numbers only"),
+    ("parameters as a string", json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1, 28, 28],
+                                                      "data": [0.0] * 784, "parameters": "binary_data_size"}]}
+                                          ).encode(), {}, 400, "'parameters' of the input must be a JSON object"),
+    ("parameters as a list", json.dumps({**fp32_request(np.zeros((1, 1, 28, 28), np.float32)), "parameters": [1]}
+                                        ).encode(), {}, 400, "'parameters' of the request must be a JSON object"),
+    ("binary flag as a string", json.dumps({**fp32_request(np.zeros((1, 1, 28, 28), np.float32)),
+                                            "parameters": {"binary_data_output": "yes"}}).encode(), {}, 400,
+     "must be true or false"),
+    ("repeated outputs", json.dumps({**fp32_request(np.zeros((1, 1, 28, 28), np.float32)),
+                                     "outputs": [{"name": "probabilities"}] * 5_000}).encode(), {}, 400,
+     "requested more than once"),
+    ("header length 1_3", b'{"inputs": []}' + bytes(8), {HEADER_LENGTH: "1_4"}, 400, "must be a decimal integer"),
     ("wrong content type", b"<xml/>", {"Content-Type": "text/xml"}, 415, "content type 'text/xml'"),
     ("too large", b"{" + b" " * 300_000 + b"}", {}, 413, "above the limit"),
 ]
@@ -330,6 +353,28 @@ def test_serve_http_passes_its_limits_to_the_server(model_path, monkeypatch) -> 
     config = ServerConfig(**json.loads(os.environ[CONFIG_ENV]))
     assert config.max_decodes == 2 and config.max_pixels == DEFAULT_MAX_PIXELS
     assert CliRunner().invoke(cli, ["http", "--model", str(model_path), "--max-decodes", "0"]).exit_code == 2
+    assert config.allowed_hosts == ("localhost", "127.0.0.1", "::1") and config.api_key is None
+    assert "warning" not in result.output
+
+
+def test_serve_http_warns_when_open_beyond_loopback_without_a_key(model_path, monkeypatch) -> None:
+    import uvicorn
+    from click.testing import CliRunner
+
+    from serve.cli import cli
+
+    monkeypatch.setenv(CONFIG_ENV, "{}")
+    monkeypatch.delenv("FOLDSERVE_API_KEY", raising=False)
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: None)
+    result = CliRunner().invoke(cli, ["http", "--model", str(model_path), "--host", "0.0.0.0"])
+    assert result.exit_code == 0 and "without an API key" in result.output
+    assert ServerConfig(**json.loads(os.environ[CONFIG_ENV])).allowed_hosts == ("*",)
+    monkeypatch.setenv("FOLDSERVE_API_KEY", "k")
+    result = CliRunner().invoke(cli, ["http", "--model", str(model_path), "--host", "0.0.0.0",
+                                      "--allowed-host", "digits.example", "--cors-origin", "https://app.example"])
+    config = ServerConfig(**json.loads(os.environ[CONFIG_ENV]))
+    assert "warning" not in result.output and config.api_key == "k"
+    assert config.allowed_hosts == ("digits.example",) and config.cors_origins == ("https://app.example",)
 
 
 def test_metrics_count_requests_batches_and_queue_time(client, digits) -> None:
@@ -340,6 +385,64 @@ def test_metrics_count_requests_batches_and_queue_time(client, digits) -> None:
     assert 'foldserve_requests_total{endpoint="/v2/models/{name}",status="404"}' in text
     assert "foldserve_request_latency_seconds_bucket" in text
     assert "foldserve_batch_size_bucket" in text and "foldserve_queue_time_seconds_count" in text
+
+
+class FailingModel:
+    """The served model, except that running it fails (a bug, a broken runtime)."""
+
+    def __init__(self, model) -> None:
+        self.field_spec, self.labels = model.field_spec, model.labels
+
+    def logits(self, images):
+        raise RuntimeError("the runtime broke")
+
+
+def test_an_internal_error_is_a_json_500_and_counted(model, digits) -> None:
+    with TestClient(create_app(ServerConfig(max_delay_ms=1), model=FailingModel(model)),
+                    raise_server_exceptions=False) as failing:
+        response = failing.post("/v2/models/digits/infer", json=fp32_request(digits[0][:1]))
+        assert response.status_code == 500 and response.json() == {"error": "internal server error"}
+        assert "the runtime broke" not in response.text  # no internals to the client
+        text = failing.get("/metrics").text
+    assert 'foldserve_requests_total{endpoint="/v2/models/{name}/infer",status="500"} 1.0' in text
+
+
+def test_an_api_key_guards_everything_but_health_and_the_page(model, digits) -> None:
+    with TestClient(create_app(ServerConfig(max_delay_ms=1, api_key="s3cret"), model=model)) as guarded:
+        infer = lambda **headers: guarded.post("/v2/models/digits/infer", headers=headers,  # noqa: E731
+                                               json=fp32_request(digits[0][:1]))
+        refused = infer()
+        assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
+        assert "Authorization: Bearer" in refused.json()["error"]
+        assert infer(Authorization="Bearer wrong").status_code == 401
+        assert infer(Authorization="Basic s3cret").status_code == 401
+        assert infer(Authorization="Bearer s3cret").status_code == 200
+        for path in ("/v2/models/digits", "/metrics", "/v2"):
+            assert guarded.get(path).status_code == 401, path
+        for path in ("/v2/health/live", "/v2/health/ready", "/"):
+            assert guarded.get(path).status_code == 200, path
+
+
+def test_the_host_allow_list_refuses_other_hosts(model) -> None:
+    config = ServerConfig(max_delay_ms=1, allowed_hosts=("localhost", "127.0.0.1", "::1"))
+    with TestClient(create_app(config, model=model)) as local:
+        assert local.get("/v2/health/ready", headers={"Host": "localhost:8000"}).status_code == 200
+        assert local.get("/v2/health/ready", headers={"Host": "[::1]:8000"}).status_code == 200
+        rebound = local.get("/v2/models/digits", headers={"Host": "attacker.example:8000"})
+        assert rebound.status_code == 400 and "attacker.example" in rebound.json()["error"]
+
+
+def test_cors_only_for_the_origins_given(model, client) -> None:
+    preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "authorization,content-type"}
+    config = ServerConfig(max_delay_ms=1, cors_origins=("https://app.example",), api_key="k")
+    with TestClient(create_app(config, model=model)) as open_to_app:
+        allowed = open_to_app.options("/predict", headers=preflight)
+        assert allowed.status_code == 200
+        assert allowed.headers["access-control-allow-origin"] == "https://app.example"
+        other = open_to_app.options("/predict", headers={**preflight, "Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in other.headers
+    assert "access-control-allow-origin" not in client.get("/v2", headers={"Origin": "https://app.example"}).headers
 
 
 def test_the_page_is_self_contained(client) -> None:
@@ -430,7 +533,7 @@ def test_bounded_load_zero_errors_and_right_answers(server, model, digits) -> No
 def test_a_huge_declared_body_is_refused_without_reading_it(server) -> None:
     host, port = server[0].split(":")
     with socket.create_connection((host, int(port)), timeout=10) as s:
-        s.sendall(b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        s.sendall(b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                   b"Content-Length: 1000000000\r\n\r\n{")
         reply = b""
         while b"above the limit" not in reply:  # the answer comes at once, not after a gigabyte
