@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 # The main job on the embedded data: train, export (BN folded, parity verified), predict.
 demo: $(STAMP)
-	$(BIN)/pipeline train --out $(RUN)
+	$(BIN)/pipeline train --out $(RUN) --overwrite
 	$(BIN)/pipeline export --run $(RUN)
 	$(BIN)/serve predict --model $(RUN)/model.onnx examples/
 	@echo

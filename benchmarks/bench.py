@@ -178,7 +178,7 @@ def accuracy_check(work: Path, smoke: bool, options: dict[str, dict]) -> dict[st
     for name, opts in options.items():
         cfg = TrainConfig(device="cpu", max_steps=5 if smoke else None, **opts)
         start = time.perf_counter()
-        result = train(cfg, work / f"acc-{name.replace(' ', '-')}", progress=False)
+        result = train(cfg, work / f"acc-{name.replace(' ', '-')}", progress=False, overwrite=True)
         out[name] = (result.test_accuracy, time.perf_counter() - start)
     return out
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -10,6 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import PipelineError
+
+DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO}  # one line, the old file stays
+
 # mkstemp creates files 0600; artifacts should get the permissions a plain open() would give.
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -17,15 +22,22 @@ os.umask(_UMASK)
 
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+    The temporary file's name carries this process's id, so a later run can tell a killed writer's
+    leftover from a live one's (pipeline/rundir.py)."""
     path = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         yield tmp
         os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.errno not in DISK_ERRORS:  # e.g. a download's HTTP error: the caller's to handle
+            raise
+        raise PipelineError(f"cannot write {path}: {exc.strerror or exc}"
+                            f"{'; the previous version is kept' if path.exists() else ''}") from None
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -37,8 +49,6 @@ def write_json(path: Path, data: Any) -> None:
 
 def ensure_writable_dir(path: Path) -> Path:
     """Create ``path`` if needed and check that files can be created in it."""
-    from pipeline.errors import PipelineError
-
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)

@@ -117,11 +117,14 @@ class StopFlag:
 @click.option("--channels-last/--no-channels-last", default=True, show_default=True,
               help="channels_last memory format (faster convolutions on CPU).")
 @click.option("--checkpoint-every", "checkpoint_every_s", type=click.FloatRange(min=0), default=60.0,
-              show_default=True, help="Seconds between epoch-end checkpoints (one is always written at the end "
-                                      "and on Ctrl-C/SIGTERM).")
+              show_default=True, help="Seconds between checkpoints during training, so a crash loses at most "
+                                      "this much (one is always written at the end and on Ctrl-C/SIGTERM).")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the training forward pass.")
 @click.option("--resume", is_flag=True,
               help="Continue the run in --out from its checkpoint (after Ctrl-C, or with a larger --epochs).")
+@click.option("--overwrite", is_flag=True,
+              help="Replace the run already in --out: its checkpoint and the models exported from it are deleted "
+                   "first. Without it, training into a directory that holds a run is refused.")
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
               help="Train with N local processes (torchrun, DistributedDataParallel, synchronized BN). "
                    "--batch-size is the global batch, split evenly across processes.")
@@ -132,7 +135,7 @@ def train(ctx: click.Context, data: str, data_dir: Path | None, download: bool, 
           stroke_digits: int, non_digits: int, out: Path, device: str,
           max_steps: int | None, log_every: int, eval_every: int, precision: str, channels_last: bool,
           checkpoint_every_s: float, compile_: bool,
-          resume: bool, nproc: int, quiet: bool) -> None:
+          resume: bool, overwrite: bool, nproc: int, quiet: bool) -> None:
     """Train the digit CNN and write config.json, metrics.json and checkpoint.pt into --out.
 
     Evaluates on the test split (eval mode: population statistics) after every epoch. Ctrl-C or
@@ -150,6 +153,8 @@ def train(ctx: click.Context, data: str, data_dir: Path | None, download: bool, 
     given = {name for name in ctx.params if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT}
     given = {{"no_bn": "bn", "compile_": "compile"}.get(name, name) for name in given}
     cfg.validate()
+    if resume and overwrite:
+        raise PipelineError("--resume continues the run in --out, --overwrite replaces it: pass one of them")
     dataset = None
     if download or not resume:
         dataset = load_dataset(data, data_dir, download=download)
@@ -172,7 +177,7 @@ def train(ctx: click.Context, data: str, data_dir: Path | None, download: bool, 
     restore = stop.install()
     finished = False
     try:
-        result = run_training(cfg, out, resume=resume, given_options=given, should_stop=stop,
+        result = run_training(cfg, out, resume=resume, overwrite=overwrite, given_options=given, should_stop=stop,
                               progress=not quiet, dataset=dataset)
         finished = True
     finally:

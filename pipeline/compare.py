@@ -280,7 +280,7 @@ def run_study(cfg: CompareConfig, out_dir: Path, progress: bool = True) -> Study
             if bar is not None:
                 bar.set_description(name)
             done_before = bar.n if bar is not None else 0
-            result = train(cfg.train_config(variant, lr, seed), out_dir / "runs" / name, progress=False,
+            result = train(cfg.train_config(variant, lr, seed), out_dir / "runs" / name, progress=False, overwrite=True,
                            dataset=dataset, on_step=(lambda step, loss: bar.update(1)) if bar is not None else None)
             if bar is not None:  # a diverged run stops early: account for the steps it skipped
                 bar.update(done_before + steps_per_run - bar.n)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline.artifacts import atomic_path, file_digest, write_json
-from pipeline.checkpoint import CHECKPOINT_NAME, load_checkpoint, model_from_checkpoint, save_checkpoint
+from pipeline.checkpoint import CHECKPOINT_NAME, model_from_checkpoint, read_checkpoint, save_checkpoint
 from pipeline.data import Dataset, load_dataset
 from pipeline.errors import PipelineError
 from pipeline.parity import ParityReport, check_parity, torch_logits
@@ -194,7 +194,7 @@ def export_model(run_dir: Path, out: Path | None = None, opset: int = DEFAULT_OP
         raise PipelineError(f"cannot write {out}: directory {out.parent} is not writable")
 
     ckpt_path = run_dir / CHECKPOINT_NAME
-    ckpt = load_checkpoint(ckpt_path)
+    ckpt, ckpt_sha256 = read_checkpoint(ckpt_path)
     model = model_from_checkpoint(ckpt, ckpt_path)
     dataset = dataset_of_run(ckpt)
     bn_statistics = "running averages"
@@ -207,10 +207,13 @@ def export_model(run_dir: Path, out: Path | None = None, opset: int = DEFAULT_OP
         save_reference = {**ckpt, "model": model.state_dict(), "bn_statistics": "exact"}
         ckpt_path = run_dir / EXACT_STATS_CHECKPOINT
         save_checkpoint(ckpt_path, {k: v for k, v in save_reference.items() if k not in ("format", "version")})
+        ckpt_sha256 = file_digest(ckpt_path)  # the reference is now the file just written
 
     images, labels = test_split_as_float(dataset)
     reference_logits = torch_logits(model, images)
     test_accuracy = float(np.mean(reference_logits.argmax(1) == labels))
+    if not recompute_stats:
+        check_recorded_accuracy(ckpt, test_accuracy, ckpt_path)
     net = fold_batchnorm(model) if fold else model
     class_names = list(ckpt.get("class_names") or [str(i) for i in range(model.cfg.num_classes)])
     is_digits = class_names[:10] == [str(d) for d in range(10)]
@@ -232,7 +235,7 @@ def export_model(run_dir: Path, out: Path | None = None, opset: int = DEFAULT_OP
             "bn_folded": "true" if fold and model.cfg.bn else "false", "bn_statistics": bn_statistics,
             "model_config": model.cfg.to_dict(), "training_config": ckpt.get("train_config") or {},
             "dataset": dataset.name, "test_accuracy": repr(test_accuracy),
-            "checkpoint": ckpt_path.name, "checkpoint_sha256": file_digest(ckpt_path),
+            "checkpoint": ckpt_path.name, "checkpoint_sha256": ckpt_sha256,
             "versions": library_versions(),
         })
         proto.producer_name, proto.doc_string = "foldserve", "Digit CNN exported by `pipeline export`."
@@ -269,6 +272,18 @@ def export_model(run_dir: Path, out: Path | None = None, opset: int = DEFAULT_OP
     return result
 
 
+RECORDED_ACCURACY_TOLERANCE = 0.005  # the same weights on the same split: only float noise may differ
+
+
+def check_recorded_accuracy(ckpt: dict[str, Any], measured: float, ckpt_path: Path) -> None:
+    """Refuse to export weights that do not give the test accuracy their run recorded for them: the
+    checkpoint is damaged, or the test split is not the one it was trained with."""
+    recorded = (ckpt.get("metrics") or {}).get("test_accuracy") if ckpt.get("complete") else None
+    if isinstance(recorded, (int, float)) and abs(measured - recorded) > RECORDED_ACCURACY_TOLERANCE:
+        raise PipelineError(f"{ckpt_path}: its weights give {measured:.2%} on the test split, but the run recorded "
+                            f"{recorded:.2%}: the checkpoint is damaged or the data changed; nothing exported")
+
+
 def verify_model(model_path: Path, run_dir: Path | None = None) -> "ParityReport | QuantizedReport":
     """Parity of an exported model against the checkpoint it was exported from (for an int8 model:
     accuracy and argmax agreement against fp32)."""
@@ -286,8 +301,8 @@ def verify_model(model_path: Path, run_dir: Path | None = None) -> "ParityReport
         raise PipelineError(f"{model_path}: no foldserve metadata (was it exported by `pipeline export`?)")
     run_dir = Path(run_dir) if run_dir else model_path.parent
     ckpt_path = run_dir / props.get("checkpoint", CHECKPOINT_NAME)
-    ckpt = load_checkpoint(ckpt_path)
-    if file_digest(ckpt_path) != props["checkpoint_sha256"]:
+    ckpt, ckpt_sha256 = read_checkpoint(ckpt_path)
+    if ckpt_sha256 != props["checkpoint_sha256"]:
         raise PipelineError(f"{ckpt_path} is not the checkpoint {model_path} was exported from (sha256 differs); "
                             "pass the matching --run or export again")
     model = model_from_checkpoint(ckpt, ckpt_path)

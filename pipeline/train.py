@@ -2,6 +2,7 @@
 orchestrator (``train``) that owns checkpoints, metrics, resume and clean interruption."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline.artifacts import ensure_writable_dir, write_json
+from pipeline.artifacts import write_json
 from pipeline.checkpoint import CHECKPOINT_NAME, load_checkpoint, model_from_checkpoint, save_checkpoint
 from pipeline.data import Dataset, load_dataset, with_generated
 from pipeline.distributed import agree, context_from_environment, start
@@ -58,7 +59,7 @@ class TrainConfig:
     precision: str = "auto"  # bf16 autocast where the hardware has bf16 units, else fp32
     channels_last: bool = True
     compile: bool = False  # torch.compile the training forward pass
-    checkpoint_every_s: float = 60.0  # epoch-end checkpoints at most this often (plus at the end and on stop)
+    checkpoint_every_s: float = 60.0  # a checkpoint at least this often, mid-epoch too (and at the end and on stop)
 
     def validate(self) -> None:
         if self.epochs < 1:
@@ -295,17 +296,32 @@ RESUME_CHANGEABLE = {"epochs", "max_steps", "device", "log_every", "eval_every",
                      "compile", "checkpoint_every_s"}
 
 
-def train(cfg: TrainConfig, out_dir: Path, *, resume: bool = False, given_options: set[str] | None = None,
-          should_stop: Callable[[], bool] = lambda: False, progress: bool = True,
-          dataset: Dataset | None = None, on_step: Callable[[int, float], None] | None = None) -> TrainResult:
+def train(cfg: TrainConfig, out_dir: Path, *, resume: bool = False, overwrite: bool = False,
+          given_options: set[str] | None = None, should_stop: Callable[[], bool] = lambda: False,
+          progress: bool = True, dataset: Dataset | None = None,
+          on_step: Callable[[int, float], None] | None = None) -> TrainResult:
     """Train (or resume) a run in ``out_dir``; write config.json, metrics.json and checkpoint.pt atomically.
 
-    ``given_options``: the TrainConfig fields the user set explicitly; on resume, the others are taken
-    from the checkpoint. ``should_stop`` is polled after every step: when it returns True a resumable
-    checkpoint is saved and the function returns with ``interrupted=True``. A non-finite or exploding
-    loss ends the run with ``diverged=True``: metrics.json says so, the checkpoint keeps the last
-    saved state. ``on_step(step, loss)`` is called after every step.
+    The directory is locked for the run (pipeline/rundir.py); an existing run there is replaced only
+    with ``overwrite``. ``given_options``: the TrainConfig fields the user set explicitly; on resume,
+    the others are taken from the checkpoint. ``should_stop`` is polled after every step: when it
+    returns True a resumable checkpoint is saved and the function returns with ``interrupted=True``.
+    A non-finite or exploding loss ends the run with ``diverged=True``: metrics.json says so, the
+    checkpoint keeps the last saved state. ``on_step(step, loss)`` is called after every step.
     """
+    from pipeline.rundir import owned_run
+
+    cfg.validate()
+    owner = owned_run(Path(out_dir), resume=resume, overwrite=overwrite) if context_from_environment().is_main \
+        else contextlib.nullcontext()
+    with owner:
+        return _train(cfg, Path(out_dir), resume=resume, given_options=given_options, should_stop=should_stop,
+                      progress=progress, dataset=dataset, on_step=on_step)
+
+
+def _train(cfg: TrainConfig, out_dir: Path, *, resume: bool, given_options: set[str] | None,
+           should_stop: Callable[[], bool], progress: bool, dataset: Dataset | None,
+           on_step: Callable[[int, float], None] | None) -> TrainResult:
     import torch
 
     from models import DigitNet, DigitNetConfig
@@ -327,8 +343,6 @@ def train(cfg: TrainConfig, out_dir: Path, *, resume: bool = False, given_option
         cfg = _check_resume_compatible(saved, wanted, RESUME_CHANGEABLE)
         cfg.validate()
     ctx = context_from_environment()
-    if ctx.is_main:
-        ensure_writable_dir(out_dir)
 
     if dataset is None:
         dataset = load_dataset(cfg.data, Path(cfg.data_dir) if cfg.data_dir else None)
@@ -459,6 +473,10 @@ def train(cfg: TrainConfig, out_dir: Path, *, resume: bool = False, given_option
                 if stop_requested:
                     interrupted = True
                     break
+                if time.perf_counter() - last_checkpoint >= cfg.checkpoint_every_s:  # bounds what a crash loses
+                    elapsed = time.perf_counter() - started
+                    checkpoint(complete=False)
+                    last_checkpoint = time.perf_counter()
             if diverged:
                 break
             end_of_epoch = batch_in_epoch >= steps_per_epoch or step >= total_steps
@@ -477,11 +495,6 @@ def train(cfg: TrainConfig, out_dir: Path, *, resume: bool = False, given_option
                     epoch, batch_in_epoch = epoch + 1, 0
             if interrupted:
                 break
-            # the final checkpoint is written after the loop; in between, at most every checkpoint_every_s
-            if end_of_epoch and step < total_steps and time.perf_counter() - last_checkpoint >= cfg.checkpoint_every_s:
-                elapsed = time.perf_counter() - started
-                checkpoint(complete=False)
-                last_checkpoint = time.perf_counter()
     finally:
         if bar is not None:
             bar.close()

@@ -37,7 +37,7 @@ def test_train_a_few_steps_writes_the_run_directory(tmp_path: Path) -> None:
     result = run("train", "--out", str(out), "--max-steps", "3", "--batch-size", "16", "--quiet")
     assert result.exit_code == 0, result.output
     assert "test accuracy" in result.output and str(out) in result.output
-    assert {p.name for p in out.iterdir()} == {"config.json", "metrics.json", "checkpoint.pt"}
+    assert {p.name for p in out.iterdir()} == {"config.json", "metrics.json", "checkpoint.pt", ".lock"}
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == 3 and 0 <= metrics["test_accuracy"] <= 1
     assert metrics["dataset"] == "sample"

@@ -168,7 +168,7 @@ def test_precision_auto_follows_the_hardware(monkeypatch) -> None:
     assert not train_module.use_bf16("auto", cpu) and train_module.use_bf16("bf16", cpu)
 
 
-def test_epoch_checkpoints_follow_the_interval(tmp_path: Path, small_dataset, monkeypatch) -> None:
+def test_checkpoints_follow_the_interval(tmp_path: Path, small_dataset, monkeypatch) -> None:
     import pipeline.train as train_module
 
     saved = []
@@ -177,8 +177,21 @@ def test_epoch_checkpoints_follow_the_interval(tmp_path: Path, small_dataset, mo
                                                                                   real(path, payload)))
     train(TrainConfig(**{**FAST.__dict__, "epochs": 3, "checkpoint_every_s": 0}), tmp_path / "a", progress=False,
           dataset=small_dataset)
-    assert saved == [16, 32, 48]  # every epoch end, the last one being the final checkpoint
+    assert saved == list(range(1, 49))  # after every step (interval 0), the last one being the final checkpoint
     saved.clear()
     train(TrainConfig(**{**FAST.__dict__, "epochs": 3, "checkpoint_every_s": 3600}), tmp_path / "b", progress=False,
           dataset=small_dataset)
     assert saved == [48]  # only the final one
+
+
+def test_checkpoints_are_written_mid_epoch_when_due(tmp_path: Path, small_dataset) -> None:
+    seen = []
+
+    def on_step(step: int, loss: float) -> None:
+        if step > 1:  # the checkpoint of the step before is on disk by now
+            seen.append((step, load_checkpoint(tmp_path)["step"]))
+
+    cfg = TrainConfig(**{**FAST.__dict__, "max_steps": 5, "checkpoint_every_s": 0.0})
+    train(cfg, tmp_path, progress=False, dataset=small_dataset, on_step=on_step)
+    assert 5 < 512 // cfg.batch_size  # all within the first epoch
+    assert seen == [(s, s - 1) for s in range(2, 6)]
