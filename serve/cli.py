@@ -112,12 +112,16 @@ def fail(message: str, status: int = EXIT_MODEL_ERROR) -> NoReturn:
 @click.option("--allowed-host", "allowed_hosts", multiple=True, metavar="NAME",
               help="Host header values to answer (repeat; '*' for any). Default: localhost, 127.0.0.1 and ::1 "
                    "when bound to loopback (stops DNS rebinding), any otherwise.")
+@click.option("--request-timeout", "request_timeout_s", type=click.FloatRange(min=0.1), default=60.0,
+              show_default=True, help="Seconds a client has to send a whole request (headers and body); a slower "
+                                      "one gets 408 and is disconnected (slowloris).")
 @click.option("--cors-origin", "cors_origins", multiple=True, metavar="ORIGIN",
               help="Browser origins (https://app.example) allowed to call the API from their pages (repeat). "
                    "Default: none.")
 def http(model_path: Path, model_name: str, host: str, port: int, max_batch: int, max_delay_ms: float,
          max_body_mb: float, max_queue: int, max_decodes: int, max_pixels: int, workers: int,
-         api_key: str | None, allowed_hosts: tuple[str, ...], cors_origins: tuple[str, ...]) -> None:
+         api_key: str | None, allowed_hosts: tuple[str, ...], request_timeout_s: float,
+         cors_origins: tuple[str, ...]) -> None:
     """Serve the model over HTTP: Open Inference Protocol v2 (/v2/...), POST /predict (the reading of an
     image, as `serve predict --json` prints it), /metrics, and a page at / to write a number on or read a
     photo with. Stops cleanly on Ctrl-C or SIGTERM (requests in flight finish)."""
@@ -145,7 +149,7 @@ def http(model_path: Path, model_name: str, host: str, port: int, max_batch: int
                           max_delay_ms=max_delay_ms, max_body_bytes=int(max_body_mb * 1024 * 1024),
                           max_queue=max_queue, max_decodes=max_decodes, max_pixels=max_pixels,
                           api_key=api_key or None, allowed_hosts=tuple(h.lower() for h in allowed_hosts),
-                          cors_origins=cors_origins)
+                          cors_origins=cors_origins, request_timeout_s=request_timeout_s)
     if not loopback and not api_key:
         click.echo(f"serve: warning: listening on {host}, beyond this machine, without an API key: anyone who "
                    "can reach it can use it (set FOLDSERVE_API_KEY)", err=True)
@@ -153,7 +157,7 @@ def http(model_path: Path, model_name: str, host: str, port: int, max_batch: int
     click.echo(f"serving {model_path} as {model_name!r} on http://{host}:{port}/ "
                f"(dynamic batching: up to {max_batch} images, {max_delay_ms:g} ms)", err=True)
     uvicorn.run("serve.server:create_app_from_env", factory=True, host=host, port=port, workers=workers,
-                log_level="warning", timeout_graceful_shutdown=30)
+                log_level="warning", timeout_graceful_shutdown=30, http="serve.connection:DeadlineH11Protocol")
 
 
 def is_loopback(host: str) -> bool:

@@ -27,6 +27,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from serve.batching import DynamicBatcher, Overloaded
 from serve.image.decode import DEFAULT_MAX_PIXELS
@@ -38,6 +39,7 @@ CONFIG_ENV = "FOLDSERVE_HTTP_CONFIG"
 IMAGE_TYPES = ("image/", "application/octet-stream")
 OPEN_PATHS = ("/v2/health/live", "/v2/health/ready", "/")  # answered without the API key
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+CLIENT_CLOSED = 499  # the status nginx logs for a client that left before its answer
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,7 @@ class ServerConfig:
     api_key: str | None = None  # when set, every endpoint but health and the page needs "Bearer <key>"
     allowed_hosts: tuple[str, ...] = ("*",)  # Host header values accepted (DNS rebinding); "*": any
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API; none by default
+    request_timeout_s: float = 60.0  # from a request's first byte to its last (serve/connection.py)
 
     def __post_init__(self) -> None:
         for name in ("max_batch", "max_queue", "max_decodes", "max_pixels"):
@@ -151,6 +154,8 @@ def create_app(config: ServerConfig, model: DigitModel | None = None) -> FastAPI
         else:
             try:
                 response = await call_next(request)
+            except ClientDisconnect:  # the client left (or was too slow): nothing to answer, nothing to log
+                response = Response(status_code=CLIENT_CLOSED)
             except Exception:  # counted and answered here: Starlette's own 500 comes after the metrics
                 log.exception("unhandled error on %s %s", request.method, request.url.path)
                 response = error(500, "internal server error")

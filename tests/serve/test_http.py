@@ -597,3 +597,62 @@ def test_serve_http_bad_model_is_one_line(tmp_path) -> None:
     result = subprocess.run([sys.executable, "-m", "serve", "http", "--model", str(tmp_path / "none.onnx")],
                             cwd=REPO, capture_output=True, text=True, timeout=30)
     assert result.returncode == 1 and result.stderr.strip().count("\n") == 0 and "not found" in result.stderr
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (recv blocks on the event itself)."""
+    sock.settimeout(20)
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_slow_clients_get_408_and_are_disconnected_and_leavers_are_quiet(model_path: Path) -> None:
+    process, port = start_server(model_path, "--request-timeout", "1")
+    try:
+        with socket.create_connection(("127.0.0.1", port)) as headers_only:  # slowloris: headers never end
+            headers_only.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: 1")
+            assert read_until_closed(headers_only).startswith(b"HTTP/1.1 408")
+        with socket.create_connection(("127.0.0.1", port)) as slow_body:  # the body stops halfway
+            slow_body.sendall(b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                              b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"inputs\": ")
+            answer = read_until_closed(slow_body)
+            assert answer.startswith(b"HTTP/1.1 408") and b"too long to arrive" in answer
+        with socket.create_connection(("127.0.0.1", port)) as leaver:  # leaves in the middle of its body
+            leaver.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
+                           b"Content-Length: 100000\r\n\r\n" + bytes(5000))
+        for _ in range(500):  # until the server has noticed the leaver (each poll is a round trip)
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+            connection.request("GET", "/metrics")
+            metrics = connection.getresponse().read().decode()
+            connection.close()
+            if 'foldserve_requests_total{endpoint="/predict",status="499"} 1.0' in metrics:
+                break
+        else:
+            raise AssertionError("the client that left was never counted: " + metrics[-2000:])
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    assert "Traceback" not in stderr, stderr
+    assert stderr.count("took over 1 s to arrive") == 2, stderr
+
+
+def test_a_stalled_upload_does_not_hold_the_shutdown(model_path: Path) -> None:
+    process, port = start_server(model_path)  # the default request timeout: 60 s, longer than the grace
+    stalled = socket.create_connection(("127.0.0.1", port))
+    try:
+        stalled.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
+                        b"Content-Length: 100000\r\n\r\n" + bytes(1000))
+        ready = http.client.HTTPConnection("127.0.0.1", port, timeout=20)  # the request above is in
+        ready.request("GET", "/v2/health/ready")
+        assert ready.getresponse().status == 200
+        ready.close()
+        process.send_signal(signal.SIGTERM)
+        # without the shortened deadline, uvicorn would wait out its 30 s grace for this upload
+        _, stderr = process.communicate(timeout=20)
+    finally:
+        stalled.close()
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode in (0, -signal.SIGTERM) and "Traceback" not in stderr, stderr

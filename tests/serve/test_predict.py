@@ -225,8 +225,8 @@ def imported_modules(nodes) -> set[str]:
 def test_serve_source_imports_only_the_serving_stack() -> None:
     base = {"onnxruntime", "numpy", "PIL", "click", "serve", "__future__"} | set(sys.stdlib_module_names)
     optional = {"pillow_heif"}  # the heif extra, imported only when a HEIF file comes
-    http_extra = {"fastapi", "starlette", "uvicorn", "prometheus_client"}
-    server_modules = {"server.py", "batching.py", "protocol.py"}  # the HTTP server, needs the http extra
+    http_extra = {"fastapi", "starlette", "uvicorn", "h11", "prometheus_client"}
+    server_modules = {"server.py", "batching.py", "protocol.py", "connection.py"}  # the HTTP server, needs the http extra
     for path in (REPO / "serve").rglob("*.py"):
         tree = ast.parse(path.read_text())
         everywhere = imported_modules(ast.walk(tree))

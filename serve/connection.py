@@ -1,0 +1,91 @@
+"""uvicorn's HTTP/1.1 protocol with a deadline for receiving each request.
+
+uvicorn times out only idle keep-alive connections, and resets that timer on every byte: a client
+that trickles a request (slowloris) holds its connection, and its slot in a graceful shutdown,
+forever. ASGI middleware cannot help, since it runs once the headers are in. This protocol gives
+every request ``request_timeout_s`` from its first byte to its last, then closes the connection
+(answering 408 when nothing was answered yet). At shutdown a request still arriving gets a few more
+seconds, not the whole grace period; requests already received finish as before.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+log = logging.getLogger(__name__)
+
+DEFAULT_REQUEST_TIMEOUT_S = 60.0
+SHUTDOWN_RECEIVE_S = 3.0
+RECEIVING = (h11.IDLE, h11.SEND_BODY)  # the client's states while its request is incomplete
+TIMEOUT_BODY = b'{"error": "the request took too long to arrive"}'
+TIMEOUT_RESPONSE = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
+                    b"content-length: %d\r\n\r\n" % len(TIMEOUT_BODY)) + TIMEOUT_BODY
+
+
+def configured_timeout() -> float:
+    """``request_timeout_s`` of the server's configuration (serve/server.py passes it to workers
+    through the environment), or the default."""
+    from serve.server import CONFIG_ENV
+
+    try:
+        return float(json.loads(os.environ.get(CONFIG_ENV, "{}")).get("request_timeout_s",
+                                                                        DEFAULT_REQUEST_TIMEOUT_S))
+    except (ValueError, TypeError, AttributeError):
+        return DEFAULT_REQUEST_TIMEOUT_S
+
+
+class DeadlineH11Protocol(H11Protocol):
+    request_timeout_s: float | None = None  # read from the configuration on first use
+
+    def data_received(self, data: bytes) -> None:
+        if getattr(self, "_request_deadline", None) is None and self.conn.their_state is h11.IDLE:
+            timeout = self.request_timeout_s
+            if timeout is None:
+                timeout = type(self).request_timeout_s = configured_timeout()
+            self._request_deadline: asyncio.TimerHandle | None = self.loop.call_later(timeout, self._too_slow)
+        super().data_received(data)
+        if self.conn.their_state not in RECEIVING:  # the whole request is in (or the connection failed)
+            self._disarm()
+
+    def _disarm(self) -> None:
+        deadline = getattr(self, "_request_deadline", None)
+        if deadline is not None:
+            deadline.cancel()
+            self._request_deadline = None
+
+    def _too_slow(self) -> None:
+        self._request_deadline = None
+        if self.transport.is_closing():
+            return
+        log.warning("closed a connection from %s: its request took over %g s to arrive",
+                    "%s:%d" % self.client if self.client else "?", self.request_timeout_s)
+        if self.cycle is None or not self.cycle.response_started:
+            self.transport.write(TIMEOUT_RESPONSE)
+        if self.cycle is not None:
+            self.cycle.disconnected = True
+            self.cycle.message_event.set()
+        self.transport.close()
+
+    def on_response_complete(self) -> None:
+        self._disarm()
+        super().on_response_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def shutdown(self) -> None:
+        """At shutdown, a request still arriving gets at most SHUTDOWN_RECEIVE_S more seconds: a stalled
+        client must not hold the whole graceful shutdown (a request that arrives is answered)."""
+        deadline = getattr(self, "_request_deadline", None)
+        if deadline is not None and self.conn.their_state in RECEIVING:
+            remaining = deadline.when() - self.loop.time()
+            if remaining > SHUTDOWN_RECEIVE_S:
+                deadline.cancel()
+                self._request_deadline = self.loop.call_later(SHUTDOWN_RECEIVE_S, self._too_slow)
+        super().shutdown()
