@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageFilter
 
-from serve.image.lines import remove_lines
+from serve.image.lines import find_lines, without_lines
 from serve.image.morph import box_mean, label, resize_channels
 
 SMALL_SIDE = 64  # images up to this size: one global background level
@@ -24,6 +24,8 @@ MIN_CONTRAST = 0.06  # weakest ink that counts, as a fraction of the paper's bri
 NOISE_SIGMAS = 6.0  # ink must stand this many noise deviations above the background
 PEAK_FRACTION = 0.3  # and at least this fraction of the strongest ink
 HOLE_SIDE = 256
+LINK_REACH = 2  # pixels: faint ink this close to strong ink joins it ...
+RIDGE_REACH = 3  # ... when it stands above the paper this far away on both sides
 FAINT = 0.5  # paper lines are looked for at this fraction of the ink threshold, where they are unbroken
 LUMA = np.float32([0.299, 0.587, 0.114])
 
@@ -43,7 +45,7 @@ def ink_map(rgb: np.ndarray) -> np.ndarray:
         return global_ink(gray)
     dark_ink = float(np.median(gray)) > 0.5  # most of a frame is background
     raw = contrast(rgb, estimate_background(rgb, dark_ink), dark_ink)
-    return threshold_ink(raw, gray)
+    return threshold_ink(raw, gray, dark_ink)
 
 
 def luminance(rgb: np.ndarray) -> np.ndarray:
@@ -105,7 +107,7 @@ def contrast(rgb: np.ndarray, background: np.ndarray, dark_ink: bool) -> np.ndar
     return (diff.max(axis=2) / reference).astype(np.float32)
 
 
-def threshold_ink(raw: np.ndarray, gray: np.ndarray) -> np.ndarray:
+def threshold_ink(raw: np.ndarray, gray: np.ndarray, dark_ink: bool = True) -> np.ndarray:
     """Keep what stands clearly above the background noise; scale typical strokes to 1."""
     centre = float(np.median(raw))
     sigma = 1.4826 * float(np.median(np.abs(raw - centre))) + 1e-4
@@ -113,7 +115,16 @@ def threshold_ink(raw: np.ndarray, gray: np.ndarray) -> np.ndarray:
     cut = max(centre + NOISE_SIGMAS * sigma, PEAK_FRACTION * peak, MIN_CONTRAST)
     if peak < cut:
         raise NoDigitFound("no ink found")
-    mask = remove_lines(raw >= cut, raw >= FAINT * cut)
+    faint = raw >= FAINT * cut
+    lines, thickness = find_lines(faint | (raw >= cut))
+    if lines.any():  # on ruled paper the faint ink is mostly the lines' rims: no links through it
+        mask = without_lines(raw >= cut, lines, thickness)
+    else:
+        inkiness = 1.0 - gray if dark_ink else gray  # the grey level itself: flat across a shadow
+        paper = max(float(np.median(1.0 - inkiness)), 0.15)
+        strong = raw >= cut
+        reach = int(np.clip(typical_run(strong), RIDGE_REACH, 4 * RIDGE_REACH))
+        mask = with_faint_links(strong, faint & (ridge(inkiness, reach) >= 0.5 * FAINT * cut * paper))
     if not mask.any():
         raise NoDigitFound("no ink found")
     level = float(np.percentile(raw[mask], 90))
@@ -121,6 +132,40 @@ def threshold_ink(raw: np.ndarray, gray: np.ndarray) -> np.ndarray:
     hollow = hollow_stroke_interiors(mask, gray)
     ink[hollow] = 1.0
     return ink.astype(np.float32)
+
+
+def with_faint_links(strong: np.ndarray, faint: np.ndarray) -> np.ndarray:
+    """``strong`` plus the faint ink right beside it: a pencil stroke fades in places, and at the
+    strong threshold alone it falls apart into pieces no model can read. Only faint pixels within
+    LINK_REACH of strong ink count, so gaps wider than twice the reach stay gaps (two digits of a
+    number stay two)."""
+    near = box_mean(strong.astype(np.float32), LINK_REACH) > 0
+    return strong | (faint & near)
+
+
+def typical_run(mask: np.ndarray) -> float:
+    """The median length of the mask's horizontal and vertical runs: about a stroke's width."""
+    runs = []
+    for rows in (mask, mask.T):
+        edges = np.diff(np.pad(rows, ((0, 0), (1, 1))).astype(np.int8), axis=1)
+        runs.append(np.flatnonzero(edges == -1) - np.flatnonzero(edges == 1))
+    lengths = np.concatenate(runs)
+    return float(np.median(lengths)) if len(lengths) else 1.0
+
+
+def ridge(level: np.ndarray, reach: int = RIDGE_REACH) -> np.ndarray:
+    """How far each pixel's ``level`` stands above its neighbours ``reach`` px away on both sides, in
+    the direction (of four) where it stands out most. A faint gap in a thin stroke is darker than the
+    paper on both sides across the stroke; the rim a sharp shadow's edge leaves in the contrast is not
+    (across the edge, the shadowed paper is as dark)."""
+    padded = np.pad(level, reach, mode="edge")
+    h, w = level.shape
+    best = np.full(level.shape, -np.inf, np.float32)
+    for dy, dx in ((0, 1), (1, 0), (1, 1), (1, -1)):
+        before = padded[reach - dy * reach:reach - dy * reach + h, reach - dx * reach:reach - dx * reach + w]
+        after = padded[reach + dy * reach:reach + dy * reach + h, reach + dx * reach:reach + dx * reach + w]
+        np.maximum(best, level - np.maximum(before, after), out=best)
+    return best
 
 
 def hollow_stroke_interiors(mask: np.ndarray, gray: np.ndarray) -> np.ndarray:

@@ -14,7 +14,7 @@ from serve.image.morph import label, runs_at_least
 from serve.image.normalize import MAX_PASSES, normalize_stroke, stroke_width
 from serve.image.segment import Box, find_glyphs
 from serve.reading import prepare_page
-from tests.serve.images import paper, put_ink, rgb_bytes, upscale_digit
+from tests.serve.images import number_strokes, paper, put_ink, rgb_bytes, upscale_digit, written
 
 H, W = 1000, 800
 TOP, LEFT, SIZE = 250, 200, 420  # where the digit's 28x28 frame is drawn
@@ -94,6 +94,16 @@ def test_a_thin_stroke_crossing_a_ruled_line_stays_one_piece() -> None:
     labels, count = label(kept)
     assert count == 1 and kept[90:190, 200:203].all()  # no gap where it crosses a line or its rim
     assert not kept[:, :150].any()
+
+
+def test_a_pencil_stroke_that_fades_for_a_moment_stays_one_glyph() -> None:
+    page = written(number_strokes("7", 250, 250, 420, 300), (W, H), pen=5)
+    rgb = np.asarray(page, np.float32) / 255
+    middle = 250 + round(0.4 * 0.6 * 420)  # across the bar and the foot of the stem
+    rgb[:, middle - 2:middle + 2] = 1 - 0.36 * (1 - rgb[:, middle - 2:middle + 2])  # the pencil barely touched
+    boxes = glyph_boxes(rgb)
+    assert len(boxes) == 1, boxes  # not two digits, and not a 7 without the left of its bar
+    assert boxes[0].x < middle - 50 and boxes[0].right > middle + 50
 
 
 def test_specks_and_dust_are_judged_against_the_digit(digit) -> None:
