@@ -111,8 +111,10 @@ def threshold_ink(raw: np.ndarray, gray: np.ndarray, dark_ink: bool = True) -> n
     """Keep what stands clearly above the background noise; scale typical strokes to 1."""
     centre = float(np.median(raw))
     sigma = 1.4826 * float(np.median(np.abs(raw - centre))) + 1e-4
-    peak = float(box_mean(raw, 1).max())
-    cut = max(centre + NOISE_SIGMAS * sigma, PEAK_FRACTION * peak, MIN_CONTRAST)
+    noise_cut = max(centre + NOISE_SIGMAS * sigma, MIN_CONTRAST)
+    smooth = box_mean(raw, 1)
+    peak = inner_peak(smooth, noise_cut)
+    cut = max(noise_cut, PEAK_FRACTION * peak)
     if peak < cut:
         raise NoDigitFound("no ink found")
     faint = raw >= FAINT * cut
@@ -132,6 +134,22 @@ def threshold_ink(raw: np.ndarray, gray: np.ndarray, dark_ink: bool = True) -> n
     hollow = hollow_stroke_interiors(mask, gray)
     ink[hollow] = 1.0
     return ink.astype(np.float32)
+
+
+def inner_peak(smooth: np.ndarray, noise_cut: float) -> float:
+    """The strongest ink that is not cut by the frame: a dark desk or a sheet's edge at the border is
+    far stronger than a pencil digit, and would otherwise set the threshold above it."""
+    strongest = float(smooth.max())
+    above = smooth >= max(noise_cut, PEAK_FRACTION * strongest * PEAK_FRACTION)
+    labels, count = label(above)
+    if count == 0:
+        return strongest
+    at_frame = np.unique(border(labels))
+    inner = np.ones(count + 1, bool)
+    inner[at_frame] = False
+    inner[0] = False
+    inside = inner[labels]
+    return float(smooth[inside].max()) if inside.any() else strongest
 
 
 def with_faint_links(strong: np.ndarray, faint: np.ndarray) -> np.ndarray:

@@ -4,7 +4,8 @@
   the main marks is dropped.
 - Long thin marks (paper line remains, shadow rims) are dropped, and so are marks cut by the frame
   when others are not (a desk or a sheet's edge at the border of a photo).
-- Glyphs much shorter than the tallest are dropped: the digits of a number stand about alike.
+- Glyphs much shorter than the tallest are dropped: the digits of a number stand about alike; and
+  so are glyphs off the row of the glyph with the most ink (a number is written on a line).
 - Components stacked above each other (a 5's detached top bar, a 4 drawn in two strokes, a stroke
   cut by a removed paper line) are one glyph.
 - Flat slivers and stacks of dashes (what a paper line leaves), and a thin mark far taller than every
@@ -38,6 +39,7 @@ LINE_THICKNESS = 0.015  # ... and on average at most this thick is a paper line 
 MAX_DIGITS = 12
 JOIN_GAP = 0.15  # neighbours closer than this (fraction of their height) ...
 JOIN_ASPECT = 1.0  # ... whose union is at most this wide for its height may be one digit
+ROW_OVERLAP = 0.5  # a digit shares at least this much of its height with the main glyph's rows
 MAX_PARTS = 64  # bounds the work on noisy images
 SMALL_FRAME = 64  # frames up to this size (MNIST-form inputs, thumbnails) keep marks that touch the edge
 
@@ -125,7 +127,16 @@ def digit_groups(parts: list[Part]) -> list[Part]:
     groups = group_stacked(parts)
     groups = drop_slivers([g for g in groups if not is_dash_stack(g)] or groups)
     tallest = max(g.box.height for g in groups)
-    return [g for g in groups if g.box.height >= SHORT * tallest]  # the digits of a number stand alike
+    groups = [g for g in groups if g.box.height >= SHORT * tallest]  # the digits of a number stand alike
+    return on_main_row(groups)
+
+
+def on_main_row(groups: list[Part]) -> list[Part]:
+    """The glyphs in the row of the one with the most ink: a number is written on a line, and a mark
+    above or below it (a sheet's edge, a grid line's remains, a note) is not one of its digits."""
+    main = max(groups, key=lambda g: g.area).box
+    return [g for g in groups if min(g.box.bottom, main.bottom) - max(g.box.y, main.y)
+            >= ROW_OVERLAP * min(g.box.height, main.height)]
 
 
 def joined(left: Glyph, right: Glyph) -> Glyph:

@@ -245,3 +245,21 @@ def test_a_tall_sliver_beside_the_digit_is_not_a_digit() -> None:
     ink[100:700, 500:525] = 1.0  # ... beside a sheet's edge left as a band of "ink" (too thick for a line)
     glyphs = find_glyphs(ink)
     assert [g.box for g in glyphs] == [Box(250, 300, 80, 120)]
+
+
+def test_a_faint_digit_beside_a_dark_desk_is_found(digit) -> None:
+    # a pencil digit of contrast ~0.25 on a sheet whose edge meets an almost black desk: the desk's
+    # contrast must not set the threshold above the digit's
+    sheet = put_ink(paper(H, W), digit * 0.3, TOP, LEFT)
+    rgb = np.ones_like(sheet) * np.float32([0.05, 0.04, 0.04])
+    rgb[:, :700] = sheet[:, :700]
+    assert_one_glyph_on_the_digit(rgb)
+
+
+def test_a_mark_off_the_digits_row_is_not_one_of_them() -> None:
+    ink = np.zeros((800, 600), np.float32)
+    ink[300:420, 250:262] = ink[300:420, 318:330] = 1.0  # a "0" 120 px tall
+    ink[300:312, 250:330] = ink[408:420, 250:330] = 1.0
+    ink[500:600, 400:404] = 1.0  # a thin "1"-like mark below and beside it (a grid line's remains)
+    ink[320:420, 380:384] = 1.0  # and a real "1" in the row
+    assert [g.box for g in find_glyphs(ink)] == [Box(250, 300, 80, 120), Box(380, 320, 4, 100)]
