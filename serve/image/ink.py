@@ -1,7 +1,9 @@
 """White-on-black ink in [0, 1] from a photo, scan or canvas export.
 
-Paper is rarely one colour: shadows, light fall-off, vignetting and a darker desk around the sheet
-all change the background across the frame, so the background is estimated locally (a median over
+A canvas export or a clean scan has one background colour, its border's: that colour is the
+background everywhere, however fat the strokes. Paper in a photo is rarely one colour: shadows,
+light fall-off, vignetting and a darker desk around the sheet all change the background across the
+frame, so there the background is estimated locally (a median over
 neighbourhoods much larger than a stroke, then a mean of the pixels that are not ink) and ink is what
 differs from it. Contrast is taken per colour channel, so blue ink on yellow paper of the same
 brightness is still ink. Ruled and squared paper lines (long, thin, straight) are removed. Small
@@ -20,6 +22,8 @@ SMALL_SIDE = 64  # images up to this size: one global background level
 LOW_SIDE = 128  # the background is estimated on a copy this small (longer side)
 MEDIAN_SIDE = 64  # and its first, median estimate on one smaller still
 MEDIAN_FRACTION = 0.25  # median window, as a fraction of the low copy's longer side
+FLAT_SPREAD = 0.04  # a border whose colour varies less than this (2nd to 98th percentile) is one colour
+FLAT_MAJORITY_TOLERANCE = 0.1  # ... and the background when most of the frame is within this of it
 MIN_CONTRAST = 0.06  # weakest ink that counts, as a fraction of the paper's brightness
 NOISE_SIGMAS = 6.0  # ink must stand this many noise deviations above the background
 PEAK_FRACTION = 0.3  # and at least this fraction of the strongest ink
@@ -43,9 +47,39 @@ def ink_map(rgb: np.ndarray) -> np.ndarray:
     gray = luminance(rgb)
     if max(gray.shape) <= SMALL_SIDE:
         return global_ink(gray)
-    dark_ink = float(np.median(gray)) > 0.5  # most of a frame is background
-    raw = contrast(rgb, estimate_background(rgb, dark_ink), dark_ink)
+    flat = flat_background(rgb)
+    if flat is not None:  # a canvas or a clean scan: one colour, even under the fattest marker stroke
+        background = np.broadcast_to(flat, rgb.shape)
+        dark_ink = ink_is_darker(rgb, background)
+    else:
+        dark_ink = float(np.median(gray)) > 0.5  # most of a frame is background
+        background = estimate_background(rgb, dark_ink)
+    raw = contrast(rgb, background, dark_ink)
     return threshold_ink(raw, gray, dark_ink)
+
+
+def flat_background(rgb: np.ndarray) -> np.ndarray | None:
+    """The frame's border colour, when the border is one colour (a canvas export, a clean scan);
+    None for photos, whose paper changes across the frame (then the background is estimated locally,
+    which a stroke wider than its window would leak into)."""
+    edge = np.concatenate([rgb[0], rgb[-1], rgb[1:-1, 0], rgb[1:-1, -1]])
+    low, high = np.percentile(edge, [2, 98], axis=0)
+    if float((high - low).max()) > FLAT_SPREAD:
+        return None
+    colour = np.median(edge, axis=0).astype(np.float32)
+    step = max(1, max(rgb.shape[:2]) // 256)  # a sample is enough to count
+    sample = rgb[::step, ::step]
+    if float(np.mean(np.abs(sample - colour).max(axis=2) < FLAT_MAJORITY_TOLERANCE)) < 0.5:
+        return None  # a uniform desk around a sheet: the sheet, not the desk, is the background
+    return colour
+
+
+def ink_is_darker(rgb: np.ndarray, background: np.ndarray) -> bool:
+    """On a one-colour background, the ink is on the side where it stands out most (its strongest
+    3x3 patch): green on red and black on white are darker, pink on mustard and white on black lighter."""
+    dark = float(box_mean(contrast(rgb, background, True), 1).max())
+    light = float(box_mean(contrast(rgb, background, False), 1).max())
+    return dark >= light
 
 
 def luminance(rgb: np.ndarray) -> np.ndarray:

@@ -263,3 +263,13 @@ def test_a_mark_off_the_digits_row_is_not_one_of_them() -> None:
     ink[500:600, 400:404] = 1.0  # a thin "1"-like mark below and beside it (a grid line's remains)
     ink[320:420, 380:384] = 1.0  # and a real "1" in the row
     assert [g.box for g in find_glyphs(ink)] == [Box(250, 300, 80, 120), Box(380, 320, 4, 100)]
+
+
+@pytest.mark.parametrize("ink_colour, canvas_colour", [((0.15, 0.45, 0.15), (0.37, 0.40, 0.95)),  # green on blue
+                                                       ((0.93, 0.80, 0.93), (0.82, 0.70, 0.35))])  # pink on mustard
+def test_a_fat_marker_on_a_one_colour_canvas_is_solid_ink(ink_colour, canvas_colour) -> None:
+    stroke = np.asarray(written(number_strokes("7", 60, 50, 200, 0), (300, 300), pen=36), np.float32)[..., 0] < 128
+    rgb = np.where(stroke[..., None], np.float32(ink_colour), np.float32(canvas_colour)).astype(np.float32)
+    ink = ink_map(to_rgb(decode_image(rgb_bytes(rgb)).image))
+    assert (ink[stroke] > 0.5).mean() > 0.95  # the whole stroke, not its outline (fatter than any window)
+    assert (ink[~stroke] > 0).mean() < 0.01
