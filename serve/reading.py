@@ -227,17 +227,19 @@ def without_strays(reads: list[tuple[DigitRead, bool]], min_confidence: float) -
     return [(r, is_top) for r, is_top in reads if belongs(r, is_top)]
 
 
-SURE_WHOLE = 0.9  # a wide glyph read as one digit at least this surely is not cut
+SURE_WHOLE = 0.9  # a wide glyph read as one digit this surely is not cut; its pieces must be this sure
 
 
 def prefer_pieces(whole: tuple[DigitRead, bool], pieces: list[tuple[DigitRead, bool]], min_confidence: float) -> bool:
     """Read a wide glyph as touching digits only when the whole is not a sure digit and every piece
-    is a digit, each more surely than the whole."""
+    is a sure digit (at least SURE_WHOLE), each more surely than the whole: a cut of a letter (a "u"
+    into two 1s) is rarely sure of both halves."""
     whole_read, whole_is_digit = whole
-    if whole_is_digit and whole_read.probability >= max(SURE_WHOLE, min_confidence):
+    sure = max(SURE_WHOLE, min_confidence)
+    if whole_is_digit and whole_read.probability >= sure:
         return False
     for read, is_digit in pieces:
-        if not is_digit or read.probability < min_confidence:
+        if not is_digit or read.probability < sure:
             return False
         if whole_is_digit and read.probability <= whole_read.probability:
             return False

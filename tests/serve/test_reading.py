@@ -102,6 +102,9 @@ def test_touching_digits_are_read_as_the_pieces_when_those_are_surer() -> None:
 def test_a_cut_with_an_unsure_or_non_digit_piece_is_not_taken() -> None:
     assert interpret(wide_page(), probs({4: 0.6}, {1: 0.98}, {REJECT: 0.9}), LABELS, REJECT, 0.5).text == "4"
     assert interpret(wide_page(), probs({4: 0.6}, {1: 0.98}, {2: 0.55}), LABELS, REJECT, 0.5).text == "4"
+    # a letter cut in two (a "u" as "11"): pieces above the threshold but not sure are not taken
+    letter = interpret(wide_page(), probs({REJECT: 0.7}, {1: 0.8}, {1: 0.75}), LABELS, REJECT, 0.5)
+    assert letter.not_a_digit
 
 
 def close_pair() -> Page:
