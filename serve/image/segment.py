@@ -4,8 +4,9 @@
   the main marks is dropped.
 - Long thin marks (paper line remains, shadow rims) are dropped, and so are marks cut by the frame
   when others are not (a desk or a sheet's edge at the border of a photo).
-- Glyphs much shorter than the tallest are dropped: the digits of a number stand about alike; and
-  so are glyphs off the row of the glyph with the most ink (a number is written on a line).
+- Glyphs much shorter or taller than the tallest solid (not sliver-thin) glyph are dropped: the
+  digits of a number stand about alike; and so are glyphs off the row of the glyph with the most ink
+  (a number is written on a line).
 - Components stacked above each other (a 5's detached top bar, a 4 drawn in two strokes, a stroke
   cut by a removed paper line) are one glyph.
 - Flat slivers and stacks of dashes (what a paper line leaves), and a thin mark far taller than every
@@ -126,9 +127,17 @@ def digit_groups(parts: list[Part]) -> list[Part]:
     """Parts grouped into digit candidates; stacks of dashes, tall slivers and short marks dropped."""
     groups = group_stacked(parts)
     groups = drop_slivers([g for g in groups if not is_dash_stack(g)] or groups)
-    tallest = max(g.box.height for g in groups)
-    groups = [g for g in groups if g.box.height >= SHORT * tallest]  # the digits of a number stand alike
+    groups = of_digit_height(groups)
     return on_main_row(groups)
+
+
+def of_digit_height(groups: list[Part]) -> list[Part]:
+    """The digits of a number stand about alike: glyphs far shorter (dashes, fragments) or far taller
+    (margin lines, shadow edges) than the tallest glyph that is not a thin sliver are dropped. Thin
+    slivers do not set the height, since paper and shadows leave long ones; a lone 1 still counts."""
+    solid = [g for g in groups if g.box.width >= SLIVER_WIDTH * g.box.height]
+    reference = max(g.box.height for g in (solid or groups))
+    return [g for g in groups if SHORT * reference <= g.box.height <= reference / SHORT]
 
 
 def on_main_row(groups: list[Part]) -> list[Part]:
