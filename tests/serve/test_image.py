@@ -279,6 +279,6 @@ def test_tall_margin_lines_do_not_make_the_digit_look_short() -> None:
     ink = np.zeros((1000, 800), np.float32)
     ink[450:570, 350:362] = ink[450:570, 418:430] = 1.0  # a "0" 120 px tall ...
     ink[450:462, 350:430] = ink[558:570, 350:430] = 1.0
-    for x in (40, 52, 700):  # ... and three margin/shadow lines left as tall thin marks, 700 px tall
-        ink[150:850, x:x + 4] = 1.0
+    for x in (40, 60, 700):  # ... and three pieces of margin or shadow lines, 380 px tall
+        ink[330:710, x:x + 8] = 1.0
     assert [g.box for g in find_glyphs(ink)] == [Box(350, 450, 80, 120)]
