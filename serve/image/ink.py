@@ -23,6 +23,7 @@ LOW_SIDE = 128  # the background is estimated on a copy this small (longer side)
 MEDIAN_SIDE = 64  # and its first, median estimate on one smaller still
 MEDIAN_FRACTION = 0.25  # median window, as a fraction of the low copy's longer side
 FLAT_SPREAD = 0.04  # a border whose colour varies less than this (2nd to 98th percentile) is one colour
+POLARITY_SIDE = 512  # the ink's side is judged on a copy at most this large
 FLAT_MAJORITY_TOLERANCE = 0.1  # ... and the background when most of the frame is within this of it
 MIN_CONTRAST = 0.06  # weakest ink that counts, as a fraction of the paper's brightness
 NOISE_SIGMAS = 6.0  # ink must stand this many noise deviations above the background
@@ -50,7 +51,7 @@ def ink_map(rgb: np.ndarray) -> np.ndarray:
     flat = flat_background(rgb)
     if flat is not None:  # a canvas or a clean scan: one colour, even under the fattest marker stroke
         background = np.broadcast_to(flat, rgb.shape)
-        dark_ink = ink_is_darker(rgb, background)
+        dark_ink = ink_is_darker(rgb, flat)
     else:
         dark_ink = float(np.median(gray)) > 0.5  # most of a frame is background
         background = estimate_background(rgb, dark_ink)
@@ -74,11 +75,13 @@ def flat_background(rgb: np.ndarray) -> np.ndarray | None:
     return colour
 
 
-def ink_is_darker(rgb: np.ndarray, background: np.ndarray) -> bool:
+def ink_is_darker(rgb: np.ndarray, colour: np.ndarray) -> bool:
     """On a one-colour background, the ink is on the side where it stands out most (its strongest
     3x3 patch): green on red and black on white are darker, pink on mustard and white on black lighter."""
-    dark = float(box_mean(contrast(rgb, background, True), 1).max())
-    light = float(box_mean(contrast(rgb, background, False), 1).max())
+    small = shrink(rgb, POLARITY_SIDE) if max(rgb.shape[:2]) > POLARITY_SIDE else rgb
+    background = np.broadcast_to(colour, small.shape)
+    dark = float(box_mean(contrast(small, background, True), 1).max())
+    light = float(box_mean(contrast(small, background, False), 1).max())
     return dark >= light
 
 
