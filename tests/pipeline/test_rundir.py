@@ -65,3 +65,35 @@ def test_training_cleans_what_a_killed_trainer_left(tmp_path: Path) -> None:
     left.write_bytes(bytes(1000))
     assert pipeline("train", "--out", str(out), *QUICK).exit_code == 0
     assert not left.exists() and not list(out.glob(".*.tmp"))
+
+
+def test_sigkill_during_a_checkpoint_write_keeps_the_last_one_and_resume_cleans_up(tmp_path: Path) -> None:
+    import os
+    import signal
+    import time
+
+    from pipeline.checkpoint import load_checkpoint
+
+    out = tmp_path / "run"
+    args = ["--out", str(out), "--batch-size", "16", "--stroke-digits", "0", "--non-digits", "0", "--quiet"]
+    trainer = subprocess.Popen([sys.executable, "-m", "pipeline", "train", "--max-steps", "400",
+                                "--checkpoint-every", "0", *args], cwd=Path(__file__).resolve().parents[2],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    try:
+        # wait for the moment a checkpoint is being written after an earlier one exists, then kill
+        while not ((out / "checkpoint.pt").exists() and list(out.glob(".checkpoint.pt.*.tmp"))):
+            assert trainer.poll() is None, trainer.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "no checkpoint write was seen"
+            time.sleep(0.002)
+        os.kill(trainer.pid, signal.SIGKILL)
+    finally:
+        trainer.wait(timeout=60)
+        trainer.stderr.close()
+    assert trainer.returncode == -signal.SIGKILL
+    step = load_checkpoint(out)["step"]  # the last complete checkpoint, intact (its checksum holds)
+    assert 1 <= step < 400
+    assert list(out.glob(".checkpoint.pt.*.tmp"))  # the killed writer's half-written file
+    resumed = pipeline("train", "--resume", "--max-steps", str(step + 2), *args)
+    assert resumed.exit_code == 0, resumed.output
+    assert load_checkpoint(out)["step"] == step + 2 and not list(out.glob(".*.tmp"))
