@@ -330,7 +330,14 @@ def evaluate(model_path: Path, data: str, data_dir: Path | None, per_condition: 
 
 
 def main() -> None:
-    cli(prog_name="pipeline")
+    try:
+        cli(prog_name="pipeline")
+    except SystemExit as exc:
+        from pipeline.distributed import context_from_environment, end_worker
+
+        if context_from_environment().enabled:  # a torchrun worker: skip finalization (see end_worker)
+            end_worker(exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1))
+        raise
 
 
 if __name__ == "__main__":

@@ -6,9 +6,11 @@ so the sequence of global batches is the same for any number of processes.
 """
 from __future__ import annotations
 
+import logging
 import os
+import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from pipeline.errors import PipelineError
 
@@ -72,6 +74,23 @@ def stop(ctx: DistContext, *, finished: bool) -> None:
         # frees the GIL for it.
         dist.barrier()
     dist.destroy_process_group()
+
+
+def end_worker(status: int) -> NoReturn:
+    """End a distributed worker process now, without the interpreter's finalization.
+
+    After ``stop`` the work is done and written, but finalization still destroys torch's C++ objects
+    in no particular order, and a gloo thread found still joinable there aborts the process
+    ("terminate called without an active exception", SIGABRT; 6 of 30 runs of
+    tests/pipeline/teardown_worker.py under CPU load, even with the barrier in ``stop``). Output is
+    flushed first; nothing else is left to run."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(status)
 
 
 def agree(ctx: DistContext, loss: float, stop_requested: bool, device: "torch.device") -> tuple[float, bool]:

@@ -1,4 +1,5 @@
-"""Run under torchrun by test_distributed: one DDP step, rank 0 slow to finish, then `distributed.stop`.
+"""Run under torchrun by test_distributed: one DDP step, rank 0 slow to finish, then `distributed.stop`
+and `distributed.end_worker`, as `pipeline train` ends.
 
 Writes OUT/rank{N}.json: when the rank finished its own work and when it left the process group.
 """
@@ -12,7 +13,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from models import DigitNet, DigitNetConfig
 from models.sync_bn import convert_sync_batchnorm
-from pipeline.distributed import agree, context_from_environment, start, stop
+from pipeline.distributed import agree, context_from_environment, end_worker, start, stop
 
 
 def one_step() -> None:
@@ -32,3 +33,4 @@ done_at = time.time()
 stop(ctx, finished=True)
 left_at = time.time()
 Path(sys.argv[1], f"rank{ctx.rank}.json").write_text(json.dumps({"done_at": done_at, "left_at": left_at}))
+end_worker(0)  # as `pipeline train` ends its workers
