@@ -656,3 +656,34 @@ def test_a_stalled_upload_does_not_hold_the_shutdown(model_path: Path) -> None:
         if process.poll() is None:
             process.kill()
     assert process.returncode in (0, -signal.SIGTERM) and "Traceback" not in stderr, stderr
+
+
+def peak_rss_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) / 1024
+
+
+def test_four_concurrent_decompression_bombs_stay_in_bounded_memory(model_path: Path) -> None:
+    from benchmarks.images import png_bomb
+
+    bomb = png_bomb(6300, 6300)  # 40 megapixels declared, ~0.1 MB on the wire
+    process, port = start_server(model_path)
+    try:
+        def upload(_: int) -> int:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+            try:
+                connection.request("POST", "/predict", body=bomb, headers={"Content-Type": "image/png"})
+                response = connection.getresponse()
+                response.read()
+                return response.status
+            finally:
+                connection.close()
+
+        with ThreadPoolExecutor(4) as pool:
+            statuses = list(pool.map(upload, range(4)))
+        peak = peak_rss_mb(process.pid)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=30)
+    assert statuses == [200] * 4  # read (a blank sheet: a refusal is an answer), never a 5xx
+    assert peak <= 600, peak  # the bound; --max-decodes 2 lets two decode at once
