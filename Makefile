@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUN ?= runs/default
 
-.PHONY: install demo test clean browser
+.PHONY: install demo test test-fast clean browser
 
 install: $(STAMP)
 
@@ -33,7 +33,12 @@ browser:
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
+# Every tier (what CI runs): about 6 minutes on 2 cores.
 test: $(STAMP) browser
+	$(BIN)/python -m pytest -m ""
+
+# The fast tier while working (no servers, browsers, torchrun or fresh installs): under 2 minutes.
+test-fast: $(STAMP)
 	$(BIN)/python -m pytest
 
 clean:

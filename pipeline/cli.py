@@ -33,6 +33,7 @@ class PipelineGroup(click.Group):
 
 
 @click.group(cls=PipelineGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="foldserve", prog_name="pipeline")
 @click.option("-v", "--verbose", is_flag=True, help="Log progress details to stderr.")
 def cli(verbose: bool) -> None:
     """Train a batch-normalized digit CNN, fold BN into its weights, export BN-free ONNX, prove parity."""

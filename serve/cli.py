@@ -24,6 +24,7 @@ max_pixels_option = click.option(
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="foldserve", prog_name="serve")
 def cli() -> None:
     """Serve predictions from a BN-free ONNX digit model exported by `pipeline export`."""
 

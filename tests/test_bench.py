@@ -4,9 +4,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_benchmark_smoke_run_writes_every_section(tmp_path: Path) -> None:
     out = tmp_path / "BENCHMARKS.md"
     result = subprocess.run([sys.executable, "-m", "benchmarks.bench", "--smoke", "--no-accuracy", "--out", str(out),

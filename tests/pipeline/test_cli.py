@@ -32,6 +32,16 @@ def test_help_lists_the_commands_and_options() -> None:
         assert option in result.output, option
 
 
+def test_both_commands_say_their_version_from_the_package_metadata() -> None:
+    from importlib.metadata import version
+
+    from serve.cli import cli as serve_cli
+
+    assert run("--version").output.strip() == f"pipeline, version {version('foldserve')}"
+    assert CliRunner().invoke(serve_cli, ["--version"]).output.strip() == f"serve, version {version('foldserve')}"
+
+
+@pytest.mark.slow
 def test_train_a_few_steps_writes_the_run_directory(tmp_path: Path) -> None:
     out = tmp_path / "run"
     result = run("train", "--out", str(out), "--max-steps", "3", "--batch-size", "16", "--quiet")
@@ -43,6 +53,7 @@ def test_train_a_few_steps_writes_the_run_directory(tmp_path: Path) -> None:
     assert metrics["dataset"] == "sample"
 
 
+@pytest.mark.slow
 def test_no_bn_and_sgd_options_reach_the_run(tmp_path: Path) -> None:
     out = tmp_path / "run"
     result = run("train", "--out", str(out), "--max-steps", "2", "--no-bn", "--optimizer", "sgd", "--lr", "0.05",
@@ -90,6 +101,7 @@ def test_unwritable_out_is_reported(tmp_path: Path) -> None:
                           "cannot write to output directory", str(blocker / "run"))
 
 
+@pytest.mark.slow
 def test_resume_errors(tmp_path: Path) -> None:
     assert_one_line_error(run("train", "--out", str(tmp_path / "none"), "--resume", "--quiet"), "no checkpoint")
     out = tmp_path / "r"
@@ -99,6 +111,7 @@ def test_resume_errors(tmp_path: Path) -> None:
     assert_one_line_error(run("train", "--out", str(out), "--resume", "--quiet"), "not a readable checkpoint")
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_resumable_checkpoint_and_resume_finishes(tmp_path: Path) -> None:
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -34,6 +34,7 @@ def test_smoothing_is_a_trailing_mean() -> None:
     np.testing.assert_allclose(out, [1.0, 2.0, 4.0, 6.0])
 
 
+@pytest.mark.slow
 def test_a_tiny_study_writes_every_output(tmp_path: Path) -> None:
     cfg = CompareConfig(epochs=1, seeds=1, lrs=(0.05,), max_steps=6, eval_every=2, device="cpu")
     result = run_study(cfg, tmp_path, progress=False)
@@ -78,6 +79,7 @@ def test_a_diverging_run_is_recorded_not_raised(tmp_path: Path) -> None:
     assert metrics["diverged"] is True and metrics["diverged_at_step"] <= 20
 
 
+@pytest.mark.slow
 def test_train_cli_reports_divergence_in_one_line(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["train", "--out", str(tmp_path), "--no-bn", "--optimizer", "sgd", "--lr", "1e6",
                                       "--max-steps", "30", "--quiet", "--no-augment"])
@@ -95,6 +97,7 @@ def test_compare_rejects_bad_options(tmp_path: Path) -> None:
     assert result.exit_code == 1 and "--epochs must be at least 1" in result.output
 
 
+@pytest.mark.slow
 def test_same_seed_same_curves(tmp_path: Path, small_dataset) -> None:
     cfg = TrainConfig(max_steps=5, batch_size=32, log_every=1, eval_every=5, device="cpu", bn=False)
     train(cfg, tmp_path / "a", progress=False, dataset=small_dataset)

@@ -16,6 +16,9 @@ from pipeline.checkpoint import load_checkpoint
 from pipeline.export import export_model
 from pipeline.train import TrainConfig, train
 
+pytestmark = pytest.mark.distributed
+
+
 REPO = Path(__file__).resolve().parents[2]
 # The same kernels on both sides (fp32, contiguous): bf16 and channels_last kernels round differently
 # (fp32 rounding, ~1e-6 relative, amplified to ~3e-4 by one large step at init), which is not what

@@ -49,6 +49,7 @@ def decode(data: bytes) -> Image.Image:
     return image
 
 
+@pytest.mark.slow
 def test_the_set_is_deterministic_per_seed_and_never_reads_the_training_split(sample_dataset: Dataset) -> None:
     no_train = dataclasses.replace(sample_dataset, train_images=Forbidden(), train_labels=Forbidden())
     first = list(ev.generate(sample_dataset, per_condition=2, seed=0, conditions=CHEAP))
@@ -101,6 +102,7 @@ def claimed_size_ok(item: ev.Item, size: tuple[int, int]) -> bool:
     return min(w, h) >= 8  # typeset, not-digits: any size a file can have
 
 
+@pytest.mark.slow
 def test_every_condition_gives_decodable_files_of_the_sizes_claimed(items: list[ev.Item]) -> None:
     seen = set()
     for item in items:
@@ -127,6 +129,7 @@ def test_expected_answers(items: list[ev.Item]) -> None:
             assert re.fullmatch(r"\d", item.expected), item.name
 
 
+@pytest.mark.slow
 def test_expected_labels_are_the_source_digits_labels(sample_dataset: Dataset) -> None:
     # mnist-28 files are the test digits themselves, pixel for pixel, with their labels
     split = ev.Split.from_dataset(sample_dataset)
@@ -188,6 +191,7 @@ def pct(value):
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
+@pytest.mark.slow
 def test_cli_end_to_end_writes_the_report(exported_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "eval"
     result = run("evaluate", "--model", str(exported_run / "model.onnx"), "--per-condition", "1", "--out", str(out),
@@ -227,6 +231,7 @@ def test_cli_end_to_end_writes_the_report(exported_run: Path, tmp_path: Path) ->
     assert [g["goal"] for g in summary["goals"]] == [g[0] for g in ev.GOALS]
 
 
+@pytest.mark.slow
 def test_cli_default_out_is_beside_the_model_and_jobs_do_not_change_answers(exported_run: Path,
                                                                            tmp_path: Path) -> None:
     model = tmp_path / "run" / "model.onnx"

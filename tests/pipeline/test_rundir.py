@@ -13,6 +13,7 @@ from pipeline.artifacts import atomic_path
 from pipeline.cli import cli
 from pipeline.rundir import remove_stale_temps, run_lock
 from tests.helpers import assert_one_line_error
+import pytest
 
 QUICK = ("--max-steps", "2", "--batch-size", "16", "--stroke-digits", "0", "--non-digits", "0", "--quiet")
 
@@ -67,6 +68,7 @@ def test_training_cleans_what_a_killed_trainer_left(tmp_path: Path) -> None:
     assert not left.exists() and not list(out.glob(".*.tmp"))
 
 
+@pytest.mark.slow
 def test_sigkill_during_a_checkpoint_write_keeps_the_last_one_and_resume_cleans_up(tmp_path: Path) -> None:
     import os
     import signal

@@ -168,6 +168,7 @@ def test_precision_auto_follows_the_hardware(monkeypatch) -> None:
     assert not train_module.use_bf16("auto", cpu) and train_module.use_bf16("bf16", cpu)
 
 
+@pytest.mark.slow
 def test_checkpoints_follow_the_interval(tmp_path: Path, small_dataset, monkeypatch) -> None:
     import pipeline.train as train_module
 

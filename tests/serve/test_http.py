@@ -502,6 +502,7 @@ def test_concurrent_requests_each_get_their_own_answer(server, model, digits) ->
         np.testing.assert_allclose(logits, expected[i], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_bounded_load_zero_errors_and_right_answers(server, model, digits) -> None:
     """2,000 requests from 16 concurrent clients on loopback; throughput is measured in the benchmark."""
     images = digits[0]
@@ -560,6 +561,7 @@ def test_real_server_alternates_bad_and_good_requests(server, model, digits) -> 
                                    model.logits(digits[0][:2]), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_sigterm_lets_the_request_in_flight_finish(model_path: Path, model, digits) -> None:
     process, port = start_server(model_path, "--max-body-mb", "64")
     images = np.concatenate([digits[0]] * 14)[:4096]  # a big request: some hundreds of ms of work
@@ -608,6 +610,7 @@ def read_until_closed(sock: socket.socket) -> bytes:
     return b"".join(chunks)
 
 
+@pytest.mark.slow
 def test_slow_clients_get_408_and_are_disconnected_and_leavers_are_quiet(model_path: Path) -> None:
     process, port = start_server(model_path, "--request-timeout", "1")
     try:
@@ -638,6 +641,7 @@ def test_slow_clients_get_408_and_are_disconnected_and_leavers_are_quiet(model_p
     assert stderr.count("took over 1 s to arrive") == 2, stderr
 
 
+@pytest.mark.slow
 def test_a_stalled_upload_does_not_hold_the_shutdown(model_path: Path) -> None:
     process, port = start_server(model_path)  # the default request timeout: 60 s, longer than the grace
     stalled = socket.create_connection(("127.0.0.1", port))
@@ -663,6 +667,7 @@ def peak_rss_mb(pid: int) -> float:
     return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) / 1024
 
 
+@pytest.mark.slow
 def test_four_concurrent_decompression_bombs_stay_in_bounded_memory(model_path: Path) -> None:
     from benchmarks.images import png_bomb
 

@@ -13,6 +13,9 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.serve.images import number_strokes, written
 
+pytestmark = pytest.mark.browser
+
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 

@@ -261,6 +261,7 @@ def test_base_dependencies_are_the_serving_stack() -> None:
     assert {"torch", "onnx", "onnxscript"} <= train
 
 
+@pytest.mark.slow
 def test_user_style_images_are_as_accurate_as_the_arrays(model_path, sample_dataset, tmp_path) -> None:
     """The test split drawn the way users' images look (dark ink on light, 100-200 px canvases, off-centre,
     coloured ink, transparent backgrounds, PNG and JPEG) loses at most 2 points against the 28x28 arrays
@@ -289,6 +290,7 @@ def test_user_style_images_are_as_accurate_as_the_arrays(model_path, sample_data
     assert user_accuracy >= array_accuracy - 0.02, (user_accuracy, array_accuracy)
 
 
+@pytest.mark.install
 def test_base_install_serves_without_torch_and_pipeline_names_the_extra(tmp_path, model_path) -> None:
     """A fresh virtual environment with only `pip install foldserve` (no extras)."""
     import shutil
