@@ -88,10 +88,10 @@ def prepare_models(work: Path, smoke: bool) -> dict[str, Path]:
     export_model(run, run / "model.onnx")
     export_model(run, run / "model-unfolded.onnx", fold=False)
     # quantized directly: `export --quantize` also gates on accuracy, which a smoke run's model may miss
-    from pipeline.data import load_dataset
+    from pipeline.data import load_dataset, model_input
     from pipeline.quantize import CALIBRATION_IMAGES, quantize_int8
 
-    calibration = load_dataset("sample").train_images[:CALIBRATION_IMAGES].astype(np.float32)[:, None] / 255.0
+    calibration = model_input(load_dataset("sample").train_images[:CALIBRATION_IMAGES])
     quantize_int8(run / "model.onnx", run / "model-int8.onnx", calibration)
     return {"run": run, "folded": run / "model.onnx", "unfolded": run / "model-unfolded.onnx",
             "int8": run / "model-int8.onnx"}
@@ -193,9 +193,9 @@ def bench_inference(models: dict[str, Path], smoke: bool) -> dict:
     from pipeline.checkpoint import load_checkpoint, model_from_checkpoint
     from serve.model import load_model
 
-    from pipeline.data import load_dataset
+    from pipeline.data import load_dataset, model_input
 
-    test = load_dataset("sample").test_images.astype(np.float32)[:, None] / 255.0
+    test = model_input(load_dataset("sample").test_images)
     batch256 = test[:256]
     single = test[:1]
     n_latency, n_throughput, repeats = (5, 2, 2) if smoke else (300, 20, 5)
@@ -292,9 +292,9 @@ def bench_http(models: dict[str, Path], smoke: bool) -> dict:
     import socket
     from concurrent.futures import ThreadPoolExecutor
 
-    from pipeline.data import load_dataset
+    from pipeline.data import load_dataset, model_input
 
-    images = load_dataset("sample").test_images[:256].astype(np.float32)[:, None] / 255.0
+    images = model_input(load_dataset("sample").test_images[:256])
     header = json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1, 28, 28],
                                      "parameters": {"binary_data_size": 28 * 28 * 4}}],
                          "outputs": [{"name": "probabilities"}]}).encode()

@@ -66,6 +66,12 @@ class Dataset:
 # --------------------------------------------------------------------------- IDX files
 
 
+def model_input(images: np.ndarray) -> np.ndarray:
+    """uint8 [N, H, W] images → float32 [N, 1, H, W] in [0, 1]: what the network and the exported
+    graph take (normalization happens inside them)."""
+    return images.astype(np.float32)[:, None] / 255.0
+
+
 def read_idx(path: Path) -> np.ndarray:
     """Read an IDX file of unsigned bytes (gzip-compressed or raw), validating its header."""
     path = Path(path)

@@ -15,7 +15,7 @@ import numpy as np
 
 from pipeline.artifacts import atomic_path, file_digest, write_json
 from pipeline.checkpoint import CHECKPOINT_NAME, model_from_checkpoint, read_checkpoint, save_checkpoint
-from pipeline.data import Dataset, load_dataset
+from pipeline.data import Dataset, load_dataset, model_input
 from pipeline.errors import PipelineError
 from pipeline.parity import ParityReport, check_parity, torch_logits
 
@@ -57,7 +57,7 @@ def library_versions() -> dict[str, str]:
 
 
 def test_split_as_float(dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
-    return (dataset.test_images.astype(np.float32)[:, None] / 255.0), dataset.test_labels
+    return (model_input(dataset.test_images)), dataset.test_labels
 
 
 def dataset_of_run(ckpt: dict[str, Any]) -> Dataset:
@@ -71,7 +71,7 @@ def recompute_statistics_from_training_split(model: "DigitNet", dataset: Dataset
 
     from models import recompute_bn_statistics
 
-    images = torch.from_numpy(dataset.train_images.astype(np.float32)[:, None] / 255.0)
+    images = torch.from_numpy(model_input(dataset.train_images))
     recompute_bn_statistics(model, [images[i:i + batch_size] for i in range(0, len(images), batch_size)])
 
 
@@ -133,12 +133,12 @@ def calibrate_min_confidence(model: "DigitNet", dataset: Dataset, labels: list[s
 
     rng = np.random.default_rng([seed, 1125])
     generator = torch.Generator().manual_seed(seed)
-    real = torch.from_numpy(dataset.train_images[:2000].astype(np.float32)[:, None] / 255.0)
+    real = torch.from_numpy(model_input(dataset.train_images[:2000]))
     real = augment_real(augment_batch(real, generator), generator)
     drawn, drawn_labels = stroke_digits(1000, rng)
-    digits = torch.cat([real, torch.from_numpy(drawn.astype(np.float32)[:, None] / 255.0)])
+    digits = torch.cat([real, torch.from_numpy(model_input(drawn))])
     digit_labels = np.concatenate([dataset.train_labels[:2000], drawn_labels])
-    others = torch.from_numpy(non_digits(1000, rng).astype(np.float32)[:, None] / 255.0)
+    others = torch.from_numpy(model_input(non_digits(1000, rng)))
     p_digits = softmax_np(torch_logits(model, digits.numpy()))
     p_others = softmax_np(torch_logits(model, others.numpy()))
     reject = labels.index(REJECT_LABEL) if REJECT_LABEL in labels else None
@@ -258,7 +258,7 @@ def export_model(run_dir: Path, out: Path | None = None, opset: int = DEFAULT_OP
         from pipeline.quantize import CALIBRATION_IMAGES, check_quantized, quantize_int8
 
         int8_out = int8_path_for(out)
-        calibration = dataset.train_images[:CALIBRATION_IMAGES].astype(np.float32)[:, None] / 255.0
+        calibration = model_input(dataset.train_images[:CALIBRATION_IMAGES])
         with atomic_path(int8_out) as tmp:
             quantize_int8(out, tmp, calibration)
             int8_report = check_quantized(tmp, reference_logits, images, labels, str(int8_out), str(ckpt_path),

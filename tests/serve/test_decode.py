@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageOps
 
-from benchmarks.images import exif_orientation, photo, png_bomb
+from benchmarks.images import exif_orientation, png_bomb
 from serve.image import decode
 from serve.image.decode import (DEFAULT_MAX_PIXELS, HEIF_MISSING, WORK_SIDE, Decoded, ImageError, decode_image,
                                 to_rgb)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from serve.preprocess import (BOX, CENTRE, ImageError, NoDigitFound, centre_of_mass, decode_image, prepare,
+from serve.preprocess import (BOX, CENTRE, ImageError, NoDigitFound, centre_of_mass, prepare,
                               preprocess)
 from serve.image.normalize import THICK_STROKE, THIN_STROKE, stroke_width
 from tests.serve.images import encode, png_header_only
