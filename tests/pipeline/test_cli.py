@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -115,16 +116,18 @@ def test_resume_errors(tmp_path: Path) -> None:
 def test_ctrl_c_saves_a_resumable_checkpoint_and_resume_finishes(tmp_path: Path) -> None:
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "pipeline", "train", "--out", str(out), "--epochs", "2", "--batch-size", "32", "--max-steps", "200",
-           "--quiet"]
+    cmd = [sys.executable, "-m", "pipeline", "train", "--out", str(out), "--epochs", "2", "--batch-size", "32",
+           "--max-steps", "200"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    # wait until training is under way (config.json is written right before the first step)
-    while not (out / "config.json").exists() and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    time.sleep(0.5)
+    # wait for the progress bar to show a few steps done, then press Ctrl-C
+    seen = ""
+    while not re.search(r"\b([3-9]|\d\d+)/200\b", seen):
+        chunk = proc.stderr.read(1)
+        assert chunk, f"training ended before it was interrupted: {seen[-2000:]}"
+        seen += chunk
     proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=60)
+    _, rest = proc.communicate(timeout=60)
+    stderr = seen + rest
     assert proc.returncode == 128 + signal.SIGINT, stderr
     assert "Traceback" not in stderr and "--resume" in stderr
     from pipeline.checkpoint import load_checkpoint

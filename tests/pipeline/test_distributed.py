@@ -132,7 +132,9 @@ def test_a_failed_worker_ends_the_whole_job(tmp_path) -> None:
         for pid in torchrun:
             workers = _ranks_below(pid)
     assert len(workers) == 2, "workers did not start"
-    time.sleep(2)  # let training begin
+    while not (out / "config.json").exists():  # rank 0 writes it right before the first step
+        assert launcher.poll() is None and time.monotonic() < deadline, "training did not begin"
+        time.sleep(0.05)
     os.kill(workers[1], signal.SIGKILL)
     _, stderr = launcher.communicate(timeout=120)  # no hang: the job ends
     assert launcher.returncode == 1

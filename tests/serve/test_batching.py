@@ -17,9 +17,11 @@ class RecordingModel:
         self.calls: list[int] = []
         self.delay = delay
         self.release = threading.Event()
+        self.started = threading.Event()  # set when the first call begins
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         self.calls.append(len(images))
+        self.started.set()
         if self.delay:
             time.sleep(self.delay)
         return images[:, 0, 0, :1].copy()
@@ -88,7 +90,8 @@ def test_a_full_queue_answers_overloaded() -> None:
         batcher = DynamicBatcher(model, max_batch=1, max_delay_ms=0, max_queue=2)
         batcher.start()
         first = asyncio.ensure_future(batcher.submit(images([1])))
-        await asyncio.sleep(0.05)  # the worker is now busy with the first request
+        # wait until the worker is busy with the first request
+        assert await asyncio.get_running_loop().run_in_executor(None, model.started.wait, 10)
         queued = [asyncio.ensure_future(batcher.submit(images([i]))) for i in (2, 3)]
         await asyncio.sleep(0)
         with pytest.raises(Overloaded):
