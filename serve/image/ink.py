@@ -3,12 +3,11 @@
 A canvas export or a clean scan has one background colour, its border's: that colour is the
 background everywhere, however fat the strokes. Paper in a photo is rarely one colour: shadows,
 light fall-off, vignetting and a darker desk around the sheet all change the background across the
-frame, so there the background is estimated locally (a median over
-neighbourhoods much larger than a stroke, then a mean of the pixels that are not ink) and ink is what
-differs from it. Contrast is taken per colour channel, so blue ink on yellow paper of the same
-brightness is still ink. Ruled and squared paper lines (long, thin, straight) are removed. Small
-images (28x28 MNIST-form inputs and thumbnails) keep the simple global rule, which reproduces MNIST
-fields exactly.
+frame, so there the background is estimated locally (a median over neighbourhoods much larger than
+a stroke, then a mean of the pixels that are not ink) and ink is what differs from it. Contrast is
+taken per colour channel, so blue ink on yellow paper of the same brightness is still ink. Ruled and
+squared paper lines (long, thin, straight) are removed. Small images (28x28 MNIST-form inputs and
+thumbnails) keep the simple global rule, which reproduces MNIST fields exactly.
 """
 from __future__ import annotations
 
@@ -145,7 +144,9 @@ def contrast(rgb: np.ndarray, background: np.ndarray, dark_ink: bool) -> np.ndar
 
 
 def threshold_ink(raw: np.ndarray, gray: np.ndarray, dark_ink: bool = True) -> np.ndarray:
-    """Keep what stands clearly above the background noise; scale typical strokes to 1."""
+    """Keep what stands clearly above the background noise and a fraction of the strongest ink not cut
+    by the frame; remove paper lines, or on plain paper let faint ink bridge a stroke's gaps; scale
+    typical strokes to 1."""
     centre = float(np.median(raw))
     sigma = 1.4826 * float(np.median(np.abs(raw - centre))) + 1e-4
     noise_cut = max(centre + NOISE_SIGMAS * sigma, MIN_CONTRAST)
@@ -177,7 +178,8 @@ def inner_peak(smooth: np.ndarray, noise_cut: float) -> float:
     """The strongest ink that is not cut by the frame: a dark desk or a sheet's edge at the border is
     far stronger than a pencil digit, and would otherwise set the threshold above it."""
     strongest = float(smooth.max())
-    above = smooth >= max(noise_cut, PEAK_FRACTION * strongest * PEAK_FRACTION)
+    # traced well below any threshold the peak could set, so a desk or an edge is one region
+    above = smooth >= max(noise_cut, PEAK_FRACTION ** 2 * strongest)
     labels, count = label(above)
     if count == 0:
         return strongest
