@@ -155,14 +155,13 @@ def threshold_ink(raw: np.ndarray, gray: np.ndarray, dark_ink: bool = True) -> n
     cut = max(noise_cut, PEAK_FRACTION * peak)
     if peak < cut:
         raise NoDigitFound("no ink found")
-    faint = raw >= FAINT * cut
-    lines, thickness = find_lines(faint | (raw >= cut))
+    strong, faint = raw >= cut, raw >= FAINT * cut  # faint holds strong
+    lines, thickness = find_lines(faint)
     if lines.any():  # on ruled paper the faint ink is mostly the lines' rims: no links through it
-        mask = without_lines(raw >= cut, lines, thickness)
+        mask = without_lines(strong, lines, thickness)
     else:
         inkiness = 1.0 - gray if dark_ink else gray  # the grey level itself: flat across a shadow
         paper = max(float(np.median(1.0 - inkiness)), 0.15)
-        strong = raw >= cut
         reach = int(np.clip(typical_run(strong), RIDGE_REACH, 4 * RIDGE_REACH))
         mask = with_faint_links(strong, faint & (ridge(inkiness, reach) >= 0.5 * FAINT * cut * paper))
     if not mask.any():

@@ -16,16 +16,10 @@ TILTS_DEG = (-6.0, -4.0, -2.0, 0.0, 2.0, 4.0, 6.0)
 THIN = 0.012  # a line is at most this thick (fraction of the frame's longer side, plus 2 px)
 
 
-def remove_lines(mask: np.ndarray, faint: np.ndarray | None = None) -> np.ndarray:
-    """``mask`` without ruled/squared paper lines (horizontal and vertical). Lines are looked for in
-    ``faint`` (a lower threshold of the same ink, default ``mask``), where they are unbroken: a line
-    at the threshold's edge would otherwise leave dashes behind."""
-    return without_lines(mask, *find_lines(mask if faint is None else faint | mask))
-
-
 def find_lines(faint: np.ndarray) -> tuple[np.ndarray, int]:
     """The paper lines' pixels in ``faint`` (within it, grown by one pixel: their anti-aliased rim),
-    and the thickest a line may be, in pixels."""
+    and the thickest a line may be, in pixels. ``faint`` is the ink at a lower threshold than the
+    strokes', where lines are unbroken: a line at the threshold's edge would otherwise leave dashes."""
     h, w = faint.shape
     factor = 2 if max(h, w) > 512 else 1  # lines are found on a half-size copy of large frames
     small = faint[:h - h % factor, :w - w % factor].reshape(h // factor, factor, w // factor, factor).any(axis=(1, 3))

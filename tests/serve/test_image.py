@@ -9,7 +9,7 @@ import pytest
 
 from serve.image.decode import decode_image, to_rgb
 from serve.image.ink import LUMA, NoDigitFound, ink_map
-from serve.image.lines import remove_lines
+from serve.image.lines import find_lines, without_lines
 from serve.image.morph import label, runs_at_least
 from serve.image.normalize import MAX_PASSES, normalize_stroke, stroke_width
 from serve.image.segment import Box, find_glyphs
@@ -90,7 +90,7 @@ def test_a_thin_stroke_crossing_a_ruled_line_stays_one_piece() -> None:
         mask[y - 1] |= np.arange(400) % 3 == 0  # and their ragged anti-aliased rims
         mask[y + 2] |= np.arange(400) % 3 == 1
     mask[90:190, 200:203] = True  # a thin pen's stroke (a quarter of the frame) across two of them
-    kept = remove_lines(mask)
+    kept = without_lines(mask, *find_lines(mask))
     labels, count = label(kept)
     assert count == 1 and kept[90:190, 200:203].all()  # no gap where it crosses a line or its rim
     assert not kept[:, :150].any()
