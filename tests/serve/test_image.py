@@ -282,3 +282,19 @@ def test_tall_margin_lines_do_not_make_the_digit_look_short() -> None:
     for x in (40, 60, 700):  # ... and three pieces of margin or shadow lines, 380 px tall
         ink[330:710, x:x + 8] = 1.0
     assert [g.box for g in find_glyphs(ink)] == [Box(350, 450, 80, 120)]
+
+
+def test_white_paper_in_dim_light_still_has_dark_ink(digit) -> None:
+    # paper at 0.42 grey and a darker desk: the frame's median is below mid-grey, the ink still darker
+    sheet = put_ink(paper(H, W, colour=(0.44, 0.42, 0.40)), digit, TOP, LEFT, colour=(0.05, 0.05, 0.08))
+    rgb = np.ones_like(sheet) * np.float32([0.2, 0.15, 0.1])
+    rgb[60:940, 80:740] = sheet[60:940, 80:740]
+    yy = np.arange(H)[:, None, None]
+    assert_one_glyph_on_the_digit(rgb * (1 - 0.3 * yy / H).astype(np.float32))  # light falls off downwards
+
+
+def test_chalk_on_a_dark_board_is_light_ink(digit) -> None:
+    board = paper(H, W, colour=(0.16, 0.2, 0.18))
+    yy, xx = np.mgrid[0:H, 0:W]
+    board *= (1 - 0.3 * xx / W)[..., None].astype(np.float32)  # uneven light: not a flat canvas
+    assert_one_glyph_on_the_digit(put_ink(board, digit, TOP, LEFT, colour=(0.85, 0.85, 0.8)))
