@@ -22,11 +22,17 @@ def fold_bn_params(weight: torch.Tensor, bias: torch.Tensor | None,
     """Return (W', b') for a conv or dense ``weight``/``bias`` followed by ``bn`` in eval mode."""
     if bn.running_mean is None or bn.running_var is None:
         raise ValueError("cannot fold a BatchNorm without running statistics")
+    if bn.running_mean.shape != (weight.shape[0],):
+        raise ValueError(f"cannot fold a BatchNorm with statistics of shape {tuple(bn.running_mean.shape)} "
+                         f"into a layer of {weight.shape[0]} output channels")
     # float64 so the folded parameters carry no more rounding than the final cast to float32.
     dtype = weight.dtype
     mean, var = bn.running_mean.double(), bn.running_var.double()
     gamma = bn.weight.double() if bn.weight is not None else torch.ones_like(mean)
     beta = bn.bias.double() if bn.bias is not None else torch.zeros_like(mean)
+    after_bias = getattr(bn, "after_bias", None)  # the exercise's redundant second shift (bn_variants)
+    if after_bias is not None:
+        beta = beta + after_bias.double()
     scale = gamma / torch.sqrt(var + bn.eps)
     b = bias.double() if bias is not None else torch.zeros_like(mean)
     shape = (-1,) + (1,) * (weight.dim() - 1)
@@ -40,7 +46,10 @@ def fold_batchnorm(model: DigitNet) -> DigitNet:
     """A copy of ``model`` (eval mode) with every BN folded away: a plain ``bn=False`` DigitNet."""
     if not model.cfg.bn:
         return copy.deepcopy(model).eval()
-    folded = DigitNet(replace(model.cfg, bn=False)).to(next(model.parameters()).device)
+    blocker = model.cfg.why_not_foldable()
+    if blocker:
+        raise ValueError(f"cannot fold this network's batch normalization: {blocker}")
+    folded = DigitNet(replace(model.cfg, bn=False, bias_after_bn=False)).to(next(model.parameters()).device)
     bn_names = tuple(bn for _, bn in model.FOLD_PAIRS)
     state = {k: v for k, v in model.state_dict().items() if not k.startswith(tuple(f"{b}." for b in bn_names))}
     for layer_name, bn_name in model.FOLD_PAIRS:

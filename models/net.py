@@ -20,6 +20,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from models.bn_variants import BN_INFERENCE, BN_MOMENTS, ExerciseBatchNorm
+
 IMAGE_SIZE = 28
 # The label of the extra class a model trained with generated negatives has: what it answers for
 # letters, shapes and scribbles instead of a confident wrong digit.
@@ -39,6 +41,11 @@ class DigitNetConfig:
     bn: bool = True
     bn_eps: float = 1e-5
     bn_momentum: float = 0.1
+    # The exercise's BN mistakes, for `pipeline compare` to measure (models/bn_variants.py); the
+    # defaults are correct BN. A network with either of the first two cannot be folded or exported.
+    bn_moments: str = "channel"  # "position": conv moments over the batch axis only
+    bn_inference: str = "population"  # "batch": batch statistics in eval mode too
+    bias_after_bn: bool = False  # a redundant bias added after BN
     dropout: float = 0.5
     # Input normalization happens inside the network, so an exported graph takes pixels in [0, 1].
     normalize_mean: float = 0.1307
@@ -55,6 +62,23 @@ class DigitNetConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def exercise_bn(self) -> bool:
+        """BN layers need ExerciseBatchNorm (one of the exercise's mistakes is switched on)."""
+        return self.bn and (self.bn_moments, self.bn_inference, self.bias_after_bn) != ("channel", "population", False)
+
+    def why_not_foldable(self) -> str | None:
+        """Why BN cannot be folded into the layers before it (None when it can)."""
+        if not self.bn:
+            return None
+        if self.bn_moments not in BN_MOMENTS or self.bn_inference not in BN_INFERENCE:
+            return f"unknown BN variant (moments {self.bn_moments!r}, inference {self.bn_inference!r})"
+        if self.bn_moments == "position":
+            return "its conv BN has one mean and variance per position, not per channel: no per-channel scale to fold"
+        if self.bn_inference == "batch":
+            return "its BN uses batch statistics at inference: the output depends on the other images in the batch"
+        return None
+
 
 class DigitNet(nn.Module):
     def __init__(self, cfg: DigitNetConfig) -> None:
@@ -64,15 +88,21 @@ class DigitNet(nn.Module):
         pooled = IMAGE_SIZE // 4
         rng_state = torch.get_rng_state()
 
-        def norm(kind: type[nn.Module], channels: int) -> nn.Module:
-            return kind(channels, eps=cfg.bn_eps, momentum=cfg.bn_momentum) if cfg.bn else nn.Identity()
+        def norm(kind: type[nn.Module], channels: int, side: int | None = None) -> nn.Module:
+            if not cfg.bn:
+                return nn.Identity()
+            if not cfg.exercise_bn:
+                return kind(channels, eps=cfg.bn_eps, momentum=cfg.bn_momentum)
+            return ExerciseBatchNorm(channels, positions=None if side is None else (channels, side, side),
+                                     moments=cfg.bn_moments if side else "channel", inference=cfg.bn_inference,
+                                     bias_after=cfg.bias_after_bn, eps=cfg.bn_eps, momentum=cfg.bn_momentum)
 
         self.register_buffer("normalize_mean", torch.tensor(cfg.normalize_mean), persistent=False)
         self.register_buffer("normalize_std", torch.tensor(cfg.normalize_std), persistent=False)
         self.conv1 = nn.Conv2d(1, c1, k, padding=k // 2, bias=not cfg.bn)
-        self.bn1 = norm(nn.BatchNorm2d, c1)
+        self.bn1 = norm(nn.BatchNorm2d, c1, IMAGE_SIZE)
         self.conv2 = nn.Conv2d(c1, c2, k, padding=k // 2, bias=not cfg.bn)
-        self.bn2 = norm(nn.BatchNorm2d, c2)
+        self.bn2 = norm(nn.BatchNorm2d, c2, IMAGE_SIZE // 2)
         self.fc1 = nn.Linear(c2 * pooled * pooled, cfg.hidden, bias=not cfg.bn)
         self.bn3 = norm(nn.BatchNorm1d, cfg.hidden)
         self.dropout = nn.Dropout(cfg.dropout)
@@ -95,13 +125,18 @@ class DigitNet(nn.Module):
                 nn.init.uniform_(layer.bias, -1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = self.dropout(F.relu(self.hidden_preactivation(image)))  # [N, hidden]
+        return self.fc2(x)  # [N, num_classes] logits
+
+    def hidden_preactivation(self, image: torch.Tensor) -> torch.Tensor:
+        """[N, hidden]: what the last hidden layer's ReLU receives (fc1, then BN where there is one);
+        the distribution the BN paper's Figure 1 follows during training."""
         # image: [N, 1, 28, 28], pixels in [0, 1], white ink on black
         x = (image - self.normalize_mean) / self.normalize_std
         x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 2)  # [N, c1, 14, 14]
         x = F.max_pool2d(F.relu(self.bn2(self.conv2(x))), 2)  # [N, c2, 7, 7]
         x = torch.flatten(x, 1)  # [N, c2*49]
-        x = self.dropout(F.relu(self.bn3(self.fc1(x))))  # [N, hidden]
-        return self.fc2(x)  # [N, num_classes] logits
+        return self.bn3(self.fc1(x))  # [N, hidden]
 
     # (layer, the BN right after it): the pairs BN folding merges, by attribute name.
     FOLD_PAIRS = (("conv1", "bn1"), ("conv2", "bn2"), ("fc1", "bn3"))

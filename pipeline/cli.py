@@ -269,28 +269,35 @@ def verify(model: Path, run_dir: Path | None, as_json: bool) -> None:
               help="Evaluate test loss and accuracy (eval mode) every N steps.")
 @click.option("--max-steps", type=int, default=None, help="Cap on steps per run (smoke runs).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--mistakes/--no-mistakes", default=True, show_default=True,
+              help="Also train the exercise's BN mistakes (per-position moments, decay 0.999, a bias after BN, "
+                   "eps 1e-8 in both precisions) and evaluate with batch statistics at inference.")
+@click.option("--mistake-lr", type=float, default=None,
+              help="Learning rate of the mistake runs  [default: the largest --lr]")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/compare"),
               show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def compare(data: str, data_dir: Path | None, epochs: int, seeds: int, lrs: tuple[float, ...], optimizer: str,
-            batch_size: int, augment: bool, eval_every: int, max_steps: int | None, device: str, out: Path,
-            quiet: bool) -> None:
+            batch_size: int, augment: bool, eval_every: int, max_steps: int | None, device: str, mistakes: bool,
+            mistake_lr: float | None, out: Path, quiet: bool) -> None:
     """Measure what BN does to training/test loss and convergence: BN vs no-BN, same everything else.
 
     For each learning rate and seed, trains both variants from identical initial weights with the
-    same data order, augmentation and optimizer (the `pipeline train` loop). Writes curves.png,
-    summary.json and summary.md into --out, and every run under --out/runs/. A run whose loss
-    explodes is recorded as diverged.
+    same data order, augmentation and optimizer (the `pipeline train` loop), recording how a few
+    hidden units' input distributions move (the BN paper's Figure 1). Then the exercise's BN mistakes,
+    each a variant of the BN run. Writes curves.png, distribution.png, summary.json and summary.md
+    into --out, and every run under --out/runs/. A run whose loss explodes is recorded as diverged.
     """
     from pipeline.compare import CompareConfig, run_study
 
     cfg = CompareConfig(data=data, data_dir=str(data_dir) if data_dir else None, epochs=epochs, seeds=seeds,
                         lrs=tuple(lrs), optimizer=optimizer, batch_size=batch_size, augment=augment,
-                        eval_every=eval_every, max_steps=max_steps, device=device)
+                        eval_every=eval_every, max_steps=max_steps, device=device, mistakes=mistakes,
+                        mistake_lr=mistake_lr)
     result = run_study(cfg, out, progress=not quiet)
     click.echo((out / "summary.md").read_text())
-    click.echo(f"wrote {out / 'curves.png'}, {out / 'summary.json'} and {out / 'summary.md'} "
-               f"({result.wall_time:.0f} s)")
+    click.echo(f"wrote {out / 'curves.png'}, {out / 'distribution.png'}, {out / 'summary.json'} and "
+               f"{out / 'summary.md'} ({result.wall_time:.0f} s)")
 
 
 @cli.command()

@@ -196,6 +196,9 @@ def export_model(run_dir: Path, out: Path | None = None, opset: int = DEFAULT_OP
     ckpt_path = run_dir / CHECKPOINT_NAME
     ckpt, ckpt_sha256 = read_checkpoint(ckpt_path)
     model = model_from_checkpoint(ckpt, ckpt_path)
+    not_foldable = model.cfg.why_not_foldable()
+    if not_foldable:  # one of the exercise's BN mistakes, trained by `pipeline compare` to measure it
+        raise PipelineError(f"{ckpt_path} cannot be exported: {not_foldable}")
     dataset = dataset_of_run(ckpt)
     bn_statistics = "running averages"
     if recompute_stats:

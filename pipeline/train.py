@@ -42,6 +42,8 @@ class TrainConfig:
     momentum: float = 0.9  # SGD only
     seed: int = 0
     bn: bool = True
+    # one of the exercise's BN mistakes (models.bn_variants.MISTAKES), for `pipeline compare` to measure
+    bn_mistake: str | None = None
     dropout: float = 0.5
     augment: bool = True
     # Augmentation beyond the affine: elastic distortion, stroke thickness, blur, contrast, noise —
@@ -76,6 +78,13 @@ class TrainConfig:
             raise PipelineError(f"--max-steps must be at least 1, got {self.max_steps}")
         if self.precision not in PRECISIONS:
             raise PipelineError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.bn_mistake is not None:
+            from models.bn_variants import MISTAKES
+
+            if self.bn_mistake not in MISTAKES:
+                raise PipelineError(f"unknown BN mistake {self.bn_mistake!r}; choose from {', '.join(MISTAKES)}")
+            if not self.bn:
+                raise PipelineError("a BN mistake needs a network with BN")
         if not 0 <= self.dropout < 1:
             raise PipelineError(f"--dropout must be in [0, 1), got {self.dropout}")
         if self.stroke_digits < 0 or self.non_digits < 0:
@@ -99,6 +108,9 @@ class TrainResult:
     wall_time: float
     interrupted: bool
     diverged: bool = False
+
+
+Probe = Callable[["nn.Module"], dict[str, Any]]  # measures the model (eval mode, no grad) at each evaluation
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -299,7 +311,7 @@ RESUME_CHANGEABLE = {"epochs", "max_steps", "device", "log_every", "eval_every",
 def train(cfg: TrainConfig, out_dir: Path, *, resume: bool = False, overwrite: bool = False,
           given_options: set[str] | None = None, should_stop: Callable[[], bool] = lambda: False,
           progress: bool = True, dataset: Dataset | None = None,
-          on_step: Callable[[int, float], None] | None = None) -> TrainResult:
+          on_step: Callable[[int, float], None] | None = None, probe: Probe | None = None) -> TrainResult:
     """Train (or resume) a run in ``out_dir``; write config.json, metrics.json and checkpoint.pt atomically.
 
     The directory is locked for the run (pipeline/rundir.py); an existing run there is replaced only
@@ -308,6 +320,8 @@ def train(cfg: TrainConfig, out_dir: Path, *, resume: bool = False, overwrite: b
     returns True a resumable checkpoint is saved and the function returns with ``interrupted=True``.
     A non-finite or exploding loss ends the run with ``diverged=True``: metrics.json says so, the
     checkpoint keeps the last saved state. ``on_step(step, loss)`` is called after every step.
+    With ``eval_every``, the test split is also evaluated before the first step (``initial_eval`` in
+    metrics.json), and ``probe(model)``'s record, if given, is added to every such evaluation.
     """
     from pipeline.rundir import owned_run
 
@@ -316,15 +330,27 @@ def train(cfg: TrainConfig, out_dir: Path, *, resume: bool = False, overwrite: b
         else contextlib.nullcontext()
     with owner:
         return _train(cfg, Path(out_dir), resume=resume, given_options=given_options, should_stop=should_stop,
-                      progress=progress, dataset=dataset, on_step=on_step)
+                      progress=progress, dataset=dataset, on_step=on_step, probe=probe)
+
+
+def measured(model: "nn.Module", test_x: "torch.Tensor", test_y: "torch.Tensor", probe: Probe | None) -> dict[str, Any]:
+    """The test split's loss and accuracy (eval mode), with ``probe``'s record when there is one."""
+    import torch
+
+    record: dict[str, Any] = dict(zip(("test_loss", "test_accuracy"), evaluate(model, test_x, test_y)))
+    if probe is not None:
+        with torch.no_grad():
+            record["probe"] = probe(model.eval())
+    return record
 
 
 def _train(cfg: TrainConfig, out_dir: Path, *, resume: bool, given_options: set[str] | None,
            should_stop: Callable[[], bool], progress: bool, dataset: Dataset | None,
-           on_step: Callable[[int, float], None] | None) -> TrainResult:
+           on_step: Callable[[int, float], None] | None, probe: Probe | None = None) -> TrainResult:
     import torch
 
     from models import DigitNet, DigitNetConfig
+    from models.bn_variants import MISTAKES
     from models.sync_bn import convert_sync_batchnorm
 
     cfg.validate()
@@ -365,7 +391,10 @@ def _train(cfg: TrainConfig, out_dir: Path, *, resume: bool, given_options: set[
         pixels = dataset.train_images.astype(np.float64) / 255.0
         model_cfg = DigitNetConfig(bn=cfg.bn, num_classes=len(dataset.class_names), dropout=cfg.dropout,
                                    normalize_mean=round(float(pixels.mean()), 4),
-                                   normalize_std=round(float(pixels.std()), 4))
+                                   normalize_std=round(float(pixels.std()), 4),
+                                   **(MISTAKES[cfg.bn_mistake] if cfg.bn_mistake else {}))
+        if ctx.enabled and model_cfg.exercise_bn:
+            raise PipelineError(f"the BN mistake {cfg.bn_mistake!r} trains in one process only (no --nproc)")
         model = DigitNet(model_cfg).to(device)
         if ctx.enabled:
             convert_sync_batchnorm(model)  # before the optimizer: conversion makes new parameters
@@ -429,6 +458,8 @@ def _train(cfg: TrainConfig, out_dir: Path, *, resume: bool, given_options: set[
         from tqdm import tqdm
 
         bar = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True, leave=True)
+    if cfg.eval_every and step == 0 and ctx.is_main:  # where every curve starts
+        metrics["initial_eval"] = {"step": 0, **measured(model, test_x, test_y, probe)}
     started = time.perf_counter() - elapsed
     # Losses not yet averaged into a log record / an epoch record; kept in checkpoints so a resumed
     # run logs exactly what an uninterrupted one would.
@@ -465,7 +496,7 @@ def _train(cfg: TrainConfig, out_dir: Path, *, resume: bool, given_options: set[
                     record = {"step": step, "epoch": epoch + 1, "train_loss": float(np.mean(window)),
                               "lr": optimizer.param_groups[0]["lr"], "wall_time": time.perf_counter() - started}
                     if cfg.eval_every and step % cfg.eval_every == 0 and ctx.is_main:
-                        record["test_loss"], record["test_accuracy"] = evaluate(model, test_x, test_y)
+                        record.update(measured(model, test_x, test_y, probe))
                     metrics["log"].append(record)
                     window = []
                 if step >= total_steps:

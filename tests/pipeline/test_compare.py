@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from pipeline.cli import cli
@@ -35,9 +36,9 @@ def test_smoothing_is_a_trailing_mean() -> None:
 
 
 @pytest.mark.slow
-def test_a_tiny_study_writes_every_output(tmp_path: Path) -> None:
+def test_a_tiny_study_writes_every_output(tmp_path: Path, small_dataset) -> None:
     cfg = CompareConfig(epochs=1, seeds=1, lrs=(0.05,), max_steps=6, eval_every=2, device="cpu")
-    result = run_study(cfg, tmp_path, progress=False)
+    result = run_study(cfg, tmp_path, progress=False, dataset=small_dataset)
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     from PIL import Image
 
@@ -52,19 +53,47 @@ def test_a_tiny_study_writes_every_output(tmp_path: Path) -> None:
         assert 0 <= seed["final_test_accuracy"] <= 1 and seed["final_train_loss"] > 0
         assert seed["train_test_loss_gap"] == pytest.approx(seed["final_test_loss"] - seed["final_train_loss"])
     md = (tmp_path / "summary.md").read_text()
-    assert md.count("\n| bn |") == 1 and md.count("\n| no-bn |") == 1
+    assert md.count("\n| bn |") == 2 and md.count("\n| no-bn |") == 2  # the main table and the drift table
     for variant in ("bn", "no-bn"):
         metrics = json.loads((tmp_path / "runs" / f"{variant}-lr0.05-seed0" / "metrics.json").read_text())
         assert [r["step"] for r in metrics["log"]] == [1, 2, 3, 4, 5, 6]  # training loss at every step
         assert [r["step"] for r in metrics["log"] if "test_accuracy" in r] == [2, 4, 6]
     assert result.wall_time > 0
+    # Figure 1's panels, and the mistakes at the study's one learning rate
+    assert (tmp_path / "distribution.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for group in summary["groups"].values():
+        assert [d["unit"] for d in group["unit_drift"]] == [0, 256, 512, 768]
+    mistakes = summary["mistakes"]
+    assert set(mistakes["rows"]) >= {"correct BN", "per-position moments", "decay 0.999", "bias after BN", "eps 1e-8"}
+    assert mistakes["rows"]["bias after BN"]["parameters"] == mistakes["rows"]["correct BN"]["parameters"] + 32 + 64 + 1024
+    assert mistakes["rows"]["per-position moments"]["mean_error_in_std"]["mean"] is None  # nothing per channel
+    assert set(mistakes["batch_statistics"]) == {"1000", "100", "10", "1"}  # 1000: one batch of the 200
+    assert "## The exercise's BN mistakes" in md and "| per-position moments |" in md
 
 
-def test_both_variants_see_the_same_data_and_start_from_the_same_weights(tmp_path: Path) -> None:
-    cfg = CompareConfig(epochs=1, seeds=1, lrs=(0.05,), max_steps=2, eval_every=1, device="cpu")
-    bn, no_bn = cfg.train_config("bn", 0.05, 0), cfg.train_config("no-bn", 0.05, 0)
-    assert {k: v for k, v in bn.__dict__.items() if k != "bn"} == {k: v for k, v in no_bn.__dict__.items() if k != "bn"}
-    assert bn.bn and not no_bn.bn
+def test_both_variants_see_the_same_data_and_start_from_the_same_weights(tmp_path: Path, small_dataset,
+                                                                          monkeypatch) -> None:
+    import pipeline.train
+
+    seen: dict[bool, list] = {True: [], False: []}
+    real_step = pipeline.train.train_step
+
+    def recording_step(model, optimizer, images, labels, bf16=False):
+        has_bn = model.cfg.bn
+        if not seen[has_bn]:  # the starting weights, before the first update
+            seen[has_bn].append({k: v.clone() for k, v in model.state_dict().items() if k.endswith("weight")})
+        seen[has_bn].append((images.clone(), labels.clone()))
+        return real_step(model, optimizer, images, labels, bf16)
+
+    monkeypatch.setattr(pipeline.train, "train_step", recording_step)
+    cfg = CompareConfig(epochs=1, seeds=1, lrs=(0.05,), max_steps=3, eval_every=3, device="cpu", mistakes=False)
+    run_study(cfg, tmp_path, progress=False, dataset=small_dataset)
+    (bn_weights, *bn_batches), (plain_weights, *plain_batches) = seen[True], seen[False]
+    assert len(bn_batches) == len(plain_batches) == 3
+    for (bn_x, bn_y), (plain_x, plain_y) in zip(bn_batches, plain_batches):
+        assert torch.equal(bn_x, plain_x) and torch.equal(bn_y, plain_y)  # same images, same augmentation
+    for name in ("conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight"):
+        assert torch.equal(bn_weights[name], plain_weights[name]), name
 
 
 def test_a_diverging_run_is_recorded_not_raised(tmp_path: Path) -> None:
