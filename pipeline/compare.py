@@ -20,8 +20,8 @@ import numpy as np
 from pipeline.artifacts import atomic_path, ensure_writable_dir, write_json
 from pipeline.data import Dataset, load_dataset
 from pipeline.errors import PipelineError
-from pipeline.bn_study import (PERCENTILES, PROBE_IMAGES, TEST_BATCH_SIZES, batch_statistics_accuracy, drift, mistake_runs,
-                               percentile_probe, population_error, probe_units)
+from pipeline.bn_study import (PERCENTILES, PROBE_IMAGES, TEST_BATCH_SIZES, batch_statistics_accuracy, drift,
+                               mistake_runs, percentile_probe, population_error, probe_units)
 from pipeline.train import TrainConfig, evaluate, to_tensors, train
 
 VARIANTS = ("bn", "no-bn")
@@ -113,14 +113,16 @@ def run_summary(metrics: dict[str, Any], diverged: bool) -> dict[str, Any]:
     """``metrics`` from train(), plus ``final_train_eval`` = (loss, accuracy) on the training split in eval mode."""
     evals = evaluations(metrics)
     log = metrics.get("log", [])
-    final = evals[-1] if evals else {}
+    # the final model's (evaluated at the end of training); the last periodic evaluation may be earlier
+    final = metrics if metrics.get("test_accuracy") is not None else (evals[-1] if evals else {})
     train_eval = metrics.get("final_train_eval")
     summary = {
         "diverged": diverged,
         "final_test_accuracy": None if diverged else final.get("test_accuracy"),
         "best_test_accuracy": max((r["test_accuracy"] for r in evals), default=None),
         # the running loss, with dropout and augmentation active, over the last 25 steps
-        "final_running_train_loss": None if diverged or not log else float(np.mean([r["train_loss"] for r in log[-25:]])),
+        "final_running_train_loss": None if diverged or not log
+        else float(np.mean([r["train_loss"] for r in log[-25:]])),
         # the same network as the test loss: eval mode, no dropout, no augmentation
         "final_train_loss": None if diverged or not train_eval else train_eval[0],
         "final_test_loss": None if diverged else final.get("test_loss"),
@@ -186,7 +188,8 @@ def summary_markdown(summary: dict[str, Any], wall_time: float) -> str:
         "# BN vs no-BN",
         "",
         f"Data `{cfg['data']}`, optimizer `{cfg['optimizer']}`, batch {cfg['batch_size']}, {cfg['epochs']} epochs"
-        f"{step_limit}, augmentation {'on' if cfg['augment'] else 'off'}, {cfg['seeds']} seed(s); test split evaluated every "
+        f"{step_limit}, augmentation {'on' if cfg['augment'] else 'off'}, {cfg['seeds']} seed(s); "
+        "test split evaluated every "
         f"{cfg['eval_every']} steps in eval mode. Mean ± standard deviation over seeds. Took {wall_time:.0f} s.",
         "",
         "Train loss is the final model's loss on the training split in eval mode (as the test loss); running "
@@ -214,25 +217,27 @@ def summary_markdown(summary: dict[str, Any], wall_time: float) -> str:
 def drift_markdown(summary: dict[str, Any]) -> list[str]:
     lines = ["", "## A hidden unit's input over training (the BN paper's Figure 1, distribution.png)", "",
              f"Percentiles of the last hidden layer's pre-activation (its ReLU's input) on {PROBE_IMAGES} fixed test "
-             "images, eval mode, seed 0. Move: the largest distance of the median from its final value during "
-             "training, in units of the final 15th-85th percentile spread (mean over the probed units).", "",
-             "| variant | lr | unit | median start → end | 15–85 spread start → end | move (this unit) "
-             "| move (mean of units) |", "| --- | --- | --- | --- | --- | --- | --- |"]
+             "images, eval mode, seed 0. Later range: how far the median ranges (max − min) after the first quarter "
+             "of training, in units of the final 15th–85th percentile spread (this unit; mean over the probed "
+             "units).", "",
+             "| variant | lr | unit | median start → end | 15–85 spread start → end | median's later range "
+             "| in spreads (this unit; mean of units) |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for group in summary["groups"].values():
         drifts = [d for d in group.get("unit_drift", []) if "median_start" in d]
         if not drifts:
             continue
         first = drifts[0]
-        mean_move = statistics.fmean(d["move_in_spreads"] for d in drifts)
+        mean_range = statistics.fmean(d["range_in_spreads"] for d in drifts)
         lines.append(f"| {group['variant']} | {group['lr']:g} | {first['unit']} "
                      f"| {first['median_start']:.2f} → {first['median_end']:.2f} "
                      f"| {first['spread_start']:.2f} → {first['spread_end']:.2f} "
-                     f"| {first['move_in_spreads']:.2f} | {mean_move:.2f} |")
+                     f"| {first['median_range_later']:.2f} | {first['range_in_spreads']:.2f}; {mean_range:.2f} |")
     return lines
 
 
 def mistakes_markdown(mistakes: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
-    reference = mistakes["rows"]["correct BN"]["test_accuracy"]["mean"]
+    correct = mistakes["rows"]["correct BN"]
+    reference = correct["test_accuracy"]["mean"]
     lines = ["", f"## The exercise's BN mistakes (lr {mistakes['lr']:g}, {cfg['seeds']} seed(s), same initial weights)",
              "", "Population statistics off by: mean |running − exact mean| in exact standard deviations, and mean "
              "|log(running var / exact var)|, over every BN channel (exact: recomputed over the training split).", "",
@@ -250,10 +255,11 @@ def mistakes_markdown(mistakes: dict[str, Any], cfg: dict[str, Any]) -> list[str
     lines += ["", "Batch statistics at inference: the correct runs' weights, each test batch normalized with its own "
               "statistics (the exercise's inference), against the population statistics:", "",
               "| test batch size | test accuracy | test loss |", "| --- | --- | --- |",
-              f"| population statistics (any size) | {format_value(mistakes['rows']['correct BN']['test_accuracy'], percent=True)} "
-              f"| {format_value(mistakes['rows']['correct BN']['test_loss'])} |"]
+              f"| population statistics (any size) | {format_value(correct['test_accuracy'], percent=True)} "
+              f"| {format_value(correct['test_loss'])} |"]
     for size, row in mistakes["batch_statistics"].items():
-        lines.append(f"| {size} | {format_value(row['test_accuracy'], percent=True)} | {format_value(row['test_loss'])} |")
+        lines.append(f"| {size} | {format_value(row['test_accuracy'], percent=True)} "
+                     f"| {format_value(row['test_loss'])} |")
     return lines
 
 
@@ -511,5 +517,6 @@ def summarize_mistakes(records: list[RunRecord], cfg: CompareConfig, dataset: Da
             "parameters": next((e["parameters"] for e in per_seed if "parameters" in e), None),
             **{k: mean_std([e.get(k) for e in per_seed]) for k in keys}, "per_seed": per_seed}
     return {"lr": lr, "rows": rows,
-            "batch_statistics": {str(size): {k: mean_std([r[k] for r in results]) for k in ("test_accuracy", "test_loss")}
+            "batch_statistics": {str(size): {k: mean_std([r[k] for r in results])
+                                             for k in ("test_accuracy", "test_loss")}
                                  for size, results in batch_stats.items()}}

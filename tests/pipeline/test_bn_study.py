@@ -36,14 +36,16 @@ def test_the_probe_reads_the_percentiles_of_the_unit_it_names() -> None:
     record = percentile_probe(x, [2, 9])(model)
     relu_input = capture(model.bn3, model, x).numpy()  # what the ReLU after fc1 and BN receives
     for q in PERCENTILES:
-        np.testing.assert_allclose(record[f"p{q}"], np.percentile(relu_input[:, [2, 9]], q, axis=0), rtol=1e-5, atol=1e-6)
+        expected = np.percentile(relu_input[:, [2, 9]], q, axis=0)
+        np.testing.assert_allclose(record[f"p{q}"], expected, rtol=1e-5, atol=1e-6)
     assert record["units"] == [2, 9]
 
 
-def test_drift_measures_the_median_against_its_final_value() -> None:
-    evals = [{"probe": {"p15": [a - 1], "p50": [a], "p85": [a + 1]}} for a in (0.0, 4.0, 1.0)]
-    assert drift(evals) == {"median_start": 0.0, "median_end": 1.0, "median_max_move": 3.0, "spread_end": 2.0,
-                            "spread_start": 2.0, "move_in_spreads": 1.5}
+def test_drift_measures_the_median_after_the_first_quarter_against_the_final_spread() -> None:
+    medians = {0: 0.0, 10: 9.0, 30: 4.0, 40: 3.0}  # step 10 is in the first quarter: left out of the range
+    evals = [{"step": step, "probe": {"p15": [m - 1], "p50": [m], "p85": [m + 1]}} for step, m in medians.items()]
+    assert drift(evals) == {"median_start": 0.0, "median_end": 3.0, "spread_start": 2.0, "spread_end": 2.0,
+                            "median_range_later": 1.0, "range_in_spreads": 0.5}
     assert drift(evals[:1]) is None
 
 

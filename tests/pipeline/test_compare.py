@@ -63,9 +63,11 @@ def test_a_tiny_study_writes_every_output(tmp_path: Path, small_dataset) -> None
     assert (tmp_path / "distribution.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for group in summary["groups"].values():
         assert [d["unit"] for d in group["unit_drift"]] == [0, 256, 512, 768]
+        assert all(d["spread_end"] > 0 and d["range_in_spreads"] >= 0 for d in group["unit_drift"])
     mistakes = summary["mistakes"]
     assert set(mistakes["rows"]) >= {"correct BN", "per-position moments", "decay 0.999", "bias after BN", "eps 1e-8"}
-    assert mistakes["rows"]["bias after BN"]["parameters"] == mistakes["rows"]["correct BN"]["parameters"] + 32 + 64 + 1024
+    rows = mistakes["rows"]
+    assert rows["bias after BN"]["parameters"] == rows["correct BN"]["parameters"] + 32 + 64 + 1024  # one per BN unit
     assert mistakes["rows"]["per-position moments"]["mean_error_in_std"]["mean"] is None  # nothing per channel
     assert set(mistakes["batch_statistics"]) == {"1000", "100", "10", "1"}  # 1000: one batch of the 200
     assert "## The exercise's BN mistakes" in md and "| per-position moments |" in md
