@@ -16,6 +16,7 @@ from serve.limits import DEFAULT_MAX_PIXELS
 DEFAULT_MODEL = Path("runs/default/model.onnx")
 EXIT_MODEL_ERROR = 1
 EXIT_INPUT_ERROR = 2
+EXIT_USAGE = 2  # an option that cannot work (as click's own usage errors)
 
 
 max_pixels_option = click.option(
@@ -119,10 +120,12 @@ def fail(message: str, status: int = EXIT_MODEL_ERROR) -> NoReturn:
 @click.option("--cors-origin", "cors_origins", multiple=True, metavar="ORIGIN",
               help="Browser origins (https://app.example) allowed to call the API from their pages (repeat). "
                    "Default: none.")
+@click.option("--access-log", is_flag=True,
+              help='One line per request on stderr: time, client, "METHOD PATH", status, milliseconds.')
 def http(model_path: Path, model_name: str, host: str, port: int, max_batch: int, max_delay_ms: float,
          max_body_mb: float, max_queue: int, max_decodes: int, max_pixels: int, workers: int,
          api_key: str | None, allowed_hosts: tuple[str, ...], request_timeout_s: float,
-         cors_origins: tuple[str, ...]) -> None:
+         cors_origins: tuple[str, ...], access_log: bool) -> None:
     """Serve the model over HTTP: Open Inference Protocol v2 (/v2/...), POST /predict (the reading of an
     image, as `serve predict --json` prints it), /metrics, and a page at / to write a number on or read a
     photo with. Stops cleanly on Ctrl-C or SIGTERM (requests in flight finish)."""
@@ -143,6 +146,10 @@ def http(model_path: Path, model_name: str, host: str, port: int, max_batch: int
     except ModelError as exc:
         click.echo(f"serve: error: {exc}", err=True)
         sys.exit(EXIT_MODEL_ERROR)
+    unbindable = cannot_listen(host, port)
+    if unbindable:
+        click.echo(f"serve: error: cannot listen on {host}:{port}: {unbindable}", err=True)
+        sys.exit(EXIT_USAGE)
     loopback = is_loopback(host)
     if not allowed_hosts:
         allowed_hosts = LOOPBACK_HOSTS if loopback else ("*",)
@@ -150,7 +157,7 @@ def http(model_path: Path, model_name: str, host: str, port: int, max_batch: int
                           max_delay_ms=max_delay_ms, max_body_bytes=int(max_body_mb * 1024 * 1024),
                           max_queue=max_queue, max_decodes=max_decodes, max_pixels=max_pixels,
                           api_key=api_key or None, allowed_hosts=tuple(h.lower() for h in allowed_hosts),
-                          cors_origins=cors_origins, request_timeout_s=request_timeout_s)
+                          cors_origins=cors_origins, request_timeout_s=request_timeout_s, access_log=access_log)
     if not loopback and not api_key:
         click.echo(f"serve: warning: listening on {host}, beyond this machine, without an API key: anyone who "
                    "can reach it can use it (set FOLDSERVE_API_KEY)", err=True)
@@ -159,6 +166,29 @@ def http(model_path: Path, model_name: str, host: str, port: int, max_batch: int
                f"(dynamic batching: up to {max_batch} images, {max_delay_ms:g} ms)", err=True)
     uvicorn.run("serve.server:create_app_from_env", factory=True, host=host, port=port, workers=workers,
                 log_level="warning", timeout_graceful_shutdown=30, http="serve.connection:DeadlineH11Protocol")
+
+
+def cannot_listen(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be bound (an unknown host, a port in use, no permission), or None.
+
+    Checked before the server starts, so the error is one line instead of a "serving on" line
+    followed by uvicorn's own report; binding it the way uvicorn will (SO_REUSEADDR)."""
+    import errno
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        return f"unknown host ({getattr(exc, 'strerror', None) or exc})"
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return "the port is already in use (another server? pick another --port)"
+            return exc.strerror or str(exc)
+    return None
 
 
 def is_loopback(host: str) -> bool:

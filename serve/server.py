@@ -42,6 +42,8 @@ LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 CLIENT_CLOSED = 499  # the status nginx logs for a client that left before its answer
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger("foldserve.access")
+lifecycle_log = logging.getLogger("foldserve.lifecycle")  # started / stopped, for operators (serve http)
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,7 @@ class ServerConfig:
     allowed_hosts: tuple[str, ...] = ("*",)  # Host header values accepted (DNS rebinding); "*": any
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API; none by default
     request_timeout_s: float = 60.0  # from a request's first byte to its last (serve/connection.py)
+    access_log: bool = False  # one line per request on stderr (the "foldserve.access" logger)
 
     def __post_init__(self) -> None:
         for name in ("max_batch", "max_queue", "max_decodes", "max_pixels"):
@@ -134,6 +137,7 @@ def create_app(config: ServerConfig, model: DigitModel | None = None) -> FastAPI
         app.state.decodes = asyncio.BoundedSemaphore(config.max_decodes)
         yield
         await batcher.stop()  # in-flight requests finish before the process exits
+        lifecycle_log.info("stopped serving %s (process %d)", config.model_path, os.getpid())
 
     app = FastAPI(title="foldserve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     if config.cors_origins:
@@ -144,6 +148,8 @@ def create_app(config: ServerConfig, model: DigitModel | None = None) -> FastAPI
                            expose_headers=[HEADER_LENGTH])
     app.state.config = config
     app.state.metrics = metrics
+    if config.access_log:
+        log_to_stderr(access_log)
 
     @app.middleware("http")
     async def count_requests(request: Request, call_next):  # type: ignore[no-untyped-def]
@@ -162,7 +168,12 @@ def create_app(config: ServerConfig, model: DigitModel | None = None) -> FastAPI
         route = request.scope.get("route")
         endpoint = getattr(route, "path", "unmatched")
         metrics.requests.labels(endpoint, str(response.status_code)).inc()
-        metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        metrics.latency.labels(endpoint).observe(seconds)
+        if config.access_log:
+            client = request.client.host if request.client else "-"
+            access_log.info('%s "%s %s" %d %.1f ms', client, request.method, request.url.path,
+                            response.status_code, seconds * 1000)
         return response
 
     @app.exception_handler(StarletteHTTPException)
@@ -346,8 +357,19 @@ async def multipart_file(request: Request, body: bytes, content_type: str) -> tu
         await form.close()
 
 
+def log_to_stderr(logger: logging.Logger) -> None:
+    """Send ``logger``'s INFO lines to stderr, once per process (each worker builds its own app)."""
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
 def create_app_from_env() -> FastAPI:
     """Factory for uvicorn workers: the configuration comes from an environment variable."""
+    log_to_stderr(lifecycle_log)
     return create_app(ServerConfig(**json.loads(os.environ[CONFIG_ENV])))
 
 

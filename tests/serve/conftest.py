@@ -61,5 +61,6 @@ def server(model_path: Path):
     _, stderr = process.communicate(timeout=30)
     # uvicorn shuts down gracefully, then re-raises SIGTERM so the exit status tells how it ended
     assert process.returncode in (0, -signal.SIGTERM) and "Traceback" not in stderr, stderr
+    assert stderr.count("stopped serving") == 1, stderr  # the operator's shutdown line
 
 

@@ -343,11 +343,11 @@ def test_serve_http_passes_its_limits_to_the_server(model_path, monkeypatch) -> 
     monkeypatch.setenv(CONFIG_ENV, "{}")  # restored after the test: the command sets it
     monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: None)
     result = CliRunner().invoke(cli, ["http", "--model", str(model_path), "--max-decodes", "3",
-                                      "--max-pixels", "5000000"])
+                                      "--max-pixels", "5000000", "--port", "0"])
     assert result.exit_code == 0, result.output
     config = ServerConfig(**json.loads(os.environ[CONFIG_ENV]))
     assert config.max_decodes == 3 and config.max_pixels == 5_000_000
-    result = CliRunner().invoke(cli, ["http", "--model", str(model_path)])
+    result = CliRunner().invoke(cli, ["http", "--model", str(model_path), "--port", "0"])
     from serve.image.decode import DEFAULT_MAX_PIXELS
 
     config = ServerConfig(**json.loads(os.environ[CONFIG_ENV]))
@@ -366,15 +366,53 @@ def test_serve_http_warns_when_open_beyond_loopback_without_a_key(model_path, mo
     monkeypatch.setenv(CONFIG_ENV, "{}")
     monkeypatch.delenv("FOLDSERVE_API_KEY", raising=False)
     monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: None)
-    result = CliRunner().invoke(cli, ["http", "--model", str(model_path), "--host", "0.0.0.0"])
+    result = CliRunner().invoke(cli, ["http", "--model", str(model_path), "--host", "0.0.0.0", "--port", "0"])
     assert result.exit_code == 0 and "without an API key" in result.output
     assert ServerConfig(**json.loads(os.environ[CONFIG_ENV])).allowed_hosts == ("*",)
     monkeypatch.setenv("FOLDSERVE_API_KEY", "k")
-    result = CliRunner().invoke(cli, ["http", "--model", str(model_path), "--host", "0.0.0.0",
+    result = CliRunner().invoke(cli, ["http", "--model", str(model_path), "--host", "0.0.0.0", "--port", "0",
                                       "--allowed-host", "digits.example", "--cors-origin", "https://app.example"])
     config = ServerConfig(**json.loads(os.environ[CONFIG_ENV]))
     assert "warning" not in result.output and config.api_key == "k"
     assert config.allowed_hosts == ("digits.example",) and config.cors_origins == ("https://app.example",)
+
+
+def test_serve_http_on_a_busy_port_or_an_unknown_host_says_so_in_one_line(model_path, monkeypatch) -> None:
+    import uvicorn
+    from click.testing import CliRunner
+
+    from serve.cli import cli
+    from tests.helpers import assert_one_line_error
+
+    started = []
+    monkeypatch.setenv(CONFIG_ENV, "{}")
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: started.append(kwargs))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(cli, ["http", "--model", str(model_path), "--port", str(port)])
+    assert result.exit_code == 2 and result.stdout == "" and not started
+    assert result.stderr.strip().count("\n") == 0 and f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "already in use" in result.stderr and "serving" not in result.stderr
+    result = CliRunner().invoke(cli, ["http", "--model", str(model_path), "--host", "no-such-host.invalid"])
+    assert_one_line_error(result, "cannot listen on no-such-host.invalid:8000", "unknown host")
+    assert not started
+
+
+def test_the_access_log_has_one_line_per_request(model_path, caplog) -> None:
+    app = create_app(ServerConfig(model_path=str(model_path), access_log=True))
+    serve.server.access_log.addHandler(caplog.handler)  # the log's own handler writes to stderr
+    try:
+        with TestClient(app) as client:
+            client.get("/v2/health/ready")
+            client.post("/v2/models/nope/infer", json={})
+    finally:
+        serve.server.access_log.removeHandler(caplog.handler)
+    lines = [r.getMessage() for r in caplog.records if r.name == "foldserve.access"]
+    assert len(lines) == 2, lines
+    assert '"GET /v2/health/ready" 200' in lines[0] and '"POST /v2/models/nope/infer" 404' in lines[1]
+    assert all(line.endswith(" ms") for line in lines)
 
 
 def test_metrics_count_requests_batches_and_queue_time(client, digits) -> None:
