@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUN ?= runs/default
 
-.PHONY: install demo test test-fast clean browser
+.PHONY: install demo test test-fast lint clean browser
 
 install: $(STAMP)
 
@@ -34,8 +34,12 @@ browser:
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
 # Every tier (what CI runs): about 6 minutes on 2 cores.
-test: $(STAMP) browser
+test: $(STAMP) browser lint
 	$(BIN)/python -m pytest -m ""
+
+# Style and the mistakes a linter catches (unused names, shadowed loop variables), as configured in pyproject.toml.
+lint: $(STAMP)
+	$(BIN)/ruff check .
 
 # The fast tier while working (no servers, browsers, torchrun or fresh installs): under 2 minutes.
 test-fast: $(STAMP)

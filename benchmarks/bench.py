@@ -152,7 +152,8 @@ def bench_training(work: Path, smoke: bool) -> dict:
 
     def minimal_run(bf16: bool = False, channels_last: bool = False, compile_: bool = False) -> float:
         torch.manual_seed(0)
-        model = DigitNet(DigitNetConfig()).to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        model = DigitNet(DigitNetConfig()).to(memory_format=memory_format)
         optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
         forward = torch.compile(model) if compile_ else model
         minimal_training_loop(forward, optimizer, x, y, batch, 3, 1, bf16, channels_last)  # warm-up / compile
@@ -235,7 +236,8 @@ def bench_inference(models: dict[str, Path], smoke: bool) -> dict:
         }
         for threads in (1, 2):
             sess_t = session(models[name], threads)
-            results["threads"][(name, threads)] = throughput(lambda s=sess_t: s.run(["logits"], {"image": batch256}), 256)
+            results["threads"][(name, threads)] = throughput(lambda s=sess_t: s.run(["logits"], {"image": batch256}),
+                                                             256)
     model = model_from_checkpoint(load_checkpoint(models["run"]))
     x1, x256 = torch.from_numpy(single), torch.from_numpy(batch256)
 
@@ -318,7 +320,7 @@ def bench_http(models: dict[str, Path], smoke: bool) -> dict:
             for clients in (1, 16, 64):
                 per_client = max(1, total // clients)
 
-                def client(worker: int) -> list[float]:
+                def client(worker: int, port: int = port, per_client: int = per_client) -> list[float]:
                     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
                     latencies = []
                     for k in range(per_client):
@@ -431,7 +433,8 @@ def report(info: dict, training: dict, accuracy: dict, inference: dict, cold: di
               "| --- | --- | --- | --- | --- | --- |"]
     t256 = torch_r["b256"].median
     rows = [("PyTorch eager, eval (BN unfolded)", torch_r), ("onnxruntime fp32, BN folded", ort_r["folded"]),
-            ("onnxruntime fp32, BN not folded (`--no-fold`)", ort_r["unfolded"]), ("onnxruntime int8 (QDQ)", ort_r["int8"])]
+            ("onnxruntime fp32, BN not folded (`--no-fold`)", ort_r["unfolded"]),
+            ("onnxruntime int8 (QDQ)", ort_r["int8"])]
     for name, r in rows:
         lines.append(f"| {name} | {r['b1']['p50_ms']:.3f} ms | {r['b1']['p99_ms']:.3f} ms | {r['b256'].fmt()} "
                      f"| {r['b256'].median / t256:.2f}× | {r['b256'].median / bound:.0%} |")
@@ -449,7 +452,8 @@ def report(info: dict, training: dict, accuracy: dict, inference: dict, cold: di
               f"| serve path | {sp['serve b256'].fmt()} | {sp['serve b1']['p50_ms']:.3f} ms |", "",
               f"serve path costs **{(bare - served) / bare:.1%}** of bare throughput (target within 10%).", ""]
     serve_s, torch_s = cold["serve"].median, cold["torch"].median
-    lines += ["## 3. Cold start", "", "Wall time of one prediction as a fresh process (`examples/seven-photo.jpg`).", "",
+    lines += ["## 3. Cold start", "",
+              "Wall time of one prediction as a fresh process (`examples/seven-photo.jpg`).", "",
               "| command | seconds |", "| --- | --- |",
               f"| `serve predict image.jpg` (onnxruntime) | {cold['serve'].fmt(3)} |",
               f"| Python script loading the PyTorch checkpoint | {cold['torch'].fmt(3)} |", "",
@@ -463,9 +467,11 @@ def report(info: dict, training: dict, accuracy: dict, inference: dict, cold: di
     lines += ["## 4. HTTP", "", "`serve http` on 127.0.0.1, one image per request (`/v2/models/digits/infer`, "
               "binary tensor extension), fp32 folded model. The Python client threads run on the same 2 cores as "
               "the server, so these are lower bounds for the server alone.", "",
-              "| dynamic batching | clients | requests | requests/s | p50 | p99 |", "| --- | --- | --- | --- | --- | --- |"]
+              "| dynamic batching | clients | requests | requests/s | p50 | p99 |",
+              "| --- | --- | --- | --- | --- | --- |"]
     for (label, clients), r in http.items():
-        lines.append(f"| {label} | {clients} | {r['n']} | {r['rps']:,.0f} | {r['p50_ms']:.2f} ms | {r['p99_ms']:.2f} ms |")
+        lines.append(f"| {label} | {clients} | {r['n']} | {r['rps']:,.0f} | {r['p50_ms']:.2f} ms "
+                     f"| {r['p99_ms']:.2f} ms |")
     lines.append("")
     return "\n".join(lines)
 

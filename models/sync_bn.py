@@ -3,7 +3,8 @@
 With plain DistributedDataParallel each process normalizes with its own slice of the batch and keeps
 its own running statistics. ``torch.nn.SyncBatchNorm`` fixes that on GPUs but refuses CPU tensors,
 so this is the same math in plain differentiable ops: the per-channel sum and the sum of squared
-deviations are all-reduced, with gradients all-reduced on the way back, so the forward pass, its gradient and the running statistics equal those of one
+deviations are all-reduced, with gradients all-reduced on the way back, so the forward pass, its gradient
+and the running statistics equal those of one
 process holding the whole batch. Outside training, or without an initialized process group of more
 than one process, it is ordinary batch normalization. Its state_dict is BatchNorm's.
 """

@@ -102,5 +102,6 @@ def model_from_checkpoint(ckpt: dict[str, Any], source: Path | str = "checkpoint
         model.load_state_dict(ckpt["model"], strict=True)
     except (TypeError, ValueError, RuntimeError) as exc:
         first_line = str(exc).strip().splitlines()[0]
-        raise PipelineError(f"{source}: checkpoint does not match the DigitNet architecture ({first_line[:200]})") from None
+        raise PipelineError(f"{source}: checkpoint does not match the DigitNet architecture "
+                            f"({first_line[:200]})") from None
     return model.eval()

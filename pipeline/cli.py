@@ -42,7 +42,8 @@ def cli(verbose: bool) -> None:
     if missing:
         raise click.ClickException(f"`pipeline` needs the training extra ({', '.join(missing)} not installed): "
                                    f"{TRAIN_EXTRA_HINT}")
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
 
 
 def option_argv(ctx: click.Context, name: str) -> list[str]:
@@ -243,7 +244,8 @@ def verify(model: Path, run_dir: Path | None, as_json: bool) -> None:
     """Check that MODEL in onnxruntime computes what the checkpoint computes in PyTorch eval mode.
 
     For an int8 model (`export --quantize int8`) it reports accuracy and argmax agreement against
-    fp32 instead, and passes when int8 is at most 0.3 accuracy points below. Otherwise it runs the test split and stress inputs (noise, zeros, ones, saturated 0/1) at batch size 1 and
+    fp32 instead, and passes when int8 is at most 0.3 accuracy points below.
+    Otherwise it runs the test split and stress inputs (noise, zeros, ones, saturated 0/1) at batch size 1 and
     in one big batch. Passes when the max absolute logit difference is at most 1e-4, argmax agrees
     on every real image and the accuracies are equal. Exit status 1 if it fails.
     """

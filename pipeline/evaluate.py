@@ -541,7 +541,8 @@ def _catmull_rom(points: np.ndarray, per: int = 16) -> np.ndarray:
     for i in range(1, len(p) - 2):
         for t in np.linspace(0, 1, per, endpoint=False):
             t2, t3 = t * t, t * t * t
-            out.append(0.5 * ((2 * p[i]) + (-p[i - 1] + p[i + 1]) * t + (2 * p[i - 1] - 5 * p[i] + 4 * p[i + 1] - p[i + 2]) * t2
+            out.append(0.5 * ((2 * p[i]) + (-p[i - 1] + p[i + 1]) * t
+                              + (2 * p[i - 1] - 5 * p[i] + 4 * p[i + 1] - p[i + 2]) * t2
                               + (-p[i - 1] + 3 * p[i] - 3 * p[i + 1] + p[i + 2]) * t3))
     out.append(p[-2])
     return np.array(out)
@@ -899,7 +900,8 @@ def _camera(scene: Image.Image, rng: np.random.Generator, paper_level: float, sh
     sigma = _u(rng, *noise)
     # colour noise is blotchy (demosaicing, denoising): made at the scene's size; grain at the sensor's
     chroma = rng.standard_normal((max(4, h // 3), max(4, w // 3), 3), dtype=np.float32) * np.float32(sigma)
-    chroma_img = Image.fromarray(np.clip(128 + chroma, 0, 255).astype(np.uint8)).resize((w, h), Image.Resampling.BILINEAR)
+    chroma_img = Image.fromarray(np.clip(128 + chroma, 0, 255).astype(np.uint8)).resize((w, h),
+                                                                                        Image.Resampling.BILINEAR)
     image = ImageChops.add(image, chroma_img, 1.0, -128)
     if (W, H) != (w, h):
         image = image.resize((W, H), Image.Resampling.BILINEAR)
@@ -1344,7 +1346,8 @@ def _typeset_file(mask: np.ndarray, rng: np.random.Generator) -> tuple[bytes, st
     if fmt == "jpeg_cmyk":
         return _encode(image.convert("CMYK"), "JPEG", quality=int(rng.integers(80, 96))), "jpg", fmt
     if fmt == "gif":
-        return _encode(image.convert("P", palette=Image.Palette.ADAPTIVE, colors=int(rng.integers(8, 128))), "GIF"), "gif", fmt
+        return _encode(image.convert("P", palette=Image.Palette.ADAPTIVE,
+                                     colors=int(rng.integers(8, 128))), "GIF"), "gif", fmt
     if fmt == "bmp":
         return _encode(image, "BMP"), "bmp", fmt
     if fmt == "tiff":
@@ -1386,7 +1389,8 @@ def make_numbers(split: Split, rng: np.random.Generator) -> tuple[bytes, str, st
     if where == "canvas":
         w = int(rng.integers(240, 900))
         h = int(w * _u(rng, 0.3, 0.75))
-        data, ext, _ = canvas_image(mark, rng, size=(w, h), style=_pick(rng, ["gray", "colour", "transparent", "black"]))
+        data, ext, _ = canvas_image(mark, rng, size=(w, h),
+                                    style=_pick(rng, ["gray", "colour", "transparent", "black"]))
     else:
         paper = Paper() if rng.random() < 0.6 else _ruled_paper(rng)
         plan = _photo_plan(rng, paper)
@@ -1863,7 +1867,7 @@ def run_evaluation(model_path: Path, *, data: str = "sample", data_dir: Path | N
         model_s = time.perf_counter() - t0
         fields = [len(page.fields) for _, page, _, _ in batch]
         total = sum(fields)
-        for (item, page, gen_s, prep_s), reading, k in zip(batch, readings, fields):
+        for (item, _page, gen_s, prep_s), reading, k in zip(batch, readings, fields):
             share = model_s * k / total if total else model_s / len(batch)
             digits = reading.digits
             if item.expected is None:
@@ -1903,7 +1907,8 @@ def run_evaluation(model_path: Path, *, data: str = "sample", data_dir: Path | N
     report = {
         "model": str(model_path), "data": data, "seed": seed, "per_condition": per_condition,
         "conditions": list(conditions), "jobs": jobs, "wall_seconds": round(wall, 2),
-        "labels": model.labels, "reject_label": model.labels[model.reject_index] if model.reject_index is not None else None,
+        "labels": model.labels,
+        "reject_label": model.labels[model.reject_index] if model.reject_index is not None else None,
         "min_confidence": model.min_confidence,
         "summary": summarize(outcomes, conditions),
         "items": [o.record() for o in outcomes],

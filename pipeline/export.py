@@ -149,7 +149,8 @@ def calibrate_min_confidence(model: "DigitNet", dataset: Dataset, labels: list[s
         return (p.argmax(1) != reject) & (best >= threshold) if reject is not None else best >= threshold
 
     correct_best = p_digits[:, digit_columns].max(1)[p_digits.argmax(1) == digit_labels]
-    threshold = float(np.clip(np.quantile(correct_best, CALIBRATION_FALSE_REFUSALS), 0.3, 0.9)) if len(correct_best) else 0.5
+    threshold = float(np.clip(np.quantile(correct_best, CALIBRATION_FALSE_REFUSALS),
+                              0.3, 0.9)) if len(correct_best) else 0.5
     return {"min_confidence": round(threshold, 4),
             "validation_digits": len(digits), "validation_non_digits": len(others),
             "digits_refused": float(1 - accepted(p_digits, threshold).mean()),
@@ -203,7 +204,8 @@ def export_model(run_dir: Path, out: Path | None = None, opset: int = DEFAULT_OP
     bn_statistics = "running averages"
     if recompute_stats:
         if not model.cfg.bn:
-            raise PipelineError("--recompute-stats: this run was trained without BN (--no-bn); there is nothing to recompute")
+            raise PipelineError("--recompute-stats: this run was trained without BN (--no-bn); "
+                                "there is nothing to recompute")
         recompute_statistics_from_training_split(model, dataset)
         bn_statistics = "exact (recomputed over the training split)"
         # The reference for parity is this model: save it so `pipeline verify` can find it later.
@@ -229,7 +231,8 @@ def export_model(run_dir: Path, out: Path | None = None, opset: int = DEFAULT_OP
             **({"reject_label": REJECT_LABEL} if REJECT_LABEL in class_names else {})}
         add_metadata(proto, {
             "labels": class_names, **refusal, "field": FIELD,
-            "input": {"name": "image", "shape": [-1, 1, IMAGE_SIZE, IMAGE_SIZE], "dtype": "float32", "pixel_range": [0, 1],
+            "input": {"name": "image", "shape": [-1, 1, IMAGE_SIZE, IMAGE_SIZE],
+                      "dtype": "float32", "pixel_range": [0, 1],
                       "polarity": "white ink on black background (MNIST)", "preprocessing": PREPROCESSING},
             "outputs": {"logits": "[N, classes] float32", "probabilities": "[N, classes] softmax of logits"},
             "normalize_mean": repr(model.cfg.normalize_mean), "normalize_std": repr(model.cfg.normalize_std),

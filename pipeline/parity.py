@@ -73,7 +73,8 @@ class ParityReport(Report):
         real = d["real"]
         for key in ("batch_1", "big_batch"):
             r = real[key]
-            rows.append((f"onnxruntime, batch {r['batch_size']}", f"{r['max_abs_diff']:.2e}", f"{r['max_rel_diff']:.2e}",
+            rows.append((f"onnxruntime, batch {r['batch_size']}",
+                         f"{r['max_abs_diff']:.2e}", f"{r['max_rel_diff']:.2e}",
                          f"{r['argmax_agreement']:.2%}", f"{r['accuracy']:.2%}"))
         rows.append(("torch eval (reference)", "-", "-", "-", f"{real['reference_accuracy']:.2%}"))
         s = d["stress"]

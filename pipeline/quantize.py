@@ -73,7 +73,8 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, batc
 
     class Batches(CalibrationDataReader):
         def __init__(self) -> None:
-            self.batches = iter([{"image": calibration[i:i + batch_size]} for i in range(0, len(calibration), batch_size)])
+            self.batches = iter([{"image": calibration[i:i + batch_size]}
+                                 for i in range(0, len(calibration), batch_size)])
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.batches, None)

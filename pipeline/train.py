@@ -67,7 +67,8 @@ class TrainConfig:
         if self.epochs < 1:
             raise PipelineError(f"--epochs must be at least 1, got {self.epochs}")
         if self.batch_size < 2:
-            raise PipelineError(f"--batch-size must be at least 2 (BN needs 2 values per channel), got {self.batch_size}")
+            raise PipelineError(f"--batch-size must be at least 2 (BN needs 2 values per channel), "
+                                f"got {self.batch_size}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise PipelineError(f"--lr must be a positive number, got {self.lr}")
         if self.optimizer not in OPTIMIZERS:

@@ -114,5 +114,6 @@ def load_model(path: Path, intra_op_threads: int = 0) -> DigitModel:
     except (ValueError, TypeError) as exc:
         raise ModelError(f"{path}: unreadable preprocessing metadata ({exc})") from None
     if (1, field_spec.size, field_spec.size) != expected:
-        raise ModelError(f"{path}: metadata's field of {field_spec.size}x{field_spec.size} does not match the input {list(expected)}")
+        raise ModelError(f"{path}: metadata's field of {field_spec.size}x{field_spec.size} does not match the input "
+                         f"{list(expected)}")
     return DigitModel(path, session, labels, metadata, output_names, reject_index, min_confidence, field_spec)

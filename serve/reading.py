@@ -73,7 +73,8 @@ class Reading:
         if self.error:
             return f"{self.image}: error: {self.error}"
         if self.not_a_digit:
-            guess = f"best guess {self.best_guess.label}, {self.best_guess.probability:.2f}" if self.best_guess else self.reason
+            guess = (f"best guess {self.best_guess.label}, {self.best_guess.probability:.2f}" if self.best_guess
+                     else self.reason)
             return f"{self.image}: not a digit ({guess})"
         if len(self.digits) == 1:
             digit = self.digits[0]
@@ -82,7 +83,8 @@ class Reading:
                 line += "  top-{}: {}".format(top_k, ", ".join(f"{labels[i]} {v:.3f}" for i, v in top(digit, top_k)))
             return line
         lowest = min(d.probability for d in self.digits)
-        return f"{self.image}: {self.text} (digits {' '.join(d.label for d in self.digits)}, lowest probability {lowest:.2f})"
+        return (f"{self.image}: {self.text} (digits {' '.join(d.label for d in self.digits)}, "
+                f"lowest probability {lowest:.2f})")
 
     def record(self, labels: list[str], top_k: int = 1) -> dict[str, Any]:
         """The JSON object of `serve predict --json` and of the server's /predict."""

@@ -57,7 +57,8 @@ def label(mask: np.ndarray) -> tuple[np.ndarray, int]:
     index[ids] = np.arange(n)
     sources, targets = [], []
     for dy, dx in ((0, 1), (1, -1), (1, 0), (1, 1)):
-        ys, xs = np.nonzero(mask[:h - dy, max(0, -dx):w - max(0, dx)] & mask[dy:, max(0, dx):w - max(0, -dx) if dx < 0 else w][:, :w - abs(dx)])
+        ys, xs = np.nonzero(mask[:h - dy, max(0, -dx):w - max(0, dx)]
+                            & mask[dy:, max(0, dx):w - max(0, -dx) if dx < 0 else w][:, :w - abs(dx)])
         x0 = xs + max(0, -dx)
         sources.append(index[ys * w + x0])
         targets.append(index[(ys + dy) * w + x0 + dx])

@@ -25,7 +25,8 @@ MAX_PASSES = 2 * WORK_BOX * 4  # bounds the work whatever the shape (a blob's "s
 
 @dataclass(frozen=True)
 class FieldSpec:
-    """The model's input field: ``size`` x ``size``, the digit's longer side ``box`` px, centre of mass at ``centre``."""
+    """The model's input field: ``size`` x ``size``, the digit's longer side ``box`` px, centre of mass at
+    ``centre``."""
 
     size: int = 28
     box: int = 20

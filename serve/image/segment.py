@@ -178,10 +178,14 @@ def components(labels: np.ndarray, count: int) -> list[Part]:
     ys, xs = np.nonzero(labels)
     lab = labels[ys, xs]
     area = np.bincount(lab, minlength=count + 1)
-    top = np.full(count + 1, labels.shape[0]); np.minimum.at(top, lab, ys)
-    bottom = np.zeros(count + 1, np.int64); np.maximum.at(bottom, lab, ys)
-    left = np.full(count + 1, labels.shape[1]); np.minimum.at(left, lab, xs)
-    right = np.zeros(count + 1, np.int64); np.maximum.at(right, lab, xs)
+    top = np.full(count + 1, labels.shape[0])
+    np.minimum.at(top, lab, ys)
+    bottom = np.zeros(count + 1, np.int64)
+    np.maximum.at(bottom, lab, ys)
+    left = np.full(count + 1, labels.shape[1])
+    np.minimum.at(left, lab, xs)
+    right = np.zeros(count + 1, np.int64)
+    np.maximum.at(right, lab, xs)
     return [Part([k], Box(int(left[k]), int(top[k]), int(right[k] - left[k] + 1), int(bottom[k] - top[k] + 1)),
                  int(area[k])) for k in range(1, count + 1)]
 

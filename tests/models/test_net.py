@@ -94,7 +94,8 @@ def test_running_statistics_are_updated_in_training_and_used_in_eval() -> None:
     randomize_bn(model)
     out = capture(model.bn1, model, x)
     bn = model.bn1
-    expected = (conv_out - bn.running_mean[None, :, None, None]) / torch.sqrt(bn.running_var[None, :, None, None] + bn.eps)
+    expected = ((conv_out - bn.running_mean[None, :, None, None])
+                / torch.sqrt(bn.running_var[None, :, None, None] + bn.eps))
     expected = expected * bn.weight[None, :, None, None] + bn.bias[None, :, None, None]
     assert torch.allclose(out, expected, atol=1e-5)
 

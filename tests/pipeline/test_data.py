@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.data import (FASHION_LABELS, DataError, download_files, find_split_files, load_dataset, read_idx, read_split,
+from pipeline.data import (FASHION_LABELS, DataError, download_files, find_split_files,
+                           load_dataset, read_idx, read_split,
                            write_idx)
 
 

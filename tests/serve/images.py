@@ -21,7 +21,8 @@ def png_header_only(width: int, height: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16))
+            + chunk(b"IEND", b""))
 
 
 def user_style(digit: np.ndarray, rng: np.random.Generator, canvas: int | None = None) -> Image.Image:
@@ -52,7 +53,8 @@ def upscale_digit(digit: np.ndarray, size: int) -> np.ndarray:
     """A 28x28 white-on-black digit as a smooth pen stroke of ``size`` px: ink in [0, 1]."""
     from PIL import ImageFilter
 
-    big = Image.fromarray(digit).resize((size, size), Image.Resampling.BICUBIC).filter(ImageFilter.GaussianBlur(size / 60))
+    big = Image.fromarray(digit).resize((size, size),
+                                        Image.Resampling.BICUBIC).filter(ImageFilter.GaussianBlur(size / 60))
     return np.clip((np.asarray(big, np.float32) / 255 - 0.35) * 3, 0, 1)
 
 

@@ -51,7 +51,8 @@ def test_predictions_from_png_files_equal_predictions_from_the_arrays(model_path
     assert refused.mean() < 0.05  # clean test digits are read, not refused
     for r, p, is_refused in zip(records, expected, refused):
         if is_refused:
-            assert r["label"] is None and r["text"] is None and r["best_guess"]["probability"] == pytest.approx(p[digit_columns].max())
+            assert (r["label"] is None and r["text"] is None
+                    and r["best_guess"]["probability"] == pytest.approx(p[digit_columns].max()))
             continue
         assert r["label"] == int(p.argmax()) and r["text"] == str(r["label"]) and len(r["digits"]) == 1
         np.testing.assert_allclose(r["probabilities"], p, rtol=0, atol=1e-6)
@@ -86,7 +87,8 @@ def test_a_number_is_read_left_to_right(model_path, sample_dataset, tmp_path) ->
     result = invoke("predict", "--model", str(model_path), str(tmp_path / "number.png"))
     text = "".join(model.labels[i] for i in alone)
     assert result.exit_code == 0
-    assert re.fullmatch(rf".*number\.png: {text} \(digits {' '.join(text)}, lowest probability [01]\.\d\d\)\n", result.stdout)
+    assert re.fullmatch(rf".*number\.png: {text} \(digits {' '.join(text)}, lowest probability [01]\.\d\d\)\n",
+                        result.stdout)
     record = json.loads(invoke("predict", "--model", str(model_path), "--json", str(tmp_path / "number.png")).stdout)
     assert record["text"] == text and record["label"] is None and "probabilities" not in record
     for k, d in enumerate(record["digits"]):
@@ -166,7 +168,8 @@ def tiny_model(path: Path, shape: list, labels: list[str] | None = None) -> Path
     y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, [shape[0], 10])
     nodes = [helper.make_node("Flatten", ["image"], ["flat"]),
              helper.make_node("Slice", ["flat", "start", "end", "axis"], ["logits"])]
-    constants = [helper.make_tensor(n, TensorProto.INT64, [1], [v]) for n, v in (("start", 0), ("end", 10), ("axis", 1))]
+    constants = [helper.make_tensor(n, TensorProto.INT64, [1], [v])
+                 for n, v in (("start", 0), ("end", 10), ("axis", 1))]
     graph = helper.make_graph(nodes, "g", [x], [y], initializer=constants)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     if labels is not None:
@@ -183,7 +186,8 @@ def test_model_problems_exit_1_with_one_line(tmp_path, digit_dir) -> None:
         str(tmp_path / "garbage.onnx"): "not a loadable ONNX model",
         str(tmp_path / "text.onnx"): "not a loadable ONNX model",
         str(tiny_model(tmp_path / "rgb.onnx", ["N", 3, 32, 32])): "declares float32 [N, 1, 28, 28]",
-        str(tiny_model(tmp_path / "three.onnx", ["N", 1, 28, 28], ["a", "b", "c"])): "names 3 labels but the graph has 10 outputs",
+        str(tiny_model(tmp_path / "three.onnx", ["N", 1, 28, 28],
+                       ["a", "b", "c"])): "names 3 labels but the graph has 10 outputs",
         str(tiny_model(tmp_path / "fixed.onnx", [1, 1, 28, 28])): "fixed batch of 1",
     }
     for model, reason in cases.items():
@@ -226,7 +230,8 @@ def test_serve_source_imports_only_the_serving_stack() -> None:
     base = {"onnxruntime", "numpy", "PIL", "click", "serve", "__future__"} | set(sys.stdlib_module_names)
     optional = {"pillow_heif"}  # the heif extra, imported only when a HEIF file comes
     http_extra = {"fastapi", "starlette", "uvicorn", "h11", "prometheus_client"}
-    server_modules = {"server.py", "batching.py", "protocol.py", "connection.py"}  # the HTTP server, needs the http extra
+    server_modules = {"server.py", "batching.py", "protocol.py",
+                      "connection.py"}  # the HTTP server, needs the http extra
     for path in (REPO / "serve").rglob("*.py"):
         tree = ast.parse(path.read_text())
         everywhere = imported_modules(ast.walk(tree))

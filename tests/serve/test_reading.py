@@ -66,11 +66,13 @@ def test_one_mark_that_is_not_a_digit_refuses_the_whole_image() -> None:
 
 
 def test_no_ink_is_a_refusal_and_an_error_is_not_an_answer() -> None:
-    blank = interpret(Page("b.png", np.zeros((0, 28, 28), np.float32), [], refusal=NO_INK), probs(), LABELS, REJECT, 0.5)
+    blank = interpret(Page("b.png", np.zeros((0, 28, 28), np.float32), [], refusal=NO_INK),
+                      probs(), LABELS, REJECT, 0.5)
     assert blank.not_a_digit and blank.line(LABELS) == "b.png: not a digit (no ink found)"
     broken = interpret(Page("x.png", np.zeros((0, 28, 28), np.float32), [], error="not a recognised image format"),
                        probs(), LABELS, REJECT, 0.5)
-    assert not broken.not_a_digit and broken.record(LABELS) == {"image": "x.png", "error": "not a recognised image format"}
+    assert not broken.not_a_digit and broken.record(LABELS) == {"image": "x.png",
+                                                                "error": "not a recognised image format"}
 
 
 def test_a_ten_class_model_refuses_by_threshold_only() -> None:
