@@ -88,7 +88,7 @@ class StopFlag:
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Directory with the IDX files (raw or .gz; torchvision's MNIST/raw layout works too).")
 @click.option("--download", is_flag=True, help="With --data mnist: fetch missing files into --data-dir (md5-verified).")
-@click.option("--epochs", type=int, default=15, show_default=True, help="Passes over the training split.")
+@click.option("--epochs", type=int, default=25, show_default=True, help="Passes over the training split.")
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--lr", type=float, default=2e-3, show_default=True,
               help="Peak learning rate (short warm-up, then cosine decay to 0).")

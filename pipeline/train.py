@@ -35,7 +35,7 @@ PRECISIONS = ("auto", "bf16", "fp32")
 class TrainConfig:
     data: str = "sample"
     data_dir: str | None = None
-    epochs: int = 15
+    epochs: int = 25
     batch_size: int = 64
     lr: float = 2e-3
     optimizer: str = "adam"
