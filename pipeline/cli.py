@@ -22,6 +22,14 @@ TRAIN_EXTRA_HINT = "pip install 'foldserve[train]'"
 TRAIN_EXTRA_MODULES = ("torch", "onnx", "onnxscript", "tqdm", "matplotlib")
 
 
+class Failure(click.ClickException):
+    """An expected failure, shown as `serve` shows its own: "pipeline: error: ..." on one line, exit 1.
+    (Usage errors stay click's: the usage line, then "Error: ...", exit 2.)"""
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"pipeline: error: {self.format_message()}", err=True)
+
+
 class PipelineGroup(click.Group):
     """Turns expected failures into one clear line on stderr and a non-zero exit, never a traceback."""
 
@@ -29,7 +37,7 @@ class PipelineGroup(click.Group):
         try:
             return super().invoke(ctx)
         except PipelineError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise Failure(str(exc)) from None
 
 
 @click.group(cls=PipelineGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -40,8 +48,8 @@ def cli(verbose: bool) -> None:
     # checked before any command runs, without importing anything heavy
     missing = [name for name in TRAIN_EXTRA_MODULES if importlib.util.find_spec(name) is None]
     if missing:
-        raise click.ClickException(f"`pipeline` needs the training extra ({', '.join(missing)} not installed): "
-                                   f"{TRAIN_EXTRA_HINT}")
+        raise Failure(f"`pipeline` needs the training extra ({', '.join(missing)} not installed): "
+                      f"{TRAIN_EXTRA_HINT}")
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
 
@@ -194,8 +202,8 @@ def train(ctx: click.Context, data: str, data_dir: Path | None, download: bool, 
                    f"Continue with: pipeline train --out {out} --resume", err=True)
         sys.exit(128 + (stop.signum or signal.SIGINT))
     if result.diverged:
-        raise click.ClickException(f"training diverged at step {result.step} (loss not finite or above 1e3); "
-                                   f"try a lower --lr. Metrics so far are in {out / 'metrics.json'}")
+        raise Failure(f"training diverged at step {result.step} (loss not finite or above 1e3); "
+                      f"try a lower --lr. Metrics so far are in {out / 'metrics.json'}")
     click.echo(f"test accuracy {result.test_accuracy:.2%} (test loss {result.test_loss:.4f}) after "
                f"{result.step} steps in {result.wall_time:.0f} s; run saved in {out}")
 

@@ -32,7 +32,7 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("images", nargs=-1, required=True)
-@click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path), envvar="SERVE_MODEL",
+@click.option("--model", "model_path", type=click.Path(path_type=Path), envvar="SERVE_MODEL",
               default=DEFAULT_MODEL, show_default=True, show_envvar=True, help="The exported ONNX model.")
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON object per line: image, text, digits (label, probability, box), not_a_digit; "
@@ -90,7 +90,7 @@ def fail(message: str, status: int = EXIT_MODEL_ERROR) -> NoReturn:
 
 
 @cli.command()
-@click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path), envvar="SERVE_MODEL",
+@click.option("--model", "model_path", type=click.Path(path_type=Path), envvar="SERVE_MODEL",
               default=DEFAULT_MODEL, show_default=True, show_envvar=True, help="The exported ONNX model.")
 @click.option("--model-name", default="digits", show_default=True, help="The model's name in the /v2 API.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback unless told).")

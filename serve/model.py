@@ -74,6 +74,8 @@ def load_model(path: Path, intra_op_threads: int = 0) -> DigitModel:
     import onnxruntime as ort
 
     path = Path(path)
+    if path.is_dir():
+        raise ModelError(f"model {path} is a directory; give the .onnx file in it (e.g. {path / 'model.onnx'})")
     if not path.is_file():
         raise ModelError(f"model {path} not found (export one with `pipeline export`)")
     options = ort.SessionOptions()

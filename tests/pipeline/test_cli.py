@@ -23,6 +23,14 @@ def run(*args: str) -> "click.testing.Result":  # noqa: F821
     return CliRunner().invoke(cli, list(args))
 
 
+def test_failures_look_like_serve_s_own_and_usage_errors_stay_click_s(tmp_path: Path) -> None:
+    result = run("export", "--run", str(tmp_path / "missing"))
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr.startswith("pipeline: error: run directory") and result.stderr.count("\n") == 1
+    usage = run("train", "--epochs", "many")
+    assert usage.exit_code == 2 and "Usage: " in usage.stderr and "Error: Invalid value for '--epochs'" in usage.stderr
+
+
 def test_help_lists_the_commands_and_options() -> None:
     result = run("--help")
     assert result.exit_code == 0 and "train" in result.output

@@ -138,7 +138,7 @@ def test_a_failed_worker_ends_the_whole_job(tmp_path) -> None:
     os.kill(workers[1], signal.SIGKILL)
     _, stderr = launcher.communicate(timeout=120)  # no hang: the job ends
     assert launcher.returncode == 1
-    assert stderr.strip().splitlines()[-1].startswith("Error: distributed training failed")
+    assert stderr.strip().splitlines()[-1].startswith("pipeline: error: distributed training failed")
 
 
 def _parent(proc: Path) -> int:

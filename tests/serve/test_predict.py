@@ -189,6 +189,7 @@ def test_model_problems_exit_1_with_one_line(tmp_path, digit_dir) -> None:
         str(tiny_model(tmp_path / "three.onnx", ["N", 1, 28, 28],
                        ["a", "b", "c"])): "names 3 labels but the graph has 10 outputs",
         str(tiny_model(tmp_path / "fixed.onnx", [1, 1, 28, 28])): "fixed batch of 1",
+        str(tmp_path): "is a directory; give the .onnx file in it",  # a model error like the others, not usage
     }
     for model, reason in cases.items():
         result = invoke("predict", "--model", model, str(digit_dir / "0000.png"))
