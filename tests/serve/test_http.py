@@ -325,7 +325,7 @@ def test_at_most_max_decodes_images_are_decoded_at_once(model, number_png, monke
             assert entered.acquire(timeout=60)
             with lock:
                 assert inside[0] == 1
-            assert app.state.decodes.locked()
+            assert app.state.plane.decodes.locked()
         finally:
             go.set()
         responses = [p.result(timeout=60) for p in pending]
