@@ -384,16 +384,10 @@ def bench_peak(smoke: bool) -> dict[str, Stat]:
 
 
 def model_flops() -> int:
-    """Multiply-adds ×2 of one forward pass (conv, dense; pooling, BN and ReLU are negligible)."""
+    """Multiply-adds ×2 of one forward pass, as the model states it."""
     from models import DigitNetConfig
 
-    c = DigitNetConfig()
-    k2 = c.kernel_size ** 2
-    conv1 = 28 * 28 * c.conv1_channels * k2 * 1
-    conv2 = 14 * 14 * c.conv2_channels * k2 * c.conv1_channels
-    fc1 = c.conv2_channels * 7 * 7 * c.hidden
-    fc2 = c.hidden * c.num_classes
-    return 2 * (conv1 + conv2 + fc1 + fc2)
+    return DigitNetConfig().flops()
 
 
 # --------------------------------------------------------------------------- report

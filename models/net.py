@@ -62,6 +62,16 @@ class DigitNetConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def flops(self) -> int:
+        """Multiply-adds x2 of one image's forward pass: the convolutions and dense layers (pooling, BN
+        and ReLU are negligible). Convolutions keep the size ('same' padding); each pool halves it."""
+        k2 = self.kernel_size ** 2
+        conv1 = IMAGE_SIZE ** 2 * self.conv1_channels * k2 * 1
+        conv2 = (IMAGE_SIZE // 2) ** 2 * self.conv2_channels * k2 * self.conv1_channels
+        fc1 = self.conv2_channels * (IMAGE_SIZE // 4) ** 2 * self.hidden
+        fc2 = self.hidden * self.num_classes
+        return 2 * (conv1 + conv2 + fc1 + fc2)
+
     @property
     def exercise_bn(self) -> bool:
         """BN layers need ExerciseBatchNorm (one of the exercise's mistakes is switched on)."""

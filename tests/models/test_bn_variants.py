@@ -11,7 +11,7 @@ from torch.nn import functional as F
 
 from models import DigitNet, DigitNetConfig, batchnorm_layers, fold_batchnorm
 from models.bn_variants import MISTAKES, ExerciseBatchNorm
-from tests.models.test_net import capture, images
+from tests.models.helpers import capture, images
 
 TINY = DigitNetConfig(conv1_channels=4, conv2_channels=6, hidden=16)
 

@@ -7,7 +7,7 @@ from torch import nn
 
 from models import DigitNet, DigitNetConfig, batchnorm_layers, fold_batchnorm, fold_bn_params, recompute_bn_statistics
 from tests.models.numpy_reference import forward, numpy_state
-from tests.models.test_net import images, randomize_bn
+from tests.models.helpers import images, randomize_bn
 
 TINY = DigitNetConfig(conv1_channels=4, conv2_channels=6, hidden=16, bn_eps=1e-3)
 

@@ -9,35 +9,8 @@ import torch
 from torch import nn
 
 from models import DigitNet, DigitNetConfig, batchnorm_layers
+from tests.models.helpers import capture, images, randomize_bn
 from tests.models.numpy_reference import forward, numpy_state
-
-
-def randomize_bn(model: DigitNet, seed: int = 0) -> DigitNet:
-    """Give every BN non-trivial running statistics and affine parameters."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for bn in batchnorm_layers(model):
-            n = bn.num_features
-            bn.running_mean.copy_(torch.randn(n, generator=gen) * 0.5)
-            bn.running_var.copy_(torch.rand(n, generator=gen) * 2 + 0.1)
-            bn.weight.copy_(torch.randn(n, generator=gen))
-            bn.bias.copy_(torch.randn(n, generator=gen))
-    return model
-
-
-def capture(module: torch.nn.Module, model: DigitNet, x: torch.Tensor, inputs: bool = False) -> torch.Tensor:
-    seen = []
-    if inputs:
-        handle = module.register_forward_pre_hook(lambda m, i: seen.append(i[0].detach()))
-    else:
-        handle = module.register_forward_hook(lambda m, i, o: seen.append(o.detach()))
-    model(x)
-    handle.remove()
-    return seen[0]
-
-
-def images(n: int, seed: int = 0) -> torch.Tensor:
-    return torch.rand(n, 1, 28, 28, generator=torch.Generator().manual_seed(seed))
 
 
 def test_shapes_and_layers() -> None:
@@ -155,3 +128,20 @@ def test_bn_and_no_bn_variants_start_from_identical_weights() -> None:
     assert torch.equal(with_bn.fc2.bias, fc2.bias)
     bound = 1 / math.sqrt(25)
     assert without.conv1.bias.abs().max() <= bound and without.conv1.bias.std() > 0
+
+
+@pytest.mark.parametrize("cfg", [DigitNetConfig(), DigitNetConfig(conv1_channels=4, conv2_channels=6, hidden=16,
+                                                                   num_classes=11, kernel_size=3)])
+def test_flops_count_every_conv_and_dense_multiply_add_of_a_forward_pass(cfg: DigitNetConfig) -> None:
+    model = DigitNet(cfg).eval()
+    counted = []
+
+    def count(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        per_output = module.weight[0].numel()  # multiply-adds behind one output value
+        counted.append(2 * per_output * output[0].numel())
+
+    for layer in (model.conv1, model.conv2, model.fc1, model.fc2):
+        layer.register_forward_hook(count)
+    model(images(1))
+    assert cfg.flops() == sum(counted)
+

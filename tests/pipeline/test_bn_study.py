@@ -17,7 +17,7 @@ from pipeline.cli import cli
 from pipeline.errors import PipelineError
 from pipeline.train import TrainConfig, train
 from tests.helpers import assert_one_line_error
-from tests.models.test_net import capture, images
+from tests.models.helpers import capture, images
 
 TINY = DigitNetConfig(conv1_channels=4, conv2_channels=6, hidden=16)
 
