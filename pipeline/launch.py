@@ -30,7 +30,7 @@ def launch_torchrun(nproc: int, worker_argv: list[str]) -> int:
     if status in (128 + signal.SIGINT, 128 + signal.SIGTERM, -signal.SIGINT, -signal.SIGTERM):
         return status if status > 0 else 128 - status
     if status != 0:
-        click.echo(f"Error: distributed training failed (torchrun exit status {status}); "
+        click.echo(f"pipeline: error: distributed training failed (torchrun exit status {status}); "
                    "the failing worker's message is above", err=True)
         return 1
     return 0

@@ -7,7 +7,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +22,8 @@ from pipeline.errors import PipelineError
 if TYPE_CHECKING:
     import torch
     from torch import nn
+
+    from models import DigitNet
 
 log = logging.getLogger(__name__)
 
@@ -345,30 +347,114 @@ def measured(model: "nn.Module", test_x: "torch.Tensor", test_y: "torch.Tensor",
     return record
 
 
+@dataclass
+class TrainState:
+    """Everything a run needs to go on exactly where it stopped: written to the checkpoint and read
+    back from it here, side by side."""
+
+    model: "DigitNet"
+    optimizer: "torch.optim.Optimizer"
+    augment_gen: "torch.Generator"
+    metrics: dict[str, Any]
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    elapsed: float = 0.0  # seconds of training so far, over every resume
+    # losses not yet averaged into a log record / an epoch record: kept, so a resumed run logs
+    # exactly what an uninterrupted one would
+    window: list[float] = field(default_factory=list)
+    epoch_losses: list[float] = field(default_factory=list)
+
+    def save(self, out_dir: Path, cfg: TrainConfig, class_names: tuple[str, ...] | list[str], complete: bool) -> None:
+        """checkpoint.pt and metrics.json, each written atomically."""
+        import torch
+
+        save_checkpoint(out_dir / CHECKPOINT_NAME, {
+            "model": self.model.state_dict(), "config": self.model.cfg.to_dict(), "train_config": asdict(cfg),
+            "class_names": list(class_names), "optimizer": self.optimizer.state_dict(),
+            "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "complete": complete,
+            "rng": {"torch": torch.get_rng_state(), "augment": self.augment_gen.get_state()},
+            "wall_time": self.elapsed, "metrics": self.metrics,
+            "loss_window": self.window, "epoch_losses": self.epoch_losses,
+        })
+        write_json(out_dir / "metrics.json", self.metrics)
+
+    @classmethod
+    def restored(cls, saved: dict[str, Any], ckpt_path: Path, cfg: TrainConfig, device: "torch.device",
+                 distributed: bool) -> "TrainState":
+        """The state ``save`` wrote; also restores the global torch RNG (dropout masks)."""
+        import torch
+
+        model = model_from_checkpoint(saved, ckpt_path).to(device)
+        optimizer = prepared_optimizer(model, cfg, distributed)
+        optimizer.load_state_dict(saved["optimizer"])
+        augment_gen = torch.Generator()
+        augment_gen.set_state(saved["rng"]["augment"])
+        torch.set_rng_state(saved["rng"]["torch"])
+        return cls(model, optimizer, augment_gen, saved["metrics"], saved["step"], saved["epoch"],
+                   saved["batch_in_epoch"], float(saved["wall_time"]), list(saved["loss_window"]),
+                   list(saved["epoch_losses"]))
+
+    @classmethod
+    def fresh(cls, cfg: TrainConfig, dataset: Dataset, device: "torch.device", distributed: bool) -> "TrainState":
+        import torch
+
+        model = build_model(cfg, dataset, distributed).to(device)
+        return cls(model, prepared_optimizer(model, cfg, distributed), torch.Generator().manual_seed(cfg.seed + 1),
+                   {"dataset": dataset.name, "log": [], "epochs": []})
+
+
+def build_model(cfg: TrainConfig, dataset: Dataset, distributed: bool) -> "DigitNet":
+    """A new network for ``dataset``: its classes, the normalization constants of its training split
+    (baked into the network and the exported graph), and the BN variant ``cfg`` asks for."""
+    from models import DigitNet, DigitNetConfig
+    from models.bn_variants import MISTAKES
+
+    pixels = dataset.train_images.astype(np.float64) / 255.0
+    model_cfg = DigitNetConfig(bn=cfg.bn, num_classes=len(dataset.class_names), dropout=cfg.dropout,
+                               normalize_mean=round(float(pixels.mean()), 4),
+                               normalize_std=round(float(pixels.std()), 4),
+                               **(MISTAKES[cfg.bn_mistake] if cfg.bn_mistake else {}))
+    if distributed and model_cfg.exercise_bn:
+        raise PipelineError(f"the BN mistake {cfg.bn_mistake!r} trains in one process only (no --nproc)")
+    return DigitNet(model_cfg)
+
+
+def prepared_optimizer(model: "DigitNet", cfg: TrainConfig, distributed: bool) -> "torch.optim.Optimizer":
+    from models.sync_bn import convert_sync_batchnorm
+
+    if distributed:
+        convert_sync_batchnorm(model)  # before the optimizer: conversion makes new parameters
+    return make_optimizer(model, cfg)
+
+
+def resumable(ckpt_path: Path, cfg: TrainConfig, given_options: set[str] | None) -> tuple[dict[str, Any], TrainConfig]:
+    """The checkpoint to resume from, and the settings to go on with: the saved ones, except those the
+    user gave (``given_options``; None: all of ``cfg``), which must be changeable."""
+    if not ckpt_path.is_file():
+        raise PipelineError(f"--resume: no checkpoint at {ckpt_path}")
+    saved = load_checkpoint(ckpt_path)
+    if "train_config" not in saved or "optimizer" not in saved:
+        raise PipelineError(f"--resume: {ckpt_path} holds no training state to resume from")
+    saved_cfg = TrainConfig.from_dict(saved["train_config"])
+    wanted = cfg if given_options is None else replace(
+        saved_cfg, **{k: getattr(cfg, k) for k in given_options if hasattr(cfg, k)})
+    cfg = _check_resume_compatible(saved_cfg, wanted, RESUME_CHANGEABLE)
+    cfg.validate()
+    return saved, cfg
+
+
 def _train(cfg: TrainConfig, out_dir: Path, *, resume: bool, given_options: set[str] | None,
            should_stop: Callable[[], bool], progress: bool, dataset: Dataset | None,
            on_step: Callable[[int, float], None] | None, probe: Probe | None = None) -> TrainResult:
     import torch
 
-    from models import DigitNet, DigitNetConfig
-    from models.bn_variants import MISTAKES
-    from models.sync_bn import convert_sync_batchnorm
-
     cfg.validate()
     out_dir = Path(out_dir)
     ckpt_path = out_dir / CHECKPOINT_NAME
-    state: dict[str, Any] | None = None
+    saved = None
     if resume:
-        if not ckpt_path.is_file():
-            raise PipelineError(f"--resume: no checkpoint at {ckpt_path}")
-        state = load_checkpoint(ckpt_path)
-        if "train_config" not in state or "optimizer" not in state:
-            raise PipelineError(f"--resume: {ckpt_path} holds no training state to resume from")
-        saved = TrainConfig.from_dict(state["train_config"])
-        wanted = cfg if given_options is None else replace(
-            saved, **{k: getattr(cfg, k) for k in given_options if hasattr(cfg, k)})
-        cfg = _check_resume_compatible(saved, wanted, RESUME_CHANGEABLE)
-        cfg.validate()
+        saved, cfg = resumable(ckpt_path, cfg, given_options)
     ctx = context_from_environment()
 
     if dataset is None:
@@ -387,42 +473,18 @@ def _train(cfg: TrainConfig, out_dir: Path, *, resume: bool, given_options: set[
         total_steps = min(total_steps, cfg.max_steps)
 
     torch.manual_seed(cfg.seed)
-    if state is None:
-        # Normalization constants of this training split, baked into the network (and the exported graph).
-        pixels = dataset.train_images.astype(np.float64) / 255.0
-        model_cfg = DigitNetConfig(bn=cfg.bn, num_classes=len(dataset.class_names), dropout=cfg.dropout,
-                                   normalize_mean=round(float(pixels.mean()), 4),
-                                   normalize_std=round(float(pixels.std()), 4),
-                                   **(MISTAKES[cfg.bn_mistake] if cfg.bn_mistake else {}))
-        if ctx.enabled and model_cfg.exercise_bn:
-            raise PipelineError(f"the BN mistake {cfg.bn_mistake!r} trains in one process only (no --nproc)")
-        model = DigitNet(model_cfg).to(device)
-        if ctx.enabled:
-            convert_sync_batchnorm(model)  # before the optimizer: conversion makes new parameters
-        optimizer = make_optimizer(model, cfg)
-        augment_gen = torch.Generator().manual_seed(cfg.seed + 1)
-        step, epoch, batch_in_epoch, elapsed = 0, 0, 0, 0.0
-        metrics: dict[str, Any] = {"dataset": dataset.name, "log": [], "epochs": []}
+    if saved is None:
+        ts = TrainState.fresh(cfg, dataset, device, ctx.enabled)
     else:
-        model = model_from_checkpoint(state, ckpt_path).to(device)
-        model_cfg = model.cfg
-        if ctx.enabled:
-            convert_sync_batchnorm(model)
-        optimizer = make_optimizer(model, cfg)
-        optimizer.load_state_dict(state["optimizer"])
-        augment_gen = torch.Generator()
-        augment_gen.set_state(state["rng"]["augment"])
-        torch.set_rng_state(state["rng"]["torch"])
-        step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-        elapsed = float(state["wall_time"])
-        metrics = state["metrics"]
-        if step >= total_steps:
-            raise PipelineError(f"--resume: the run in {out_dir} already finished {step} steps; "
+        ts = TrainState.restored(saved, ckpt_path, cfg, device, ctx.enabled)
+        if ts.step >= total_steps:
+            raise PipelineError(f"--resume: the run in {out_dir} already finished {ts.step} steps; "
                                 f"pass a larger --epochs (or --max-steps) to train further")
-        log.info("resuming %s at step %d (epoch %d)", out_dir, step, epoch + 1)
+        log.info("resuming %s at step %d (epoch %d)", out_dir, ts.step, ts.epoch + 1)
+    model, optimizer = ts.model, ts.optimizer
 
     if ctx.is_main:
-        write_json(out_dir / "config.json", {"model": model_cfg.to_dict(), "train": asdict(cfg),
+        write_json(out_dir / "config.json", {"model": model.cfg.to_dict(), "train": asdict(cfg),
                                              "class_names": list(dataset.class_names)})
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
@@ -433,105 +495,93 @@ def _train(cfg: TrainConfig, out_dir: Path, *, resume: bool, given_options: set[
         from torch.nn.parallel import DistributedDataParallel
 
         forward_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-        torch.manual_seed(cfg.seed * 1_000_003 + 7919 * ctx.rank + step)  # distinct dropout masks per rank
+        torch.manual_seed(cfg.seed * 1_000_003 + 7919 * ctx.rank + ts.step)  # distinct dropout masks per rank
     if cfg.compile:
         forward_model = torch.compile(forward_model)
     local = ctx.local_slice(cfg.batch_size)
     bf16 = use_bf16(cfg.precision, device)
-    metrics["precision"] = "bf16" if bf16 else "fp32"
+    ts.metrics["precision"] = "bf16" if bf16 else "fp32"
     last_checkpoint = time.perf_counter()
 
     def checkpoint(complete: bool) -> None:
-        if not ctx.is_main:
-            return
-        save_checkpoint(ckpt_path, {
-            "model": model.state_dict(), "config": model_cfg.to_dict(), "train_config": asdict(cfg),
-            "class_names": list(dataset.class_names), "optimizer": optimizer.state_dict(),
-            "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "complete": complete,
-            "rng": {"torch": torch.get_rng_state(), "augment": augment_gen.get_state()},
-            "wall_time": elapsed, "metrics": metrics,
-            "loss_window": window, "epoch_losses": epoch_losses,
-        })
-        write_json(out_dir / "metrics.json", metrics)
+        if ctx.is_main:
+            ts.save(out_dir, cfg, dataset.class_names, complete)
 
     bar = None
     if progress and ctx.is_main:
         from tqdm import tqdm
 
-        bar = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True, leave=True)
-    if cfg.eval_every and step == 0 and ctx.is_main:  # where every curve starts
-        metrics["initial_eval"] = {"step": 0, **measured(model, test_x, test_y, probe)}
-    started = time.perf_counter() - elapsed
-    # Losses not yet averaged into a log record / an epoch record; kept in checkpoints so a resumed
-    # run logs exactly what an uninterrupted one would.
-    window: list[float] = list(state["loss_window"]) if state else []
-    epoch_losses: list[float] = list(state["epoch_losses"]) if state else []
+        bar = tqdm(total=total_steps, initial=ts.step, unit="step", dynamic_ncols=True, leave=True)
+    if cfg.eval_every and ts.step == 0 and ctx.is_main:  # where every curve starts
+        ts.metrics["initial_eval"] = {"step": 0, **measured(model, test_x, test_y, probe)}
+    started = time.perf_counter() - ts.elapsed
     interrupted = diverged = False
     try:
-        while step < total_steps and not diverged:
-            for idx in batches_of_epoch(len(train_x), cfg.batch_size, cfg.seed, epoch, batch_in_epoch, device):
+        while ts.step < total_steps and not diverged:
+            for idx in batches_of_epoch(len(train_x), cfg.batch_size, cfg.seed, ts.epoch, ts.batch_in_epoch, device):
                 # every rank augments the whole global batch alike, then trains on its own slice
                 images = train_x[idx]
                 if cfg.augment:
-                    images = augment_batch(images, augment_gen)
+                    images = augment_batch(images, ts.augment_gen)
                 if cfg.augment_real:
-                    images = augment_real(images, augment_gen)
+                    images = augment_real(images, ts.augment_gen)
                 images = images[local].contiguous(memory_format=memory_format)
                 for group in optimizer.param_groups:
-                    group["lr"] = lr_at(step, total_steps, cfg.lr)
+                    group["lr"] = lr_at(ts.step, total_steps, cfg.lr)
                 loss = train_step(forward_model, optimizer, images, train_y[idx][local], bf16=bf16)
                 loss, stop_requested = agree(ctx, loss, should_stop(), device)
-                step += 1
-                batch_in_epoch += 1
+                ts.step += 1
+                ts.batch_in_epoch += 1
                 if not math.isfinite(loss) or loss > DIVERGED_LOSS:
                     diverged = True
                     break
-                window.append(loss)
-                epoch_losses.append(loss)
+                ts.window.append(loss)
+                ts.epoch_losses.append(loss)
                 if on_step is not None:
-                    on_step(step, loss)
+                    on_step(ts.step, loss)
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(epoch=epoch + 1, loss=f"{loss:.4f}", refresh=False)
-                if step % cfg.log_every == 0 or step == total_steps:
-                    record = {"step": step, "epoch": epoch + 1, "train_loss": float(np.mean(window)),
+                    bar.set_postfix(epoch=ts.epoch + 1, loss=f"{loss:.4f}", refresh=False)
+                if ts.step % cfg.log_every == 0 or ts.step == total_steps:
+                    record = {"step": ts.step, "epoch": ts.epoch + 1, "train_loss": float(np.mean(ts.window)),
                               "lr": optimizer.param_groups[0]["lr"], "wall_time": time.perf_counter() - started}
-                    if cfg.eval_every and step % cfg.eval_every == 0 and ctx.is_main:
+                    if cfg.eval_every and ts.step % cfg.eval_every == 0 and ctx.is_main:
                         record.update(measured(model, test_x, test_y, probe))
-                    metrics["log"].append(record)
-                    window = []
-                if step >= total_steps:
+                    ts.metrics["log"].append(record)
+                    ts.window = []
+                if ts.step >= total_steps:
                     break
                 if stop_requested:
                     interrupted = True
                     break
                 if time.perf_counter() - last_checkpoint >= cfg.checkpoint_every_s:  # bounds what a crash loses
-                    elapsed = time.perf_counter() - started
+                    ts.elapsed = time.perf_counter() - started
                     checkpoint(complete=False)
                     last_checkpoint = time.perf_counter()
             if diverged:
                 break
-            end_of_epoch = batch_in_epoch >= steps_per_epoch or step >= total_steps
+            end_of_epoch = ts.batch_in_epoch >= steps_per_epoch or ts.step >= total_steps
             if end_of_epoch and ctx.is_main:  # evaluated once, on rank 0
                 test_loss, test_acc = evaluate(model, test_x, test_y)
-                metrics["epochs"].append({
-                    "epoch": epoch + 1, "step": step, "train_loss": float(np.mean(epoch_losses)),
+                ts.metrics["epochs"].append({
+                    "epoch": ts.epoch + 1, "step": ts.step, "train_loss": float(np.mean(ts.epoch_losses)),
                     "test_loss": test_loss, "test_accuracy": test_acc, "wall_time": time.perf_counter() - started,
                 })
                 if bar is not None:
-                    bar.write(f"epoch {epoch + 1}: train loss {np.mean(epoch_losses):.4f}  "
+                    bar.write(f"epoch {ts.epoch + 1}: train loss {np.mean(ts.epoch_losses):.4f}  "
                               f"test loss {test_loss:.4f}  test accuracy {test_acc:.2%}")
             if end_of_epoch:
-                epoch_losses = []
-                if batch_in_epoch >= steps_per_epoch:
-                    epoch, batch_in_epoch = epoch + 1, 0
+                ts.epoch_losses = []
+                if ts.batch_in_epoch >= steps_per_epoch:
+                    ts.epoch, ts.batch_in_epoch = ts.epoch + 1, 0
             if interrupted:
                 break
     finally:
         if bar is not None:
             bar.close()
 
-    elapsed = time.perf_counter() - started
+    ts.elapsed = elapsed = time.perf_counter() - started
+    step, epoch, metrics = ts.step, ts.epoch, ts.metrics
     if interrupted:
         checkpoint(complete=False)
         return TrainResult(out_dir, step, epoch, None, None, elapsed, interrupted=True)
