@@ -46,8 +46,7 @@ class ExerciseBatchNorm(nn.modules.batchnorm._BatchNorm):
             raise ValueError("per-position moments need the (C, H, W) shape of the input")
         super().__init__(num_features, eps=eps, momentum=momentum, affine=True,
                          track_running_stats=inference == "population")
-        self.moments, self.inference = moments, inference
-        self.per_position = moments == "position" and positions is not None
+        self.per_position = moments == "position"
         if self.per_position and self.track_running_stats:
             self.register_buffer("running_mean", torch.zeros(positions))
             self.register_buffer("running_var", torch.ones(positions))
