@@ -15,9 +15,30 @@ from typing import Any
 
 import click
 
+from pipeline.data import DATASETS
 from pipeline.errors import PipelineError
+from pipeline.train import DEVICES
 
 DEFAULT_RUN = Path("runs/default")
+DATA_HELP = ("sample: 5,000 real MNIST digits embedded in the package (4,000 train / 1,000 test). "
+             "mnist: the four standard MNIST files in --data-dir. fashion-mnist: from --data-dir, "
+             "default /usr/share/datasets/fashion-mnist (Debian package dataset-fashion-mnist).")
+DATA_DIR_HELP = "Directory with the IDX files (raw or .gz; torchvision's MNIST/raw layout works too)."
+
+
+def data_options(names: tuple[str, ...] = DATASETS, data_help: str = DATA_HELP,
+                 dir_help: str = DATA_DIR_HELP) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--data and --data-dir, as every command that reads a dataset declares them."""
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        command = click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                               help=dir_help)(command)
+        return click.option("--data", type=click.Choice(list(names)), default="sample", show_default=True,
+                            help=data_help)(command)
+    return decorate
+
+
+device_option = click.option("--device", type=click.Choice(list(DEVICES)), default="auto", show_default=True,
+                             help="auto: cuda where a GPU is available, else cpu.")
 TRAIN_EXTRA_HINT = "pip install 'foldserve[train]'"
 TRAIN_EXTRA_MODULES = ("torch", "onnx", "onnxscript", "tqdm", "matplotlib")
 
@@ -89,12 +110,7 @@ class StopFlag:
 
 
 @cli.command()
-@click.option("--data", type=click.Choice(["sample", "mnist", "fashion-mnist"]), default="sample", show_default=True,
-              help="sample: 5,000 real MNIST digits embedded in the package (4,000 train / 1,000 test). "
-                   "mnist: the four standard MNIST files in --data-dir. fashion-mnist: from --data-dir, "
-                   "default /usr/share/datasets/fashion-mnist (Debian package dataset-fashion-mnist).")
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Directory with the IDX files (raw or .gz; torchvision's MNIST/raw layout works too).")
+@data_options()
 @click.option("--download", is_flag=True, help="With --data mnist: fetch missing files into --data-dir (md5-verified).")
 @click.option("--epochs", type=int, default=25, show_default=True, help="Passes over the training split.")
 @click.option("--batch-size", type=int, default=64, show_default=True)
@@ -104,7 +120,8 @@ class StopFlag:
               help="sgd uses momentum 0.9.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seeds initialization, data order, augmentation and dropout: same seed on CPU, same metrics.")
-@click.option("--no-bn", is_flag=True, help="Train the variant without batch normalization (plain biases).")
+@click.option("--bn/--no-bn", default=True, show_default=True,
+              help="--no-bn: train the variant without batch normalization (plain biases).")
 @click.option("--dropout", type=float, default=0.5, show_default=True, help="Dropout before the last layer.")
 @click.option("--augment/--no-augment", default=True, show_default=True,
               help="Small random affine per image (±10°, ±2 px, scale 0.9–1.1).")
@@ -116,7 +133,7 @@ class StopFlag:
               help='Generated letters, shapes and scribbles added as the class "not a digit" (0: no such class).')
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_RUN, show_default=True,
               help="Run directory: config.json, metrics.json, checkpoint.pt.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@device_option
 @click.option("--max-steps", type=int, default=None, help="Stop after this many steps in total (smoke runs).")
 @click.option("--log-every", type=int, default=20, show_default=True, help="Record the training loss every N steps.")
 @click.option("--eval-every", type=int, default=0, show_default=True,
@@ -129,7 +146,7 @@ class StopFlag:
 @click.option("--checkpoint-every", "checkpoint_every_s", type=click.FloatRange(min=0), default=60.0,
               show_default=True, help="Seconds between checkpoints during training, so a crash loses at most "
                                       "this much (one is always written at the end and on Ctrl-C/SIGTERM).")
-@click.option("--compile", "compile_", is_flag=True, help="torch.compile the training forward pass.")
+@click.option("--compile", "compile", is_flag=True, help="torch.compile the training forward pass.")
 @click.option("--resume", is_flag=True,
               help="Continue the run in --out from its checkpoint (after Ctrl-C, or with a larger --epochs).")
 @click.option("--overwrite", is_flag=True,
@@ -141,10 +158,10 @@ class StopFlag:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
 def train(ctx: click.Context, data: str, data_dir: Path | None, download: bool, epochs: int, batch_size: int,
-          lr: float, optimizer: str, seed: int, no_bn: bool, dropout: float, augment: bool, augment_real: bool,
+          lr: float, optimizer: str, seed: int, bn: bool, dropout: float, augment: bool, augment_real: bool,
           stroke_digits: int, non_digits: int, out: Path, device: str,
           max_steps: int | None, log_every: int, eval_every: int, precision: str, channels_last: bool,
-          checkpoint_every_s: float, compile_: bool,
+          checkpoint_every_s: float, compile: bool,
           resume: bool, overwrite: bool, nproc: int, quiet: bool) -> None:
     """Train the digit CNN and write config.json, metrics.json and checkpoint.pt into --out.
 
@@ -155,13 +172,12 @@ def train(ctx: click.Context, data: str, data_dir: Path | None, download: bool, 
     from pipeline.train import TrainConfig, train as run_training
 
     cfg = TrainConfig(data=data, data_dir=str(data_dir) if data_dir else None, epochs=epochs, batch_size=batch_size,
-                      lr=lr, optimizer=optimizer, seed=seed, bn=not no_bn, dropout=dropout, augment=augment,
+                      lr=lr, optimizer=optimizer, seed=seed, bn=bn, dropout=dropout, augment=augment,
                       augment_real=augment_real, stroke_digits=stroke_digits, non_digits=non_digits,
                       device=device,
                       max_steps=max_steps, log_every=log_every, eval_every=eval_every, precision=precision,
-                      channels_last=channels_last, compile=compile_, checkpoint_every_s=checkpoint_every_s)
+                      channels_last=channels_last, compile=compile, checkpoint_every_s=checkpoint_every_s)
     given = {name for name in ctx.params if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT}
-    given = {{"no_bn": "bn", "compile_": "compile"}.get(name, name) for name in given}
     cfg.validate()
     if resume and overwrite:
         raise PipelineError("--resume continues the run in --out, --overwrite replaces it: pass one of them")
@@ -266,8 +282,7 @@ def verify(model: Path, run_dir: Path | None, as_json: bool) -> None:
 
 
 @cli.command()
-@click.option("--data", type=click.Choice(["sample", "mnist", "fashion-mnist"]), default="sample", show_default=True)
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+@data_options()
 @click.option("--epochs", type=int, default=6, show_default=True, help="Epochs per run.")
 @click.option("--seeds", type=int, default=3, show_default=True, help="Seeds 0..N-1 per variant and learning rate.")
 @click.option("--lr", "lrs", type=float, multiple=True, default=(0.01, 0.1), show_default=True,
@@ -278,7 +293,7 @@ def verify(model: Path, run_dir: Path | None, as_json: bool) -> None:
 @click.option("--eval-every", type=int, default=25, show_default=True,
               help="Evaluate test loss and accuracy (eval mode) every N steps.")
 @click.option("--max-steps", type=int, default=None, help="Cap on steps per run (smoke runs).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@device_option
 @click.option("--mistakes/--no-mistakes", default=True, show_default=True,
               help="Also train the exercise's BN mistakes (per-position moments, decay 0.999, a bias after BN, "
                    "eps 1e-8 in both precisions) and evaluate with batch statistics at inference.")
@@ -314,10 +329,8 @@ def compare(data: str, data_dir: Path | None, epochs: int, seeds: int, lrs: tupl
 @click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path),
               default=DEFAULT_RUN / "model.onnx", show_default=True,
               help="The exported model, read through the served path (onnxruntime), as `serve predict` does.")
-@click.option("--data", type=click.Choice(["sample", "mnist"]), default="sample", show_default=True,
-              help="Where the digits come from; only its TEST split is used.")
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="With --data mnist: the directory with the IDX files.")
+@data_options(("sample", "mnist"), "Where the digits come from; only its TEST split is used.",
+              "With --data mnist: the directory with the IDX files.")
 @click.option("--per-condition", type=click.IntRange(min=1), default=100, show_default=True,
               help="Images per condition (the 48-megapixel `big` condition makes at most 3).")
 @click.option("--condition", "conditions", multiple=True,

@@ -19,6 +19,9 @@ EXIT_INPUT_ERROR = 2
 EXIT_USAGE = 2  # an option that cannot work (as click's own usage errors)
 
 
+model_option = click.option("--model", "model_path", type=click.Path(path_type=Path), envvar="SERVE_MODEL",
+                            default=DEFAULT_MODEL, show_default=True, show_envvar=True,
+                            help="The exported ONNX model.")
 max_pixels_option = click.option(
     "--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True,
     help="Refuse images declaring more pixels than this, before decoding them (decompression bombs).")
@@ -32,8 +35,7 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("images", nargs=-1, required=True)
-@click.option("--model", "model_path", type=click.Path(path_type=Path), envvar="SERVE_MODEL",
-              default=DEFAULT_MODEL, show_default=True, show_envvar=True, help="The exported ONNX model.")
+@model_option
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON object per line: image, text, digits (label, probability, box), not_a_digit; "
                    "label, probability and probabilities when exactly one digit is read; error for unreadable input.")
@@ -90,8 +92,7 @@ def fail(message: str, status: int = EXIT_MODEL_ERROR) -> NoReturn:
 
 
 @cli.command()
-@click.option("--model", "model_path", type=click.Path(path_type=Path), envvar="SERVE_MODEL",
-              default=DEFAULT_MODEL, show_default=True, show_envvar=True, help="The exported ONNX model.")
+@model_option
 @click.option("--model-name", default="digits", show_default=True, help="The model's name in the /v2 API.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback unless told).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)

@@ -13,7 +13,7 @@ from serve.cli import cli as serve_cli
 from serve.server import ServerConfig
 
 # option name -> (dataclass field, how the option's value becomes the field's)
-RENAMED = {"no_bn": ("bn", lambda v: not v), "compile_": ("compile", None), "lrs": ("lrs", tuple),
+RENAMED = {"lrs": ("lrs", tuple),
            "max_body_mb": ("max_body_bytes", lambda v: int(v * 1024 * 1024)), "model_path": (None, None),
            "data_dir": (None, None),
            # chosen by the command from --host (loopback or not), not a fixed default
