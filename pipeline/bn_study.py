@@ -30,6 +30,7 @@ PROBE_IMAGES = 256  # the first test images: the same batch at every evaluation 
 UNIT_FRACTIONS = (0.0, 0.25, 0.5, 0.75)  # fixed units, spread over the hidden layer
 TEST_BATCH_SIZES = (1000, 100, 10, 1)
 EPS_MISTAKE = "eps 1e-8"
+BATCH_INFERENCE = "batch statistics at inference"  # evaluated on the correct runs' weights, not trained
 
 
 def probe_units(hidden: int) -> list[int]:
@@ -61,7 +62,7 @@ def mistake_runs(base: TrainConfig) -> list[tuple[str, TrainConfig]]:
     from models.bn_variants import MISTAKES
 
     other = other_precision(base)
-    runs = [(name, replace(base, bn_mistake=name)) for name in MISTAKES if name != "batch statistics at inference"]
+    runs = [(name, replace(base, bn_mistake=name)) for name in MISTAKES if name != BATCH_INFERENCE]
     runs += [(f"correct BN, {other}", replace(base, precision=other)),
              (f"{EPS_MISTAKE}, {other}", replace(base, bn_mistake=EPS_MISTAKE, precision=other))]
     return runs
@@ -75,8 +76,9 @@ def batch_statistics_accuracy(model: "DigitNet", images: "torch.Tensor", labels:
     from torch.nn import functional as F
 
     from models import DigitNet
+    from models.bn_variants import MISTAKES
 
-    exercise = DigitNet(replace(model.cfg, bn_inference="batch")).to(images.device)
+    exercise = DigitNet(replace(model.cfg, **MISTAKES[BATCH_INFERENCE])).to(images.device)
     state = {k: v for k, v in model.state_dict().items() if "running_" not in k and "num_batches" not in k}
     exercise.load_state_dict(state)
     exercise.eval()
@@ -92,6 +94,8 @@ def batch_statistics_accuracy(model: "DigitNet", images: "torch.Tensor", labels:
 def population_error(model: "DigitNet", train_images: "torch.Tensor", batch_size: int = 500) -> dict[str, float]:
     """How far the running (population) statistics are from the exact statistics of the training
     split, over every BN channel: mean |Δmean| / exact std, and mean |log(running var / exact var)|."""
+    import torch
+
     from models import batchnorm_layers, recompute_bn_statistics
 
     exact = copy.deepcopy(model)
@@ -102,8 +106,6 @@ def population_error(model: "DigitNet", train_images: "torch.Tensor", batch_size
         mean_errors.append(((running.running_mean.double() - true.running_mean.double()).abs() / std).flatten())
         ratio = running.running_var.double().clamp_min(1e-12) / true.running_var.double().clamp_min(1e-12)
         var_errors.append(ratio.log().abs().flatten())
-    import torch
-
     return {"mean_error_in_std": float(torch.cat(mean_errors).mean()),
             "log_var_ratio": float(torch.cat(var_errors).mean())}
 
