@@ -25,6 +25,8 @@ from pipeline.bn_study import (PERCENTILES, PROBE_IMAGES, TEST_BATCH_SIZES, batc
 from pipeline.train import TrainConfig, evaluate, to_tensors, train
 
 VARIANTS = ("bn", "no-bn")
+COLOURS = {"bn": "tab:blue", "no-bn": "tab:orange"}  # of each variant in every figure
+LABELS = {"bn": "with BN", "no-bn": "without BN"}
 THRESHOLDS = (0.97, 0.98)
 
 
@@ -272,8 +274,6 @@ def plot_curves(records: list[RunRecord], cfg: CompareConfig, path: Path) -> Non
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colours = {"bn": "tab:blue", "no-bn": "tab:orange"}
-    labels = {"bn": "with BN", "no-bn": "without BN"}
     rows = [("train_loss", "training loss (smoothed)"), ("test_loss", "test loss"),
             ("test_error", "test error (1 − accuracy)")]
     fig, axes = plt.subplots(len(rows), len(cfg.lrs), figsize=(5.2 * len(cfg.lrs), 9.5), squeeze=False,
@@ -291,10 +291,10 @@ def plot_curves(records: list[RunRecord], cfg: CompareConfig, path: Path) -> Non
                 steps = series[0][0][:length]
                 stacked = np.stack([s[1][:length] for s in series])
                 diverged = sum(r.diverged for r in runs)
-                label = labels[variant] + (f" ({diverged} diverged)" if diverged else "")
-                ax.plot(steps, stacked.mean(0), color=colours[variant], label=label, linewidth=1.5)
+                label = LABELS[variant] + (f" ({diverged} diverged)" if diverged else "")
+                ax.plot(steps, stacked.mean(0), color=COLOURS[variant], label=label, linewidth=1.5)
                 if len(series) > 1:
-                    ax.fill_between(steps, stacked.min(0), stacked.max(0), color=colours[variant], alpha=0.2,
+                    ax.fill_between(steps, stacked.min(0), stacked.max(0), color=COLOURS[variant], alpha=0.2,
                                     linewidth=0)
                 ax.set_yscale("log")
                 ax.set_title(f"{title}, lr {lr:g}", fontsize=10)
@@ -341,15 +341,13 @@ def plot_distributions(records: list[RunRecord], cfg: CompareConfig, path: Path)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colours = {"bn": "tab:blue", "no-bn": "tab:orange"}
-    labels = {"bn": "with BN", "no-bn": "without BN"}
     fig, axes = plt.subplots(len(cfg.lrs), 3, figsize=(14, 3.6 * len(cfg.lrs)), squeeze=False)
     for row, lr in enumerate(cfg.lrs):
         runs = {r.variant: r for r in records if r.lr == lr and r.seed == 0}
         ax = axes[row][0]
         for variant, run in runs.items():
             steps, error = curve(run.metrics, "test_error")
-            ax.plot(steps, error, color=colours[variant], label=labels[variant])
+            ax.plot(steps, error, color=COLOURS[variant], label=LABELS[variant])
         ax.set_yscale("log")
         ax.set_title(f"(a) test error, lr {lr:g}", fontsize=10)
         ax.set_ylabel("test error (1 − accuracy)")
@@ -362,10 +360,10 @@ def plot_distributions(records: list[RunRecord], cfg: CompareConfig, path: Path)
             steps = [e["step"] for e in probed]
             unit = probed[0]["probe"]["units"][0]
             for q, style in zip(PERCENTILES, (":", "-", "--")):
-                ax.plot(steps, [e["probe"][f"p{q}"][0] for e in probed], color=colours[variant], linestyle=style,
+                ax.plot(steps, [e["probe"][f"p{q}"][0] for e in probed], color=COLOURS[variant], linestyle=style,
                         label=f"{q}th percentile")
             ax.axhline(0, color="grey", linewidth=0.6)
-            ax.set_title(f"({'b' if col == 1 else 'c'}) {labels[variant]}: input of hidden unit {unit}, lr {lr:g}",
+            ax.set_title(f"({'b' if col == 1 else 'c'}) {LABELS[variant]}: input of hidden unit {unit}, lr {lr:g}",
                          fontsize=10)
             ax.legend(fontsize=8)
         for ax in axes[row]:
