@@ -12,7 +12,7 @@ from serve.image.morph import runs_at_least
 
 SPAN = 0.5  # a line covers at least this fraction of the frame
 GAP_FILL = 0.7  # of every window along it (faint lines break up in the threshold)
-TILTS_DEG = (-6.0, -4.0, -2.0, 0.0, 2.0, 4.0, 6.0)
+TILTS_DEG = tuple(t / 2 for t in range(-16, 17))  # half-degree steps: a thin line missed by one degree breaks up
 THIN = 0.012  # a line is at most this thick (fraction of the frame's longer side, plus 2 px)
 
 
@@ -62,10 +62,14 @@ def horizontal_lines(mask: np.ndarray, thickness: int) -> np.ndarray:
     length = int(SPAN * w)
     found = np.zeros_like(mask)
     rows = np.arange(h)[:, None]
+    ink_y, ink_x = np.nonzero(thin)
     for tilt in TILTS_DEG:
         offsets = np.round(np.arange(w) * np.tan(np.radians(tilt))).astype(np.int64)
         offsets -= offsets.min()
-        source = rows + offsets[None, :] - (offsets.max() // 2)  # sheared row for every (row, column)
+        shift = offsets.max() // 2
+        if not may_hold_a_line(ink_y - offsets[ink_x] + shift, h, int(np.ceil(GAP_FILL * length))):
+            continue
+        source = rows + offsets[None, :] - shift  # sheared row for every (row, column)
         valid = (source >= 0) & (source < h)
         src = np.clip(source, 0, h - 1)
         sheared = np.where(valid, thin[src, np.arange(w)[None, :]], False)
@@ -74,6 +78,14 @@ def horizontal_lines(mask: np.ndarray, thickness: int) -> np.ndarray:
         found[src[ys, xs], xs] = True
     # bridge the gaps where thick strokes or other lines cross (set aside above)
     return found | (mask & near(found, 1, 1, thickness) & near(found, 1, -1, thickness))
+
+
+def may_hold_a_line(sheared_rows: np.ndarray, h: int, least: int) -> bool:
+    """Whether any sheared row has at least ``least`` ink pixels: a run that fills enough of its
+    window cannot exist otherwise, and counting is far cheaper than shearing the frame (most tilts
+    hold no line: a photo's lines share one tilt, give or take the perspective)."""
+    inside = sheared_rows[(sheared_rows >= 0) & (sheared_rows < h)]
+    return bool(len(inside)) and int(np.bincount(inside).max()) >= least
 
 
 def near(a: np.ndarray, axis: int, sign: int, reach: int) -> np.ndarray:
