@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from serve.image.decode import DEFAULT_MAX_PIXELS, ImageError, decode_image, to_rgb
-from serve.image.ink import NoDigitFound, ink_map
+from serve.image.ink import NO_INK, NoDigitFound, ink_map
 from serve.image.normalize import INK_MIN, FieldSpec, fit_to_field, is_field_form
 from serve.image.segment import Box, find_glyphs
 
@@ -21,9 +21,6 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from serve.model import DigitModel
-
-NO_INK = "no ink found"
-
 
 @dataclass
 class Page:
@@ -34,7 +31,7 @@ class Page:
     name: str
     fields: np.ndarray  # float32 [k, size, size]
     boxes: list[Box]  # in the original image's pixels, one per field
-    refusal: str | None = None  # the image has nothing to read (NO_INK)
+    refusal: str | None = None  # the image has nothing to read (NoDigitFound's message)
     error: str | None = None  # the input could not be read at all
     pieces: dict[int, list[int]] = field(default_factory=dict)
     joins: dict[int, int] = field(default_factory=dict)  # glyph i → the field of glyphs i and i + 1 as one
@@ -145,8 +142,8 @@ def page_of_image(image: "Image.Image", name: str, spec: FieldSpec = FieldSpec()
     empty = np.zeros((0, spec.size, spec.size), np.float32)
     try:
         ink = ink_map(to_rgb(image))
-    except NoDigitFound:
-        return Page(name, empty, [], refusal=NO_INK)
+    except NoDigitFound as exc:
+        return Page(name, empty, [], refusal=str(exc))
     if ink.max(initial=0.0) < INK_MIN:
         return Page(name, empty, [], refusal=NO_INK)
     if is_field_form(ink, spec):  # already what MNIST's own preprocessing produces: leave it alone

@@ -6,6 +6,7 @@ from collections import deque
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from serve.image.decode import decode_image, to_rgb
 from serve.image.ink import LUMA, NoDigitFound, ink_map
@@ -312,3 +313,14 @@ def test_chalk_on_a_dark_board_is_light_ink(digit) -> None:
     yy, xx = np.mgrid[0:H, 0:W]
     board *= (1 - 0.3 * xx / W)[..., None].astype(np.float32)  # uneven light: not a flat canvas
     assert_one_glyph_on_the_digit(put_ink(board, digit, TOP, LEFT, colour=(0.85, 0.85, 0.8)))
+
+
+def test_blotches_of_colour_have_no_paper_and_are_refused() -> None:
+    # what a colourful pattern or a smeared photo is: no colour covers a third of the frame
+    rng = np.random.default_rng(3)
+    coarse = rng.uniform(0, 1, (6, 5, 3)).astype(np.float32)
+    rgb = np.asarray(Image.fromarray((coarse * 255).astype(np.uint8)).resize((W, H), Image.Resampling.BICUBIC))
+    with pytest.raises(NoDigitFound, match="no paper"):
+        ink_map(to_rgb(decode_image(rgb_bytes(rgb.astype(np.float32) / 255, "JPEG", quality=85)).image))
+    page = prepare_page(rgb_bytes(rgb.astype(np.float32) / 255), "blotches.png")
+    assert page.glyphs == 0 and page.refusal is not None and page.refusal.startswith("no paper")
