@@ -55,19 +55,65 @@ def ink_map(rgb: np.ndarray) -> np.ndarray:
     if max(gray.shape) <= SMALL_SIDE:
         return global_ink(gray)
     flat = flat_background(rgb)
-    if flat is not None:  # a canvas or a clean scan: one colour, even under the fattest marker stroke
-        background = np.broadcast_to(flat, rgb.shape)
-        dark_ink = ink_is_darker(rgb, flat)
-    else:
-        # most of a frame is background; white paper in dim light is often darker than mid-grey
-        # (0.44-0.49 in the evaluation's dim photos), a blackboard far darker still
-        dark_ink = float(np.median(gray)) > DARK_PAPER
-        low = shrink(rgb, LOW_SIDE)
-        if paper_share(low) < PAPER_SHARE:
-            raise NoDigitFound(NO_PAPER)
-        background = estimate_background(rgb, dark_ink, low)
-    raw = contrast(rgb, background, dark_ink)
-    return threshold_ink(raw, gray, dark_ink)
+    if flat is None:
+        return photo_ink(rgb, gray)
+    # a canvas or a clean scan: one colour, even under the fattest marker stroke
+    dark_ink = ink_is_darker(rgb, flat)
+    return threshold_ink(contrast(rgb, np.broadcast_to(flat, rgb.shape), dark_ink), gray, dark_ink)
+
+
+def photo_ink(rgb: np.ndarray, gray: np.ndarray) -> np.ndarray:
+    """The ink of a photo: against the paper's colour estimated locally, without the desk around the
+    sheet; a frame with no paper to speak of is refused."""
+    # most of a frame is background; white paper in dim light is often darker than mid-grey
+    # (0.44-0.49 in the evaluation's dim photos), a blackboard far darker still
+    dark_ink = float(np.median(gray)) > DARK_PAPER
+    low = shrink(rgb, LOW_SIDE)
+    if float(np.mean(hue_distance(low) < PAPER_TOLERANCE)) < PAPER_SHARE:
+        raise NoDigitFound(NO_PAPER)
+    low_background = paper_colour(low, dark_ink)
+    background = resize_channels(low_background, (rgb.shape[1], rgb.shape[0]), Image.Resampling.BILINEAR)
+    return without_desk(threshold_ink(contrast(rgb, background, dark_ink), gray, dark_ink), low_background)
+
+
+def hue_distance(low: np.ndarray) -> np.ndarray:
+    """How far each pixel's chromaticity (r, g, b over their sum) is from the frame's median one.
+
+    Paper is one hue under any light: shadows and fall-off change its brightness, not its hue, and
+    the ink and a desk at the edges are a minority (at least 64% of every photo in the evaluation is
+    within PAPER_TOLERANCE, coloured paper in dim light the lowest); blotches of colour, a pattern or
+    a scene have no such majority (under 10%). The floor on the sum keeps a dark board's sensor
+    noise from looking like hue."""
+    chroma = low / np.maximum(low.sum(axis=2, keepdims=True), 0.3)
+    return np.abs(chroma - np.median(chroma.reshape(-1, 3), axis=0)).max(axis=2)
+
+
+def without_desk(ink: np.ndarray, low_background: np.ndarray) -> np.ndarray:
+    """``ink`` without the marks that lie mostly off the sheet: where the background is not the
+    paper's hue or not within half to twice its brightness, in a region reaching the frame's edge (a
+    desk around the sheet, whose grain and shadows stand out like ink and can outweigh a thin digit).
+    A mark reaching from the desk onto the sheet (its edge) stays, for the segmentation to drop as
+    cut by the frame; a region off the paper's colour that does not reach the edge (a small sheet on
+    a large desk, which then has the majority colour) is not a desk."""
+    brightness = low_background @ LUMA
+    reference = float(np.median(brightness))
+    on_paper = (hue_distance(low_background) < PAPER_TOLERANCE) \
+        & (brightness >= 0.5 * reference) & (brightness <= 2.0 * reference)
+    regions, count = label(~on_paper)
+    at_edge = np.unique(border(regions))
+    if count == 0 or not at_edge.any():
+        return ink
+    h, w = ink.shape
+    rows = np.minimum(np.arange(h) * regions.shape[0] // h, regions.shape[0] - 1)
+    cols = np.minimum(np.arange(w) * regions.shape[1] // w, regions.shape[1] - 1)
+    desk = np.isin(regions, at_edge[at_edge > 0])[rows][:, cols]
+    marks, n = label(ink > 0)
+    on_desk = np.bincount(marks[desk], minlength=n + 1) >= 0.5 * np.bincount(marks.ravel(), minlength=n + 1)
+    on_desk[0] = False
+    kept = np.where(on_desk[marks], 0.0, ink).astype(np.float32)
+    if not kept.any():
+        raise NoDigitFound(NO_INK)
+    return kept
 
 
 def flat_background(rgb: np.ndarray) -> np.ndarray | None:
@@ -113,23 +159,9 @@ def global_ink(gray: np.ndarray) -> np.ndarray:
     return np.clip((gray - level) / (1.0 - level), 0.0, 1.0).astype(np.float32)
 
 
-def paper_share(low: np.ndarray) -> float:
-    """The share of a (small) frame whose chromaticity is within PAPER_TOLERANCE of the median's.
-
-    Paper is one hue under any light: shadows and fall-off change its brightness, not its hue, and the
-    ink and a desk at the edges are a minority (at least 64% of every photo in the evaluation, coloured
-    paper in dim light the lowest). Blotches of colour, a pattern or a scene have no such majority
-    (under 10%). The floor on the sum keeps a dark board's sensor noise from looking like hue."""
-    chroma = low / np.maximum(low.sum(axis=2, keepdims=True), 0.3)
-    median = np.median(chroma.reshape(-1, 3), axis=0)
-    return float(np.mean(np.abs(chroma - median).max(axis=2) < PAPER_TOLERANCE))
-
-
-def estimate_background(rgb: np.ndarray, dark_ink: bool, low: np.ndarray | None = None) -> np.ndarray:
-    """float32 [H, W, 3]: the paper's colour at every pixel (a desk's around a sheet), without the ink.
-    ``low``: the frame shrunk to LOW_SIDE, when the caller has it."""
-    h, w, _ = rgb.shape
-    low = shrink(rgb, LOW_SIDE) if low is None else low
+def paper_colour(low: np.ndarray, dark_ink: bool) -> np.ndarray:
+    """float32 [h, w, 3]: the paper's colour (a desk's around a sheet) at every pixel of ``low``, the
+    frame shrunk to LOW_SIDE, without the ink."""
     coarse = shrink(low, MEDIAN_SIDE)
     size = max(3, int(MEDIAN_FRACTION * MEDIAN_SIDE) | 1)
     median = np.stack([np.asarray(Image.fromarray((coarse[..., c] * 255).astype(np.uint8)).filter(
@@ -141,8 +173,7 @@ def estimate_background(rgb: np.ndarray, dark_ink: bool, low: np.ndarray | None 
     paper = (diff < max(MIN_CONTRAST, 0.5 * float(diff.max()))).astype(np.float32)
     near, near_weight = paper_mean(low, paper, 1)
     wide, wide_weight = paper_mean(low, paper, int(MEDIAN_FRACTION * LOW_SIDE) // 3)
-    filled = np.where(near_weight > 0.2, near, np.where(wide_weight > 1e-3, wide, median))
-    return resize_channels(filled, (w, h), Image.Resampling.BILINEAR)
+    return np.where(near_weight > 0.2, near, np.where(wide_weight > 1e-3, wide, median))
 
 
 def paper_mean(low: np.ndarray, paper: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:

@@ -61,6 +61,23 @@ def test_a_sheet_on_a_darker_desk(digit) -> None:
     assert_one_glyph_on_the_digit(rgb)
 
 
+@pytest.mark.parametrize("desk", ["dark", "wood"])
+def test_the_grain_of_a_desk_above_the_sheet_is_not_read(sample_dataset, desk: str) -> None:
+    # a pale pen's digit, and above the sheet a desk whose grain or sensor noise stands out from it
+    # more than the pen does: blobs that do not touch the frame, as big as the digit
+    pale = np.where(upscale_digit(sample_dataset.test_images[1], 220) > 0.5, 0.45, 0.0).astype(np.float32)
+    rgb = put_ink(paper(H, W), pale, 500, 300)
+    rng = np.random.default_rng(0 if desk == "dark" else 2)
+    if desk == "dark":
+        rgb[:120] = 0.15 + rng.normal(0, 0.05, (120, W, 1))
+    else:
+        grain = np.asarray(Image.fromarray(rng.uniform(0, 255, (8, 60)).astype(np.uint8)).resize((W, 120)), np.float32)
+        brown = np.float32([0.5, 0.3, 0.15])
+        rgb[:120] = brown * (0.4 + 0.6 * grain[..., None] / 255) + rng.normal(0, 0.03, (120, W, 1))
+    boxes = glyph_boxes(np.clip(rgb, 0, 1))
+    assert len(boxes) == 1 and boxes[0].y >= 500 and boxes[0].height > 120, boxes
+
+
 @pytest.mark.parametrize("squared", [False, True])
 def test_ruled_and_squared_paper_lines_are_removed_and_the_strokes_kept(digit, squared: bool) -> None:
     rgb = paper(H, W)
