@@ -32,7 +32,7 @@ LINK_REACH = 2  # pixels: faint ink this close to strong ink joins it ...
 RIDGE_REACH = 3  # ... when it stands above the paper this far away on both sides
 DARK_PAPER = 0.3  # a photo whose median grey is below this is light ink on a dark board; above, dark ink
 FAINT = 0.5  # paper lines are looked for at this fraction of the ink threshold, where they are unbroken
-LUMA = np.float32([0.299, 0.587, 0.114])
+LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
 
 class NoDigitFound(ValueError):
@@ -237,7 +237,7 @@ def hollow_stroke_interiors(mask: np.ndarray, gray: np.ndarray) -> np.ndarray:
     misses interiors too thin to matter."""
     h, w = mask.shape
     f = max(1, -(-max(h, w) // HOLE_SIDE))
-    small_mask = np.pad(mask, ((0, -h % f), (0, -w % f))).reshape(-(-h // f), f, -(-w // f), f).any(axis=(1, 3))
+    small_mask = np.any(np.pad(mask, ((0, -h % f), (0, -w % f))).reshape(-(-h // f), f, -(-w // f), f), axis=(1, 3))
     regions, count = label(~small_mask)
     if count < 2:
         return np.zeros_like(mask)
