@@ -37,9 +37,11 @@ browser:
 test: $(STAMP) browser lint
 	$(BIN)/python -m pytest -m ""
 
-# Style and the mistakes a linter catches (unused names, shadowed loop variables), as configured in pyproject.toml.
+# Style and the mistakes a linter catches (unused names, shadowed loop variables), then the types (mypy),
+# both as configured in pyproject.toml.
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 # The fast tier while working (no servers, browsers, torchrun or fresh installs): under 2 minutes.
 test-fast: $(STAMP)

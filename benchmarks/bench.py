@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import functools
 import json
 import os
 import platform
@@ -21,6 +22,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -153,26 +155,28 @@ def bench_training(work: Path, smoke: bool) -> dict:
     def minimal_run(bf16: bool = False, channels_last: bool = False, compile_: bool = False) -> float:
         torch.manual_seed(0)
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        model = DigitNet(DigitNetConfig()).to(memory_format=memory_format)
+        # Module.to documents and accepts memory_format=, but torch's overloads for it leave the keyword out
+        model = DigitNet(DigitNetConfig()).to(memory_format=memory_format)  # type: ignore[call-overload]
         optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
         forward = torch.compile(model) if compile_ else model
         minimal_training_loop(forward, optimizer, x, y, batch, 3, 1, bf16, channels_last)  # warm-up / compile
         return steps * batch / minimal_training_loop(forward, optimizer, x, y, batch, steps, 0, bf16, channels_last)
 
     pipeline_run()  # warm-up: first-call costs (allocator, kernels) out of the figures
-    results = {"steps": steps, "batch_size": batch}
+    results: dict[str, Any] = {"steps": steps, "batch_size": batch}
     results["pipeline"] = repeat(pipeline_run, repeats)
     results["minimal"] = repeat(minimal_run, repeats)
     variants = {"channels_last": dict(channels_last=True), "bf16 autocast": dict(bf16=True),
                 "bf16 autocast + channels_last": dict(bf16=True, channels_last=True)}
     if not smoke:  # compiling takes half a minute; the smoke run checks the code path without it
         variants["torch.compile"] = dict(compile_=True)
-    results["variants"] = {name: repeat(lambda o=opts: minimal_run(**o), repeats) for name, opts in variants.items()}
+    results["variants"] = {name: repeat(functools.partial(minimal_run, **opts), repeats)
+                           for name, opts in variants.items()}
     return results
 
 
-def accuracy_check(work: Path, smoke: bool, options: dict[str, dict]) -> dict[str, tuple[float, float]]:
-    """Full default training per option: (test accuracy, seconds)."""
+def accuracy_check(work: Path, smoke: bool, options: dict[str, dict]) -> dict[str, tuple[float | None, float]]:
+    """Full default training per option: (test accuracy, None if the run diverged; seconds)."""
     from pipeline.train import TrainConfig, train
 
     out = {}
@@ -231,13 +235,13 @@ def bench_inference(models: dict[str, Path], smoke: bool) -> dict:
     for name in ("folded", "unfolded", "int8"):
         sess = session(models[name])
         results["ort"][name] = {
-            "b1": latency(lambda s=sess: s.run(["logits"], {"image": single})),
-            "b256": throughput(lambda s=sess: s.run(["logits"], {"image": batch256}), 256),
+            "b1": latency(functools.partial(sess.run, ["logits"], {"image": single})),
+            "b256": throughput(functools.partial(sess.run, ["logits"], {"image": batch256}), 256),
         }
         for threads in (1, 2):
             sess_t = session(models[name], threads)
-            results["threads"][(name, threads)] = throughput(lambda s=sess_t: s.run(["logits"], {"image": batch256}),
-                                                             256)
+            results["threads"][(name, threads)] = throughput(
+                functools.partial(sess_t.run, ["logits"], {"image": batch256}), 256)
     model = model_from_checkpoint(load_checkpoint(models["run"]))
     x1, x256 = torch.from_numpy(single), torch.from_numpy(batch256)
 

@@ -25,7 +25,9 @@ import subprocess
 import sys
 import tempfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -84,7 +86,7 @@ def png_bomb(width: int = 6300, height: int = 6300) -> bytes:
 class Case:
     name: str
     file: str
-    make: object  # Callable[[Path], Path]
+    make: Callable[[Path], Path]
 
 
 def cases(quick: bool) -> list[Case]:
@@ -205,12 +207,13 @@ def main(argv: list[str] | None = None) -> None:
                 rss.append(peak)
             line = out.splitlines()[-1] if out else ""
             wall, peak, code, out = run_child([sys.executable, "-c", DECODE_ONLY, str(path), str(args.repeats)])
-            decode = json.loads(out.splitlines()[-1]) if code == 0 else {"times": [float("nan")], "rss": float("nan"),
-                                                                         "result": out[-200:]}
-            row = {"case": case.name, "bytes": path.stat().st_size, "wall": Stat(walls), "rss": Stat(rss),
-                   "exit": code, "output": line.replace(str(path), path.name),
-                   "decode_ms": Stat([t * 1000 for t in decode["times"]]), "decode_rss": decode["rss"],
-                   "decoded": decode["result"]}
+            decode: dict[str, Any] = json.loads(out.splitlines()[-1]) if code == 0 else {
+                "times": [float("nan")], "rss": float("nan"), "result": out[-200:]}
+            row: dict[str, Any] = {
+                "case": case.name, "bytes": path.stat().st_size, "wall": Stat(walls), "rss": Stat(rss),
+                "exit": code, "output": line.replace(str(path), path.name),
+                "decode_ms": Stat([t * 1000 for t in decode["times"]]), "decode_rss": decode["rss"],
+                "decoded": decode["result"]}
             rows.append(row)
             print(f"{case.name}: {row['wall'].fmt(2, ' s')}, peak RSS {row['rss'].fmt(0, ' MB')}; "
                   f"decode+to_rgb {row['decode_ms'].fmt(0, ' ms')} ({row['decoded']}), "

@@ -48,6 +48,7 @@ class ExerciseBatchNorm(nn.modules.batchnorm._BatchNorm):
                          track_running_stats=inference == "population")
         self.per_position = moments == "position"
         if self.per_position and self.track_running_stats:
+            assert positions is not None  # checked above: per-position moments need the shape
             self.register_buffer("running_mean", torch.zeros(positions))
             self.register_buffer("running_var", torch.ones(positions))
         self.after_bias = nn.Parameter(torch.zeros(num_features)) if bias_after else None
@@ -75,12 +76,16 @@ class ExerciseBatchNorm(nn.modules.batchnorm._BatchNorm):
         return y.to(input.dtype)
 
     def _running(self, channel_shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        assert self.running_mean is not None and self.running_var is not None  # forward checks running_mean
         if self.per_position:
             return self.running_mean.unsqueeze(0), self.running_var.unsqueeze(0)
         return self.running_mean.view(channel_shape), self.running_var.view(channel_shape)
 
     @torch.no_grad()
     def _update_running(self, mean: torch.Tensor, var: torch.Tensor, count: int) -> None:
+        # forward checks running_mean; the rest come with it, and momentum is a float (never the cumulative None)
+        assert self.running_mean is not None and self.running_var is not None
+        assert self.num_batches_tracked is not None and self.momentum is not None
         unbiased = var * count / max(count - 1, 1)
         shape = self.running_mean.shape
         self.running_mean.lerp_(mean.reshape(shape).to(self.running_mean.dtype), self.momentum)

@@ -72,6 +72,8 @@ def recompute_bn_statistics(model: nn.Module, batches: Iterable[torch.Tensor]) -
     """
     model.eval()
     for bn in batchnorm_layers(model):
+        if bn.running_mean is None or bn.running_var is None:
+            raise ValueError(f"{type(bn).__name__} keeps no running statistics to recompute")
         total = torch.zeros(bn.num_features, dtype=torch.float64, device=bn.running_mean.device)
         total_sq = torch.zeros_like(total)
         count = 0

@@ -91,6 +91,9 @@ class DigitNetConfig:
 
 
 class DigitNet(nn.Module):
+    normalize_mean: torch.Tensor  # buffers (register_buffer in __init__)
+    normalize_std: torch.Tensor
+
     def __init__(self, cfg: DigitNetConfig) -> None:
         super().__init__()
         self.cfg = cfg

@@ -69,6 +69,9 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         if self.affine:
             output = output * self.weight.reshape(shape) + self.bias.reshape(shape)
         if self.track_running_stats:
+            # _BatchNorm registers these buffers whenever it tracks running statistics
+            assert self.running_mean is not None and self.running_var is not None
+            assert self.num_batches_tracked is not None
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
                 m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)

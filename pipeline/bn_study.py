@@ -43,7 +43,7 @@ def percentile_probe(images: "torch.Tensor", units: Sequence[int]) -> Probe:
 
     levels = torch.tensor([p / 100 for p in PERCENTILES])
 
-    def probe(model: "torch.nn.Module") -> dict[str, Any]:
+    def probe(model: "DigitNet") -> dict[str, Any]:
         pre = model.hidden_preactivation(images.to(next(model.parameters()).device))[:, list(units)].float()
         q = torch.quantile(pre.cpu(), levels, dim=0)  # [percentile, unit]
         return {"units": list(units), **{f"p{p}": q[i].tolist() for i, p in enumerate(PERCENTILES)}}
@@ -102,6 +102,9 @@ def population_error(model: "DigitNet", train_images: "torch.Tensor", batch_size
     recompute_bn_statistics(exact, [train_images[i:i + batch_size] for i in range(0, len(train_images), batch_size)])
     mean_errors, var_errors = [], []
     for running, true in zip(batchnorm_layers(model), batchnorm_layers(exact)):
+        # recompute_bn_statistics refuses a BN without running statistics, and exact is a copy of model
+        assert running.running_mean is not None and running.running_var is not None
+        assert true.running_mean is not None and true.running_var is not None
         std = true.running_var.double().clamp_min(1e-12).sqrt()
         mean_errors.append(((running.running_mean.double() - true.running_mean.double()).abs() / std).flatten())
         ratio = running.running_var.double().clamp_min(1e-12) / true.running_var.double().clamp_min(1e-12)

@@ -106,7 +106,12 @@ class StopFlag:
 
         for s in previous:
             signal.signal(s, handler)
-        return lambda: [signal.signal(s, h) for s, h in previous.items()] and None
+
+        def restore() -> None:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+        return restore
 
 
 @cli.command()

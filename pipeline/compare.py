@@ -357,10 +357,10 @@ def plot_distributions(records: list[RunRecord], cfg: CompareConfig, path: Path)
             probed = [e for e in evaluations(runs[variant].metrics) if "probe" in e] if variant in runs else []
             if not probed:
                 continue
-            steps = [e["step"] for e in probed]
+            probe_steps = [e["step"] for e in probed]
             unit = probed[0]["probe"]["units"][0]
             for q, style in zip(PERCENTILES, (":", "-", "--")):
-                ax.plot(steps, [e["probe"][f"p{q}"][0] for e in probed], color=COLOURS[variant], linestyle=style,
+                ax.plot(probe_steps, [e["probe"][f"p{q}"][0] for e in probed], color=COLOURS[variant], linestyle=style,
                         label=f"{q}th percentile")
             ax.axhline(0, color="grey", linewidth=0.6)
             ax.set_title(f"({'b' if col == 1 else 'c'}) {LABELS[variant]}: input of hidden unit {unit}, lr {lr:g}",

@@ -25,7 +25,7 @@ import os
 import re
 import time
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -265,15 +265,15 @@ def skeleton_segments(skeleton: np.ndarray, passes: int = 3) -> list[np.ndarray]
             right_or_down = padded[1:1 + h, 1 + dx:1 + dx + w] | padded[2:2 + h, 1:1 + w]
             neighbour = neighbour & ~right_or_down
         for y, x in np.argwhere(skeleton & neighbour):
-            segments.append(np.float32([[sx[y, x], sy[y, x]], [sx[y + dy, x + dx], sy[y + dy, x + dx]]]))
+            segments.append(np.array([[sx[y, x], sy[y, x]], [sx[y + dy, x + dx], sy[y + dy, x + dx]]], np.float32))
     lone = skeleton & (sum(np.roll(np.roll(padded, -a, 0), -b, 1)[1:h + 1, 1:w + 1].astype(np.uint8)
                            for a in (-1, 0, 1) for b in (-1, 0, 1)) == 1)
     for y, x in np.argwhere(lone):
-        segments.append(np.float32([[x, y], [x, y]]))
+        segments.append(np.array([[x, y], [x, y]], np.float32))
     return segments
 
 
-def draw_strokes(strokes: list[np.ndarray], size: tuple[int, int], width: float, fill: list[np.ndarray] = ()
+def draw_strokes(strokes: list[np.ndarray], size: tuple[int, int], width: float, fill: Sequence[np.ndarray] = ()
                  ) -> np.ndarray:
     """Round-capped pen strokes (polylines of (x, y) in pixels) on a ``size`` = (w, h) mask, anti-aliased."""
     w, h = size
@@ -484,7 +484,8 @@ def font_files() -> tuple[str, ...]:
 
 def _text_image(font: ImageFont.FreeTypeFont, text: str) -> Image.Image:
     left, top, right, bottom = font.getbbox(text)
-    image = Image.new("L", (right - left + 4, bottom - top + 4), 0)
+    # whole pixels for a FreeType font (Pillow types the box as float)
+    image = Image.new("L", (math.ceil(right - left) + 4, math.ceil(bottom - top) + 4), 0)
     ImageDraw.Draw(image).text((2 - left, 2 - top), text, font=font, fill=255)
     return image
 
@@ -791,12 +792,12 @@ def _ink_onto(sheet: Image.Image, mask: np.ndarray, at: tuple[int, int], ink: In
         return
     m = mask[y0 - y:y1 - y, x0 - x:x1 - x]
     if ink.grain:
-        tooth = rng.random(m.shape).astype(np.float32)
+        tooth: np.ndarray = rng.random(m.shape).astype(np.float32)
         tooth = 0.6 * tooth + 0.4 * _resize_f(rng.random((max(2, m.shape[0] // 6), max(2, m.shape[1] // 6)))
                                               .astype(np.float32), (m.shape[1], m.shape[0]), Image.Resampling.BILINEAR)
         m = m * (1 - ink.grain * tooth)
     region = np.asarray(sheet.crop((x0, y0, x1, y1)), np.float32)
-    colour = np.float32(ink.colour) / 255
+    colour = np.array(ink.colour, np.float32) / 255
     alpha = (m * ink.opacity)[..., None]
     out = region * (1 - alpha * (1 - colour))
     sheet.paste(Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8)), (x0, y0))
@@ -814,9 +815,9 @@ def _rules(sheet: Image.Image, paper: Paper, frame_h: int, rng: np.random.Genera
         colour = _pick(rng, [(140, 180, 220), (160, 170, 180), (150, 200, 170), (170, 190, 225)])
         lw = max(1, lw - 1)
     # printed lines, as the paper's colour multiplied by the line colour, part way
-    paper_rgb = np.float32(sheet.resize((1, 1), Image.Resampling.BOX).getpixel((0, 0)))
+    paper_rgb = np.array(sheet.resize((1, 1), Image.Resampling.BOX).getpixel((0, 0)), np.float32)
     strength = _u(rng, 0.55, 0.9)
-    fill = tuple(int(v) for v in paper_rgb * (1 - strength * (1 - np.float32(colour) / 255)))
+    fill = tuple(int(v) for v in paper_rgb * (1 - strength * (1 - np.array(colour, np.float32) / 255)))
     ys = list(np.arange(_u(rng, 0, spacing), h, spacing))
     for yy in ys:
         draw.line([(0, yy), (w, yy)], fill=fill, width=lw)
@@ -825,7 +826,7 @@ def _rules(sheet: Image.Image, paper: Paper, frame_h: int, rng: np.random.Genera
             draw.line([(xx, 0), (xx, h)], fill=fill, width=lw)
     if paper.kind == "ruled" and rng.random() < 0.5:  # the red margin line
         mx = _u(rng, 0.06, 0.16) * w
-        red = paper_rgb * (1 - _u(rng, 0.6, 0.9) * (1 - np.float32([225, 110, 120]) / 255))
+        red = paper_rgb * (1 - _u(rng, 0.6, 0.9) * (1 - np.array([225, 110, 120], np.float32) / 255))
         draw.line([(mx, 0), (mx, h)], fill=tuple(int(v) for v in red), width=lw + 1)
     return ys
 
@@ -834,13 +835,14 @@ def _desk(rng: np.random.Generator, size: tuple[int, int]) -> Image.Image:
     w, h = size
     kind = rng.integers(5)
     if kind == 0:  # wood
-        base = np.float32([int(rng.integers(110, 170)), int(rng.integers(70, 115)), int(rng.integers(40, 75))])
+        base = np.array([int(rng.integers(110, 170)), int(rng.integers(70, 115)), int(rng.integers(40, 75))],
+                        np.float32)
         streaks = _resize_f(rng.standard_normal((6, max(8, w // 6))).astype(np.float32), (w // 4 + 1, h // 4 + 1))
         if rng.random() < 0.5:
             streaks = _resize_f(rng.standard_normal((max(8, h // 6), 6)).astype(np.float32), (w // 4 + 1, h // 4 + 1))
         var = streaks * 14 + _smooth_noise(rng, (w // 4 + 1, h // 4 + 1), 40) * 8
     else:
-        base = np.float32(_pick(rng, [(45, 45, 50), (20, 20, 24), (150, 148, 140), (40, 80, 60)]))
+        base = np.array(_pick(rng, [(45, 45, 50), (20, 20, 24), (150, 148, 140), (40, 80, 60)]), np.float32)
         var = _smooth_noise(rng, (w // 4 + 1, h // 4 + 1), 30) * 6
     small = np.clip(base[None, None, :] + var[..., None], 0, 255).astype(np.uint8)
     return Image.fromarray(small).resize((w, h), Image.Resampling.BILINEAR)
@@ -851,6 +853,8 @@ def _lighting(rng: np.random.Generator, size: tuple[int, int], shadow: bool | No
     and a colour cast. Returns an RGB multiplier image (255 = full light) and its bright level (0-1)."""
     w, h = size
     lw, lh = max(16, w // 16), max(16, h // 16)
+    ys: np.ndarray
+    xs: np.ndarray
     ys, xs = np.indices((lh, lw), dtype=np.float32)
     xs, ys = xs / (lw - 1) - 0.5, ys / (lh - 1) - 0.5
     angle = _u(rng, 0, 2 * math.pi)
@@ -1108,15 +1112,17 @@ def canvas_image(mark: Mark, rng: np.random.Generator, *, size: tuple[int, int] 
     height = height or _u(rng, 0.4, 0.8) * min(w, h)
     layer = _place(mark, rng, (w, h), height)
     if style == "custom":
-        fg, bg = (np.float32(c) for c in colours)
+        if colours is None:
+            raise ValueError("canvas_image: style 'custom' needs colours")
+        fg, bg = (np.array(c, np.float32) for c in colours)
         rgb = bg[None, None] + layer[..., None] * (fg - bg)[None, None]
         image = Image.fromarray(np.clip(rgb + 0.5, 0, 255).astype(np.uint8))
     elif style == "gray":
         paper = _u(rng, 0.92, 1.0)
         image = _to_l(paper - layer * (paper - _u(rng, 0.0, 0.25)))
     elif style == "colour":
-        colour = np.float32([int(v) for v in rng.integers(0, 140, 3)])
-        bg = np.float32([255, 255, 255]) if rng.random() < 0.6 else np.float32(_paper_colour(rng))
+        colour = np.array([int(v) for v in rng.integers(0, 140, 3)], np.float32)
+        bg = np.array([255, 255, 255], np.float32) if rng.random() < 0.6 else np.array(_paper_colour(rng), np.float32)
         rgb = bg[None, None] - layer[..., None] * (bg - colour)[None, None]
         image = Image.fromarray(np.clip(rgb + 0.5, 0, 255).astype(np.uint8))
     elif style == "transparent":
@@ -1127,8 +1133,8 @@ def canvas_image(mark: Mark, rng: np.random.Generator, *, size: tuple[int, int] 
     elif style == "black":  # the drawing page: black strokes on white
         image = _to_l(1 - layer).convert("RGB")
     else:  # dark mode: light strokes on a dark canvas
-        bg = np.float32([int(rng.integers(15, 50))] * 3)
-        fg = np.float32([int(v) for v in rng.integers(200, 256, 3)])
+        bg = np.array([int(rng.integers(15, 50))] * 3, np.float32)
+        fg = np.array([int(v) for v in rng.integers(200, 256, 3)], np.float32)
         rgb = bg[None, None] + layer[..., None] * (fg - bg)[None, None]
         image = Image.fromarray(np.clip(rgb + 0.5, 0, 255).astype(np.uint8))
     if style == "transparent":
@@ -1177,7 +1183,7 @@ def make_canvas(split: Split, rng: np.random.Generator) -> tuple[bytes, str, str
         side = int(rng.integers(100, 201))
         size = int(rng.integers(int(side * 0.45), int(side * 0.8)))
         ink = np.asarray(Image.fromarray(digit).resize((size, size), Image.Resampling.BILINEAR), np.float32) / 255
-        mark = Mark(lambda height, ink=ink: ink, 1.0)
+        mark = Mark(lambda height: ink, 1.0)
         data, ext, style = canvas_image(mark, rng, size=(side, side), height=size)
     elif kind == "smooth":
         data, ext, style = canvas_image(digit_mark(digit), rng)
@@ -1218,16 +1224,16 @@ def make_specks(split: Split, rng: np.random.Generator) -> tuple[bytes, str, str
     height = _u(rng, 200, 900)
     mark = digit_mark(digit, pen=4.0 / height)
     ink = InkStyle((int(rng.integers(0, 40)),) * 3, 1.0, 0.0)
-    image = _scan_image(mark, rng, size, height, ink, dust=False) if rng.random() < 0.3 else None
-    if image is None:  # a white canvas, the stroke 4 px wide
+    scan = _scan_image(mark, rng, size, height, ink, dust=False) if rng.random() < 0.3 else None
+    if scan is None:  # a white canvas, the stroke 4 px wide
         layer = np.zeros((size[1], size[0]), np.float32)
         mask = mark.render(int(height))
         y = int(rng.integers(20, size[1] - mask.shape[0] - 20))
         x = int(rng.integers(20, max(21, size[0] - mask.shape[1] - 20)))
         layer[y:y + mask.shape[0], x:x + mask.shape[1]] = mask[:, :size[0] - x]
-        image = _to_l(1 - layer * (1 - ink.colour[0] / 255))
-        return _encode(image, "PNG"), "png", "thinpen-canvas", label
-    return _encode(image, "PNG"), "png", "thinpen-scan", label
+        canvas = _to_l(1 - layer * (1 - ink.colour[0] / 255))
+        return _encode(canvas, "PNG"), "png", "thinpen-canvas", label
+    return _encode(scan, "PNG"), "png", "thinpen-scan", label
 
 
 def colour_pair(rng: np.random.Generator) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
@@ -1291,7 +1297,7 @@ def make_writers(split: Split, rng: np.random.Generator) -> tuple[bytes, str, st
 
 
 def _flat_text_image(mask: np.ndarray, rng: np.random.Generator, dark_ok: bool = True
-                     ) -> tuple[Image.Image, np.ndarray, np.ndarray, float]:
+                     ) -> tuple[Image.Image, np.ndarray, np.ndarray, np.ndarray]:
     """Typeset ink on a flat background with margins: (RGB image, fg, bg, coverage layer)."""
     mh, mw = mask.shape
     ml, mr, mt, mb = (int(_u(rng, 0.1, 1.5) * mh) + 2 for _ in range(4))
@@ -1305,7 +1311,7 @@ def _flat_text_image(mask: np.ndarray, rng: np.random.Generator, dark_ok: bool =
             fg = _hsv(rng.random(), _u(rng, 0, 1), _u(rng, 0, 0.65))
         if contrast_ratio(fg, bg) >= 3.0:
             break
-    bgf, fgf = np.float32(bg), np.float32(fg)
+    bgf, fgf = np.array(bg, np.float32), np.array(fg, np.float32)
     if rng.random() < 0.15:  # a gradient background
         h, w = layer.shape
         ramp = np.linspace(0, 1, w if rng.random() < 0.5 else h, dtype=np.float32)
@@ -1623,6 +1629,7 @@ def summarize(outcomes: list[Outcome], conditions: Iterable[str]) -> dict[str, A
             pool, measured = digits, (sum(o.refused for o in digits) / len(digits) if digits else None)
             met = None if measured is None else measured <= target
         else:
+            assert goal_conditions is not None  # in GOALS only the false-refusal goal covers every condition
             pool = [o for o in outcomes if o.condition in goal_conditions]
             measured = sum(o.correct for o in pool) / len(pool) if pool else None
             met = None if measured is None else measured >= target
@@ -1705,7 +1712,7 @@ _CHECKER = None
 def thumbnail(data: bytes, size: int = THUMB) -> Image.Image:
     """An RGB thumbnail of image file bytes as a viewer shows them (transparency over a checkerboard)."""
     try:
-        image = Image.open(io.BytesIO(data))
+        image: Image.Image = Image.open(io.BytesIO(data))
         if image.format == "JPEG":
             image.draft("RGB", (size * 2, size * 2))
         image = ImageOps.exif_transpose(image)

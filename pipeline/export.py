@@ -99,6 +99,7 @@ def onnx_export(net: "DigitNet", path: Path, opset: int, optimize: bool) -> None
                 wrapper, (example,), input_names=["image"], output_names=["logits", "probabilities"],
                 dynamic_shapes={"image": {0: batch}}, opset_version=opset, dynamo=True, optimize=optimize,
                 verbose=False, report=False)
+        assert program is not None  # only the legacy exporter (dynamo=False) returns None
         program.save(str(path))
     finally:
         for lg, level in zip(quiet, levels):
@@ -264,9 +265,9 @@ def export_model(run_dir: Path, out: Path | None = None, opset: int = DEFAULT_OP
         from pipeline.quantize import CALIBRATION_IMAGES, check_quantized, quantize_int8
 
         int8_out = int8_path_for(out)
-        calibration = model_input(dataset.train_images[:CALIBRATION_IMAGES])
+        calibration_images = model_input(dataset.train_images[:CALIBRATION_IMAGES])
         with atomic_path(int8_out) as tmp:
-            quantize_int8(out, tmp, calibration)
+            quantize_int8(out, tmp, calibration_images)
             int8_report = check_quantized(tmp, reference_logits, images, labels, str(int8_out), str(ckpt_path),
                                           dataset.name)
             int8_report_path = out.with_name("parity-int8.json")

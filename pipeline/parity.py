@@ -122,7 +122,7 @@ def check_parity(onnx_path: Path, reference: "DigitNet", images: np.ndarray, lab
     def accuracy(logits: np.ndarray) -> float:
         return float(np.mean(logits[:n_real].argmax(1) == labels)) if n_real else 0.0
 
-    real = {"n": n_real, "reference_accuracy": accuracy(ref)}
+    real: dict[str, Any] = {"n": n_real, "reference_accuracy": accuracy(ref)}
     for key, out, bs in (("batch_1", ort_one, 1), ("big_batch", ort_big, big_batch)):
         real[key] = {"batch_size": bs, **diff_stats(out[:n_real], ref[:n_real]), "accuracy": accuracy(out)}
     stress_stats = {"n": len(stress), **diff_stats(np.concatenate([ort_one[n_real:], ort_big[n_real:]]),

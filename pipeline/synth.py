@@ -38,6 +38,7 @@ SUPERSAMPLE = 4  # drawn at 4x and averaged down: anti-aliased edges without a s
 ROUND_TURN = math.cos(math.radians(12))  # a polyline turning more than this gets a round join
 
 Points = np.ndarray  # float64 [k, 2]
+Point = np.ndarray | tuple[float, float]  # one (x, y): an array, or a plain tuple where the value is exact
 
 
 @dataclass
@@ -53,14 +54,14 @@ class Glyph:
 _T = np.linspace(0.0, 1.0, 17)[:, None]  # parameter samples of one Bézier segment
 
 
-def line(*points: Points, n: int = 6) -> Points:
+def line(*points: Point, n: int = 6) -> Points:
     """Straight segments through ``points``, each cut in ``n`` so a bend of the whole glyph curves them."""
     p = np.asarray(points, np.float64)
     t = np.linspace(0.0, 1.0, n + 1)[:-1, None]
     return np.vstack([a + (b - a) * t for a, b in zip(p[:-1], p[1:])] + [p[-1:]])
 
 
-def arc(centre: Points, rx: float, ry: float, a0: float, a1: float) -> Points:
+def arc(centre: Point, rx: float, ry: float, a0: float, a1: float) -> Points:
     """Elliptic arc from angle ``a0`` to ``a1`` (a1 < a0 runs clockwise), a point every 7.5 degrees."""
     k = max(2, math.ceil(abs(a1 - a0) / 7.5))
     a = np.radians(np.linspace(a0, a1, k + 1))

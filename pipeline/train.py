@@ -113,7 +113,7 @@ class TrainResult:
     diverged: bool = False
 
 
-Probe = Callable[["nn.Module"], dict[str, Any]]  # measures the model (eval mode, no grad) at each evaluation
+Probe = Callable[["DigitNet"], dict[str, Any]]  # measures the model (eval mode, no grad) at each evaluation
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -336,7 +336,7 @@ def train(cfg: TrainConfig, out_dir: Path, *, resume: bool = False, overwrite: b
                       progress=progress, dataset=dataset, on_step=on_step, probe=probe)
 
 
-def measured(model: "nn.Module", test_x: "torch.Tensor", test_y: "torch.Tensor", probe: Probe | None) -> dict[str, Any]:
+def measured(model: "DigitNet", test_x: "torch.Tensor", test_y: "torch.Tensor", probe: Probe | None) -> dict[str, Any]:
     """The test split's loss and accuracy (eval mode), with ``probe``'s record when there is one."""
     import torch
 
@@ -487,7 +487,8 @@ def _train(cfg: TrainConfig, out_dir: Path, *, resume: bool, given_options: set[
         write_json(out_dir / "config.json", {"model": model.cfg.to_dict(), "train": asdict(cfg),
                                              "class_names": list(dataset.class_names)})
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
+    # Module.to documents and accepts memory_format=, but torch's overloads for it leave the keyword out
+    model = model.to(memory_format=memory_format)  # type: ignore[call-overload]
     # `forward_model` (DDP-wrapped and/or compiled) shares parameters with `model`; evaluation and
     # checkpoints use the plain `model`, so checkpoints hold no DDP or Sync wrapper state.
     forward_model = model

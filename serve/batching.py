@@ -61,12 +61,18 @@ class DynamicBatcher:
             raise Overloaded("server overloaded: inference queue is full, retry later") from None
         return await future
 
-    async def _next(self, timeout: float | None) -> _Request | None:
+    async def _first(self) -> _Request:
+        """The carried request, else the next queued one, however long that takes."""
         if self._carry is not None:
             request, self._carry = self._carry, None
             return request
-        if timeout is None:
-            return await self.queue.get()
+        return await self.queue.get()
+
+    async def _next(self, timeout: float) -> _Request | None:
+        """The carried request, else the next queued one if it comes within ``timeout`` seconds."""
+        if self._carry is not None:
+            request, self._carry = self._carry, None
+            return request
         try:
             return await asyncio.wait_for(self.queue.get(), timeout)
         except asyncio.TimeoutError:
@@ -75,7 +81,7 @@ class DynamicBatcher:
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            first = await self._next(None)
+            first = await self._first()
             batch = [first]
             size = len(first.images)
             deadline = time.perf_counter() + self.max_delay

@@ -8,10 +8,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from serve.image.normalize import FieldSpec
+
+if TYPE_CHECKING:  # imported when a model is loaded, not when this module is
+    import onnxruntime
 
 INPUT_NAME = "image"
 INPUT_SHAPE = (1, 28, 28)  # after the batch dimension, for models exported before metadata declared it
@@ -26,7 +30,7 @@ class ModelError(Exception):
 @dataclass
 class DigitModel:
     path: Path
-    session: "object"  # onnxruntime.InferenceSession
+    session: onnxruntime.InferenceSession
     labels: list[str]
     metadata: dict[str, str] = field(default_factory=dict)
     output_names: list[str] = field(default_factory=list)

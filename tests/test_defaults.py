@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from typing import Any
 
 import click
 import pytest
@@ -13,11 +15,12 @@ from serve.cli import cli as serve_cli
 from serve.server import ServerConfig
 
 # option name -> (dataclass field, how the option's value becomes the field's)
-RENAMED = {"lrs": ("lrs", tuple),
-           "max_body_mb": ("max_body_bytes", lambda v: int(v * 1024 * 1024)), "model_path": (None, None),
-           "data_dir": (None, None),
-           # chosen by the command from --host (loopback or not), not a fixed default
-           "allowed_hosts": (None, None)}
+RENAMED: dict[str, tuple[str | None, Callable[[Any], Any] | None]] = {
+    "lrs": ("lrs", tuple),
+    "max_body_mb": ("max_body_bytes", lambda v: int(v * 1024 * 1024)), "model_path": (None, None),
+    "data_dir": (None, None),
+    # chosen by the command from --host (loopback or not), not a fixed default
+    "allowed_hosts": (None, None)}
 
 
 def defaults_checked(command: click.Command, config: type) -> list[str]:
@@ -30,7 +33,8 @@ def defaults_checked(command: click.Command, config: type) -> list[str]:
         if name not in fields or not isinstance(default, (bool, int, float, str, tuple, list)):
             continue  # no default of its own (None, or click's "unset" for a repeatable option)
         field = fields[name]
-        expected = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+        factory = field.default_factory
+        expected = field.default if factory is dataclasses.MISSING else factory()
         value = convert(default) if convert else default
         assert value == expected, \
             f"--{param.name.replace('_', '-')} defaults to {value!r}, {config.__name__}.{name} to {expected!r}"

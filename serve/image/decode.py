@@ -125,7 +125,7 @@ def to_rgb(image: Image.Image) -> np.ndarray:
 
 def _decode(data: bytes, max_pixels: int, work_side: int) -> Decoded:
     _import_plugins()
-    image = Image.open(io.BytesIO(data), formats=_formats())
+    image: Image.Image = Image.open(io.BytesIO(data), formats=_formats())
     width, height = image.size
     if width * height > max_pixels:  # Pillow's open ran _bomb_check already; kept for plugins that don't
         raise _OverLimit((width, height))
@@ -291,7 +291,8 @@ def _bomb_check(size: tuple[int, int], *args, **kwargs) -> None:
     unchanged, so other users of Pillow in the process see Pillow's ``MAX_IMAGE_PIXELS`` as usual."""
     limit = _limit.get()
     if limit is None:
-        return _pillow_check(size, *args, **kwargs)
+        _pillow_check(size, *args, **kwargs)
+        return
     if max(1, size[0]) * max(1, size[1]) > limit:
         raise _OverLimit((int(size[0]), int(size[1])))
     return None

@@ -34,7 +34,7 @@ DARK_PAPER = 0.3  # a photo whose median grey is below this is light ink on a da
 PAPER_SHARE = 0.3  # a photo in which less than this share of the frame has the paper's colour has no paper
 PAPER_TOLERANCE = 0.05  # ... within this of its median chromaticity (r, g, b over their sum)
 FAINT = 0.5  # paper lines are looked for at this fraction of the ink threshold, where they are unbroken
-LUMA = np.float32([0.299, 0.587, 0.114])
+LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
 
 NO_INK = "no ink found"
@@ -290,7 +290,7 @@ def hollow_stroke_interiors(mask: np.ndarray, gray: np.ndarray) -> np.ndarray:
     misses interiors too thin to matter."""
     h, w = mask.shape
     f = max(1, -(-max(h, w) // HOLE_SIDE))
-    small_mask = np.pad(mask, ((0, -h % f), (0, -w % f))).reshape(-(-h // f), f, -(-w // f), f).any(axis=(1, 3))
+    small_mask = np.any(np.pad(mask, ((0, -h % f), (0, -w % f))).reshape(-(-h // f), f, -(-w // f), f), axis=(1, 3))
     regions, count = label(~small_mask)
     if count < 2:
         return np.zeros_like(mask)

@@ -22,7 +22,8 @@ def find_lines(faint: np.ndarray) -> tuple[np.ndarray, int]:
     strokes', where lines are unbroken: a line at the threshold's edge would otherwise leave dashes."""
     h, w = faint.shape
     factor = 2 if max(h, w) > 512 else 1  # lines are found on a half-size copy of large frames
-    small = faint[:h - h % factor, :w - w % factor].reshape(h // factor, factor, w // factor, factor).any(axis=(1, 3))
+    blocks = faint[:h - h % factor, :w - w % factor].reshape(h // factor, factor, w // factor, factor)
+    small = np.any(blocks, axis=(1, 3))
     thickness = int(THIN * max(small.shape)) + 2
     found = horizontal_lines(small, thickness) | horizontal_lines(small.T, thickness).T
     lines = np.zeros_like(faint)

@@ -12,6 +12,7 @@ def randomize_bn(model: DigitNet, seed: int = 0) -> DigitNet:
     with torch.no_grad():
         for bn in batchnorm_layers(model):
             n = bn.num_features
+            assert bn.running_mean is not None and bn.running_var is not None
             bn.running_mean.copy_(torch.randn(n, generator=gen) * 0.5)
             bn.running_var.copy_(torch.rand(n, generator=gen) * 2 + 0.1)
             bn.weight.copy_(torch.randn(n, generator=gen))

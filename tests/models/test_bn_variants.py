@@ -40,6 +40,7 @@ def test_per_position_moments_differ_from_per_channel_ones_on_a_crafted_input() 
     # per channel: one mean over batch and positions, so the bright position stays far above 0
     assert per_channel.mean(0)[0, 0, 0] > 1.0
     torch.testing.assert_close(per_channel.mean(), torch.tensor(0.0), atol=1e-5, rtol=0)
+    assert position.running_mean is not None and channel.running_mean is not None
     assert position.running_mean.shape == (1, 2, 2) and channel.running_mean.shape == (1,)
 
 
@@ -70,11 +71,13 @@ def test_batch_statistics_at_inference_depend_on_the_other_images_in_the_batch()
 
 def test_decay_0999_moves_the_population_statistics_a_thousandth_per_step() -> None:
     model = tiny(**MISTAKES["decay 0.999"]).train()
+    bn = model.bn3
+    assert isinstance(bn, nn.modules.batchnorm._BatchNorm) and bn.running_mean is not None
     x = images(16)
-    batch_mean = capture(model.bn3, model, x, inputs=True).mean(0)
-    model.bn3.running_mean.zero_()
+    batch_mean = capture(bn, model, x, inputs=True).mean(0)
+    bn.running_mean.zero_()
     model(x)
-    torch.testing.assert_close(model.bn3.running_mean, 0.001 * batch_mean, atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(bn.running_mean, 0.001 * batch_mean, atol=1e-6, rtol=1e-4)
 
 
 def test_a_bias_after_bn_is_a_redundant_parameter_that_folds() -> None:
@@ -90,9 +93,11 @@ def test_a_bias_after_bn_is_a_redundant_parameter_that_folds() -> None:
     torch.testing.assert_close(*outputs)
     # beta and the bias after it get the same gradient: they only ever move together
     F.cross_entropy(doubled(x), torch.arange(8) % 10).backward()
-    torch.testing.assert_close(doubled.bn3.after_bias.grad, doubled.bn3.bias.grad)
+    bn3 = doubled.bn3
+    assert isinstance(bn3, ExerciseBatchNorm) and bn3.after_bias is not None
+    torch.testing.assert_close(bn3.after_bias.grad, bn3.bias.grad)
     with torch.no_grad():
-        doubled.bn3.after_bias.fill_(0.5)
+        bn3.after_bias.fill_(0.5)
     trained_a_little(doubled)
     torch.testing.assert_close(fold_batchnorm(doubled)(x), doubled(x), atol=1e-5, rtol=1e-5)
 

@@ -20,10 +20,11 @@ def numpy_fold(w: np.ndarray, b: np.ndarray | None, mean, var, gamma, beta, eps)
 
 @pytest.mark.parametrize("layer", [nn.Conv2d(3, 5, 3, bias=False), nn.Conv2d(3, 5, 3, bias=True),
                                    nn.Linear(7, 4, bias=False), nn.Linear(7, 4, bias=True)])
-def test_fold_bn_params_match_numpy(layer: nn.Module) -> None:
+def test_fold_bn_params_match_numpy(layer: nn.Conv2d | nn.Linear) -> None:
     torch.manual_seed(0)
     n = layer.weight.shape[0]
     bn = nn.BatchNorm1d(n, eps=0.05)
+    assert bn.running_mean is not None and bn.running_var is not None
     with torch.no_grad():
         bn.running_mean.uniform_(-2, 2)
         bn.running_var.uniform_(0.01, 4)
@@ -31,7 +32,7 @@ def test_fold_bn_params_match_numpy(layer: nn.Module) -> None:
         bn.bias.normal_()
     w, b = fold_bn_params(layer.weight, layer.bias, bn)
     n_ = lambda t: None if t is None else t.detach().double().numpy()  # noqa: E731
-    ew, eb = numpy_fold(n_(layer.weight), n_(layer.bias), n_(bn.running_mean), n_(bn.running_var),
+    ew, eb = numpy_fold(layer.weight.detach().double().numpy(), n_(layer.bias), n_(bn.running_mean), n_(bn.running_var),
                         n_(bn.weight), n_(bn.bias), bn.eps)
     np.testing.assert_allclose(w.detach().double().numpy(), ew, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(b.detach().double().numpy(), eb, rtol=1e-6, atol=1e-7)

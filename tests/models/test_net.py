@@ -53,20 +53,21 @@ def test_train_mode_dense_bn_normalizes_over_the_batch() -> None:
 def test_running_statistics_are_updated_in_training_and_used_in_eval() -> None:
     torch.manual_seed(0)
     model = DigitNet(DigitNetConfig()).train()
+    bn = model.bn1
+    assert isinstance(bn, nn.BatchNorm2d) and bn.running_mean is not None and bn.running_var is not None
     x = images(32)
-    conv_out = capture(model.bn1, model, x, inputs=True)
+    conv_out = capture(bn, model, x, inputs=True)
     batch_mean = conv_out.mean(dim=(0, 2, 3))
     batch_var = conv_out.var(dim=(0, 2, 3), unbiased=True)
     m = model.cfg.bn_momentum
     # running = (1 - momentum) * running + momentum * batch, from the initial 0 / 1
-    assert torch.allclose(model.bn1.running_mean, m * batch_mean, atol=1e-6)
-    assert torch.allclose(model.bn1.running_var, (1 - m) + m * batch_var, atol=1e-5)
-    assert model.bn1.num_batches_tracked == 1
+    assert torch.allclose(bn.running_mean, m * batch_mean, atol=1e-6)
+    assert torch.allclose(bn.running_var, (1 - m) + m * batch_var, atol=1e-5)
+    assert bn.num_batches_tracked == 1
 
     model.eval()
     randomize_bn(model)
-    out = capture(model.bn1, model, x)
-    bn = model.bn1
+    out = capture(bn, model, x)
     expected = ((conv_out - bn.running_mean[None, :, None, None])
                 / torch.sqrt(bn.running_var[None, :, None, None] + bn.eps))
     expected = expected * bn.weight[None, :, None, None] + bn.bias[None, :, None, None]
@@ -127,6 +128,7 @@ def test_bn_and_no_bn_variants_start_from_identical_weights() -> None:
         assert torch.equal(ours.weight, reference.weight)
     assert torch.equal(with_bn.fc2.bias, fc2.bias)
     bound = 1 / math.sqrt(25)
+    assert without.conv1.bias is not None
     assert without.conv1.bias.abs().max() <= bound and without.conv1.bias.std() > 0
 
 
@@ -137,6 +139,7 @@ def test_flops_count_every_conv_and_dense_multiply_add_of_a_forward_pass(cfg: Di
     counted = []
 
     def count(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        assert isinstance(module, (nn.Conv2d, nn.Linear))
         per_output = module.weight[0].numel()  # multiply-adds behind one output value
         counted.append(2 * per_output * output[0].numel())
 

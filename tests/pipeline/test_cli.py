@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import numpy as np
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from pipeline.cli import cli
 from pipeline.data import write_idx
@@ -19,7 +19,7 @@ from tests.helpers import assert_one_line_error
 REPO = Path(__file__).resolve().parents[2]
 
 
-def run(*args: str) -> "click.testing.Result":  # noqa: F821
+def run(*args: str) -> Result:
     return CliRunner().invoke(cli, list(args))
 
 
@@ -128,6 +128,7 @@ def test_ctrl_c_saves_a_resumable_checkpoint_and_resume_finishes(tmp_path: Path)
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     # wait for the progress bar to show a few steps done, then press Ctrl-C
     seen = ""
+    assert proc.stderr is not None
     while not re.search(r"\b([3-9]|\d\d+)/200\b", seen):
         chunk = proc.stderr.read(1)
         assert chunk, f"training ended before it was interrupted: {seen[-2000:]}"

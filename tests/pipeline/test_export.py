@@ -103,7 +103,8 @@ def test_the_refusal_threshold_is_calibrated_recorded_and_read_by_serve(exported
     # what the threshold does on the validation data is recorded (values, not just keys)
     assert 0 <= calibration["digits_refused"] < 0.2 and calibration["non_digits_refused"] > 0.5
     served = load_model(exported_run / "model.onnx")
-    assert served.min_confidence == threshold and served.labels[served.reject_index] == "not a digit"
+    assert served.min_confidence == threshold and served.reject_index is not None
+    assert served.labels[served.reject_index] == "not a digit"
 
 
 @pytest.mark.slow
@@ -238,7 +239,8 @@ def test_int8_export_loads_predicts_and_agrees_with_fp32(trained_run: Path, tmp_
     out = tmp_path / "model.onnx"
     result = export_model(trained_run, out, quantize="int8")
     int8 = tmp_path / "model-int8.onnx"
-    assert result.int8_path == int8 and int8.is_file() and result.int8_report.passed
+    assert result.int8_path == int8 and int8.is_file()
+    assert result.int8_report is not None and result.int8_report.passed
     assert {"QuantizeLinear", "DequantizeLinear"} <= op_types(int8)
     graph = onnx.load(str(int8)).graph
     dequantized = {out for node in graph.node if node.op_type == "DequantizeLinear" for out in node.output}

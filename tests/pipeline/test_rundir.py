@@ -82,6 +82,7 @@ def test_sigkill_during_a_checkpoint_write_keeps_the_last_one_and_resume_cleans_
                                 "--checkpoint-every", "0", *args], cwd=Path(__file__).resolve().parents[2],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 240
+    assert trainer.stderr is not None
     try:
         # wait for the moment a checkpoint is being written after an earlier one exists, then kill
         while not ((out / "checkpoint.pt").exists() and list(out.glob(".checkpoint.pt.*.tmp"))):

@@ -63,7 +63,7 @@ def paper(height: int, width: int, colour: tuple[float, float, float] = (0.93, 0
     """float32 RGB paper with a little texture."""
     rng = rng or np.random.default_rng(0)
     texture = rng.normal(0, 0.01, (height, width, 1)).astype(np.float32)
-    return np.ones((height, width, 3), np.float32) * np.float32(colour) + texture
+    return np.ones((height, width, 3), np.float32) * np.array(colour, np.float32) + texture
 
 
 def put_ink(canvas: np.ndarray, ink: np.ndarray, top: int, left: int,
@@ -72,7 +72,7 @@ def put_ink(canvas: np.ndarray, ink: np.ndarray, top: int, left: int,
     h, w = ink.shape
     alpha = ink[..., None]
     region = canvas[top:top + h, left:left + w]
-    canvas[top:top + h, left:left + w] = region * (1 - alpha) + np.float32(colour) * alpha
+    canvas[top:top + h, left:left + w] = region * (1 - alpha) + np.array(colour, np.float32) * alpha
     return canvas
 
 

@@ -40,7 +40,7 @@ def run(coro):
 def test_concurrent_requests_share_one_model_call_and_get_their_own_rows() -> None:
     model = RecordingModel()
 
-    async def scenario() -> list[np.ndarray]:
+    async def scenario() -> tuple[list[np.ndarray], list[np.ndarray]]:
         batcher = DynamicBatcher(model, max_batch=64, max_delay_ms=50)
         batcher.start()
         sizes = [1, 3, 2, 1, 4]

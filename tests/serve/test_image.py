@@ -56,7 +56,7 @@ def test_light_falloff_and_vignetting_are_not_ink(digit) -> None:
 
 def test_a_sheet_on_a_darker_desk(digit) -> None:
     sheet = put_ink(paper(H, W), digit, TOP, LEFT)
-    rgb = np.ones_like(sheet) * np.float32([0.35, 0.25, 0.18])
+    rgb = np.ones_like(sheet) * np.array([0.35, 0.25, 0.18], np.float32)
     rgb[80:920, 100:720] = sheet[80:920, 100:720]
     assert_one_glyph_on_the_digit(rgb)
 
@@ -81,7 +81,7 @@ def test_the_grain_of_a_desk_above_the_sheet_is_not_read(sample_dataset, desk: s
 @pytest.mark.parametrize("squared", [False, True])
 def test_ruled_and_squared_paper_lines_are_removed_and_the_strokes_kept(digit, squared: bool) -> None:
     rgb = paper(H, W)
-    blue = np.float32([0.5, 0.6, 0.9])
+    blue = np.array([0.5, 0.6, 0.9], np.float32)
     for y in range(30, H, 55):
         rgb[y:y + 3] = rgb[y:y + 3] * 0.5 + blue * 0.5
     if squared:
@@ -147,7 +147,7 @@ def test_specks_and_dust_are_judged_against_the_digit(digit) -> None:
 
 def test_coloured_ink_on_paper_of_the_same_brightness(digit) -> None:
     yellow, blue = (0.9, 0.85, 0.2), (0.35, 0.6, 1.0)
-    assert abs(float(np.float32(yellow) @ LUMA) - float(np.float32(blue) @ LUMA)) < 0.25
+    assert abs(float(np.array(yellow, np.float32) @ LUMA) - float(np.array(blue, np.float32) @ LUMA)) < 0.25
     assert_one_glyph_on_the_digit(put_ink(paper(H, W, yellow), digit, TOP, LEFT, colour=blue))
 
 
@@ -253,7 +253,12 @@ def test_normalizing_a_blob_is_bounded_work(monkeypatch) -> None:
 
     calls = []
     original = PILImage.Image.filter
-    monkeypatch.setattr(PILImage.Image, "filter", lambda self, f: calls.append(f) or original(self, f))
+
+    def counted_filter(self, f):
+        calls.append(f)
+        return original(self, f)
+
+    monkeypatch.setattr(PILImage.Image, "filter", counted_filter)
     cross = np.zeros((80, 80), np.float32)
     cross[25:55, :] = cross[:, 25:55] = 1.0  # a "+" drawn with a very fat marker: strokes, not a blob
     normalize_stroke(cross, box=20, rounds=3)
@@ -283,7 +288,7 @@ def test_a_faint_digit_beside_a_dark_desk_is_found(digit) -> None:
     # a pencil digit of contrast ~0.25 on a sheet whose edge meets an almost black desk: the desk's
     # contrast must not set the threshold above the digit's
     sheet = put_ink(paper(H, W), digit * 0.3, TOP, LEFT)
-    rgb = np.ones_like(sheet) * np.float32([0.05, 0.04, 0.04])
+    rgb = np.ones_like(sheet) * np.array([0.05, 0.04, 0.04], np.float32)
     rgb[:, :700] = sheet[:, :700]
     assert_one_glyph_on_the_digit(rgb)
 
@@ -319,7 +324,7 @@ def test_tall_margin_lines_do_not_make_the_digit_look_short() -> None:
 def test_white_paper_in_dim_light_still_has_dark_ink(digit) -> None:
     # paper at 0.42 grey and a darker desk: the frame's median is below mid-grey, the ink still darker
     sheet = put_ink(paper(H, W, colour=(0.44, 0.42, 0.40)), digit, TOP, LEFT, colour=(0.05, 0.05, 0.08))
-    rgb = np.ones_like(sheet) * np.float32([0.2, 0.15, 0.1])
+    rgb = np.ones_like(sheet) * np.array([0.2, 0.15, 0.1], np.float32)
     rgb[60:940, 80:740] = sheet[60:940, 80:740]
     yy = np.arange(H)[:, None, None]
     assert_one_glyph_on_the_digit(rgb * (1 - 0.3 * yy / H).astype(np.float32))  # light falls off downwards

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from typing import Any
 
 import pytest
 from selenium import webdriver
@@ -109,8 +110,9 @@ def test_writing_a_number_shows_it_with_a_box_per_digit(page) -> None:
     assert not page.find_element(By.ID, "bars").is_displayed()  # bars are for a single digit
 
 
-REFUSAL = {"image": "upload", "text": None, "not_a_digit": True, "digits": [], "label": None, "probability": None,
-           "reason": "not a digit", "best_guess": {"label": "4", "probability": 0.41, "box": [140, 40, 280, 200]}}
+REFUSAL: dict[str, Any] = {
+    "image": "upload", "text": None, "not_a_digit": True, "digits": [], "label": None, "probability": None,
+    "reason": "not a digit", "best_guess": {"label": "4", "probability": 0.41, "box": [140, 40, 280, 200]}}
 
 
 def test_a_refusal_shows_not_a_digit_and_the_best_guess(page) -> None:

@@ -18,6 +18,7 @@ from PIL import Image
 from serve.cli import cli
 from serve.model import load_model
 from serve.predict import predict
+from serve.reading import Reading
 from tests.serve.images import encode, png_header_only, user_style
 
 REPO = Path(__file__).resolve().parents[2]
@@ -212,7 +213,7 @@ def test_many_images_run_in_batches_of_256(model_path, digit_dir, tmp_path) -> N
 
     model.session = CountingSession(model.session)
     files = [str(p) for p in sorted(digit_dir.glob("*.png"))] * 3  # 360 images
-    results = list(predict(model, files))
+    results = [r for r in predict(model, files) if isinstance(r, Reading)]  # nothing here is skipped
     assert len(results) == 360 and calls == [256, 104]
     assert [r.text for r in results[:120]] == [r.text for r in results[120:240]]
 
@@ -222,7 +223,7 @@ def imported_modules(nodes) -> set[str]:
     for node in nodes:
         if isinstance(node, ast.Import):
             names |= {a.name.split(".")[0] for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module is not None:
             names.add(node.module.split(".")[0])
     return names
 
@@ -289,7 +290,8 @@ def test_user_style_images_are_as_accurate_as_the_arrays(model_path, sample_data
     labels = [str(label) for label in sample_dataset.test_labels]
 
     def accuracy(paths: list[str]) -> float:
-        return float(np.mean([r.text == label for r, label in zip(predict(model, paths), labels)]))
+        return float(np.mean([isinstance(r, Reading) and r.text == label
+                              for r, label in zip(predict(model, paths), labels)]))
 
     array_accuracy, user_accuracy = accuracy(arrays), accuracy(files)
     assert array_accuracy > 0.9

@@ -56,7 +56,7 @@ def test_the_reject_class_refuses_with_the_best_digit_as_a_guess() -> None:
 def test_a_digit_below_the_threshold_is_refused_and_the_threshold_is_adjustable() -> None:
     unsure = probs({3: 0.41, 5: 0.39})
     refused = interpret(page(1), unsure, LABELS, REJECT, 0.6)
-    assert refused.not_a_digit and re.search(r"below 0\.60", refused.reason)
+    assert refused.not_a_digit and refused.reason is not None and re.search(r"below 0\.60", refused.reason)
     assert interpret(page(1), unsure, LABELS, REJECT, 0.4).text == "3"
 
 
