@@ -72,7 +72,7 @@ def test_the_grain_of_a_desk_above_the_sheet_is_not_read(sample_dataset, desk: s
         rgb[:120] = 0.15 + rng.normal(0, 0.05, (120, W, 1))
     else:
         grain = np.asarray(Image.fromarray(rng.uniform(0, 255, (8, 60)).astype(np.uint8)).resize((W, 120)), np.float32)
-        brown = np.float32([0.5, 0.3, 0.15])
+        brown = np.array([0.5, 0.3, 0.15], np.float32)
         rgb[:120] = brown * (0.4 + 0.6 * grain[..., None] / 255) + rng.normal(0, 0.03, (120, W, 1))
     boxes = glyph_boxes(np.clip(rgb, 0, 1))
     assert len(boxes) == 1 and boxes[0].y >= 500 and boxes[0].height > 120, boxes
