@@ -207,10 +207,16 @@ def is_line_or_edge(part: Part, shape: tuple[int, int]) -> bool:
 
 
 def drop_specks(parts: list[Part]) -> list[Part]:
+    """Marks far smaller than the largest, unless inside another mark's box: what is drawn inside a
+    shape (a smiley's eyes, the dot in a circle) is part of it, and without it the shape is a 0."""
     biggest = max(parts, key=lambda p: p.area)
     size = max(biggest.box.height, biggest.box.width)
-    return [p for p in parts if p.area >= SMALL_AREA * biggest.area
-            and max(p.box.height, p.box.width) >= SPECK * size]
+    big = [p for p in parts if p.area >= SMALL_AREA * biggest.area and max(p.box.height, p.box.width) >= SPECK * size]
+    return [p for p in parts if p in big or any(inside(p.box, b.box) for b in big)]
+
+
+def inside(inner: Box, outer: Box) -> bool:
+    return outer.x < inner.x and inner.right < outer.right and outer.y < inner.y and inner.bottom < outer.bottom
 
 
 def group_stacked(parts: list[Part]) -> list[Part]:

@@ -346,3 +346,18 @@ def test_blotches_of_colour_have_no_paper_and_are_refused() -> None:
         ink_map(to_rgb(decode_image(rgb_bytes(rgb.astype(np.float32) / 255, "JPEG", quality=85)).image))
     page = prepare_page(rgb_bytes(rgb.astype(np.float32) / 255), "blotches.png")
     assert page.glyphs == 0 and page.refusal is not None and page.refusal.startswith("no paper")
+
+
+def test_marks_inside_a_shape_belong_to_it() -> None:
+    # a smiley: without its eyes (far smaller than the face, so "specks") it is a 0; a speck of dust
+    # outside the face is still dropped
+    yy, xx = np.mgrid[0:600, 0:600]
+    r = np.hypot(yy - 300, xx - 300)
+    ink = ((r > 150) & (r < 165)).astype(np.float32)
+    for ex in (250, 350):
+        ink[(np.hypot(yy - 250, xx - ex) < 10)] = 1.0
+    ink[560:566, 40:46] = 1.0
+    glyphs = find_glyphs(ink)
+    assert len(glyphs) == 1 and glyphs[0].box == Box(136, 136, 329, 329)
+    g = glyphs[0]
+    assert g.ink[250 - g.box.y, 250 - g.box.x] > 0 and g.ink[250 - g.box.y, 350 - g.box.x] > 0
