@@ -361,3 +361,14 @@ def test_marks_inside_a_shape_belong_to_it() -> None:
     assert len(glyphs) == 1 and glyphs[0].box == Box(136, 136, 329, 329)
     g = glyphs[0]
     assert g.ink[250 - g.box.y, 250 - g.box.x] > 0 and g.ink[250 - g.box.y, 350 - g.box.x] > 0
+
+
+def test_the_halves_of_a_stroke_a_line_was_removed_from_are_one_glyph() -> None:
+    # a 3 whose lower bowl ran along a ruled line: the removal leaves an upper part and, a few rows
+    # below and to the right, a small hook sharing less than half its columns with it
+    ink = np.zeros((400, 400), np.float32)
+    ink[100:106, 100:180] = ink[100:180, 174:180] = ink[174:180, 130:180] = 1.0  # the upper part
+    ink[186:240, 209:215] = ink[234:240, 170:215] = 1.0  # the hook: columns 170-215, 10 of 45 shared
+    ink[186:192, 175:215] = 1.0
+    glyphs = find_glyphs(ink)
+    assert [g.box for g in glyphs] == [Box(100, 100, 115, 140)]
