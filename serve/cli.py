@@ -98,8 +98,9 @@ def fail(message: str, status: int = EXIT_MODEL_ERROR) -> NoReturn:
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option("--max-batch", type=click.IntRange(min=1), default=64, show_default=True,
               help="Dynamic batching: most images per model call (1 turns batching off).")
-@click.option("--max-delay-ms", type=click.FloatRange(min=0), default=2.0, show_default=True,
-              help="Dynamic batching: longest wait for a batch to fill.")
+@click.option("--max-delay-ms", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Dynamic batching: how long to wait for more requests after the first. At 0 a batch "
+                   "is whatever arrived while the previous one ran: an idle server answers at once.")
 @click.option("--max-body-mb", type=click.FloatRange(min=0.001), default=25.0, show_default=True,
               help="Larger request bodies are refused with 413.")
 @click.option("--max-queue", type=click.IntRange(min=1), default=1024, show_default=True,

@@ -51,7 +51,7 @@ class ServerConfig:
     model_path: str = "runs/default/model.onnx"
     model_name: str = "digits"
     max_batch: int = 64
-    max_delay_ms: float = 2.0
+    max_delay_ms: float = 0.0
     max_body_bytes: int = 25 * 1024 * 1024  # a 48 MP phone JPEG is 10-20 MB
     max_queue: int = 1024  # requests waiting for the model; beyond this: 503
     max_decodes: int = 2  # images decoded at once (per process): decoded pixels are the big allocation

@@ -83,6 +83,32 @@ def test_max_batch_1_turns_batching_off() -> None:
     assert model.calls == [1] * 6
 
 
+def test_without_a_wait_window_what_arrives_while_the_model_runs_is_the_next_batch() -> None:
+    gate = threading.Event()
+    model = RecordingModel()
+
+    def gated(x: np.ndarray) -> np.ndarray:
+        out = model(x)
+        gate.wait(10)  # the first call holds the model until the others are queued
+        return out
+
+    async def scenario() -> list[np.ndarray]:
+        batcher = DynamicBatcher(gated, max_batch=64, max_delay_ms=0)  # no wait window (the default)
+        batcher.start()
+        first = asyncio.ensure_future(batcher.submit(images([0])))
+        assert await asyncio.get_running_loop().run_in_executor(None, model.started.wait, 10)
+        later = [asyncio.ensure_future(batcher.submit(images([i]))) for i in range(1, 6)]
+        await asyncio.sleep(0)  # let them reach the queue
+        gate.set()
+        results = await asyncio.gather(first, *later)
+        await batcher.stop()
+        return results
+
+    results = run(scenario())
+    assert model.calls == [1, 5]  # the lone first request ran at once; the five queued behind it ran together
+    assert [r[0, 0] for r in results] == [0, 1, 2, 3, 4, 5]
+
+
 def test_a_full_queue_answers_overloaded() -> None:
     model = RecordingModel(delay=0.2)
 
