@@ -34,6 +34,7 @@ SLIVER_HEIGHT, SLIVER_WIDTH = 2.0, 0.25  # taller than twice every other mark, a
 SHORT = 0.45  # glyphs shorter than this fraction of the tallest are not digits (dashes, fragments)
 OVERLAP = 0.5  # components sharing this fraction of the narrower one's columns are one glyph ...
 STACK_ROWS, STACK_GAP = 0.3, 0.2  # ... or some columns, when one stands above the other (rows and gap, of the heights)
+FAR_BELOW = 2.0  # ... unless the space between them is more than this times the taller one's height
 DIGIT_ASPECT = 0.75  # typical width / height of one digit, for cutting touching digits
 WIDE = 1.1  # a glyph wider than this times its height may hold touching digits: a cut is proposed
 LINE_LENGTH = 0.4  # a component this long (fraction of the frame's longer side) ...
@@ -221,13 +222,17 @@ def inside(inner: Box, outer: Box) -> bool:
 
 
 def group_stacked(parts: list[Part]) -> list[Part]:
-    """Join parts whose columns overlap: pieces of one digit stacked or crossing (one sweep, left to right)."""
+    """Join parts whose columns overlap: pieces of one digit stacked or crossing (one sweep, left to
+    right). Parts far apart vertically are not one digit however their columns overlap (a digit and a
+    paper line's remains at the bottom of the sheet)."""
     groups: list[Part] = []
     for part in sorted(parts, key=lambda p: p.box.x):
         if groups:
             a, b = groups[-1].box, part.box
             shared = min(a.right, b.right) - max(a.x, b.x)
-            if shared >= OVERLAP * min(a.width, b.width) or (shared > 0 and one_above_other(a, b)):
+            gap = max(a.y, b.y) - min(a.bottom, b.bottom)
+            near = gap <= FAR_BELOW * max(a.height, b.height)
+            if near and (shared >= OVERLAP * min(a.width, b.width) or (shared > 0 and one_above_other(a, b))):
                 groups[-1] = Part(groups[-1].labels + part.labels, a.union(b), groups[-1].area + part.area)
                 continue
         groups.append(part)

@@ -372,3 +372,12 @@ def test_the_halves_of_a_stroke_a_line_was_removed_from_are_one_glyph() -> None:
     ink[186:192, 175:215] = 1.0
     glyphs = find_glyphs(ink)
     assert [g.box for g in glyphs] == [Box(100, 100, 115, 140)]
+
+
+def test_a_paper_line_remnant_far_below_a_digit_is_not_stacked_onto_it() -> None:
+    # same columns, but four digit-heights below: what a ruled line leaves at the foot of the sheet
+    ink = np.zeros((1000, 600), np.float32)
+    ink[200:350, 250:256] = ink[200:206, 250:330] = 1.0  # a digit-sized mark (a 7's bar and stem)
+    ink[900:910, 230:310] = ink[902:912, 312:330] = 1.0  # two short pieces of a line, below it
+    glyphs = find_glyphs(ink)
+    assert [g.box for g in glyphs] == [Box(250, 200, 80, 150)]
