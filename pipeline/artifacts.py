@@ -58,9 +58,7 @@ def atomic_directory(path: Path) -> Iterator[Path]:
             if path.exists():  # no atomic exchange here: the old one goes first, for a moment there is none
                 remove_directory(path)
             os.rename(tmp, path)
-    except OSError as exc:
-        if exc.errno not in DISK_ERRORS:
-            raise
+    except OSError as exc:  # a full disk, a permission, a file in the way: the block only writes files
         raise PipelineError(f"cannot write {path}: {exc.strerror or exc}"
                             f"{'; the previous version is kept' if path.exists() else ''}") from None
     finally:

@@ -173,6 +173,7 @@ def http(ctx: click.Context, model_path: Path, repository: Path | None, model_na
                 raise ModelError(f"the repository {repository} has no model {model_name!r} for /predict and the page "
                                  f"(it has {', '.join(map(repr, models)) or 'none'}): choose one with --model-name")
             served = f"the repository {repository} ({', '.join(f'{n}/{v}' for n in models for v in models[n])})"
+            del models  # the server loads its own; these would stay in memory beside them while it runs
     except ModelError as exc:
         fail(str(exc))
     unbindable = cannot_listen(host, port)

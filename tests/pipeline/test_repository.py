@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -109,19 +110,20 @@ def test_a_new_export_replaces_the_model_directory_whole(exported_run: Path, tmp
     assert hidden_entries(repository) == []
 
 
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EACCES], ids=["disk full", "permission"])
 def test_a_failed_publication_leaves_the_previous_model_whole(exported_run: Path, tmp_path: Path,
-                                                               monkeypatch) -> None:
+                                                               monkeypatch, code: int) -> None:
     repository = tmp_path / "repository"
     publish_export(repository, "digits", exported_run / "model.onnx", None)
     before = {p.relative_to(repository): p.read_bytes() for p in repository.rglob("*") if p.is_file()}
 
-    def disk_full(*args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device")
+    def fail(*args, **kwargs):
+        raise OSError(code, os.strerror(code))
 
-    monkeypatch.setattr(pipeline.repository.shutil, "copyfile", disk_full)
+    monkeypatch.setattr(pipeline.repository.shutil, "copyfile", fail)
     other = tiny_model(tmp_path / "other.onnx", ["N", 1, 20, 20], [str(i) for i in range(10)],
                        {"input": {"shape": [-1, 1, 20, 20]}})
-    with pytest.raises(PipelineError, match="cannot write .*digits: No space left on device; the previous version"):
+    with pytest.raises(PipelineError, match=f"cannot write .*digits: {os.strerror(code)}; the previous version"):
         publish_export(repository, "digits", other, None)
     assert {p.relative_to(repository): p.read_bytes() for p in repository.rglob("*") if p.is_file()} == before
     assert hidden_entries(repository) == []
