@@ -215,7 +215,7 @@ def flag(params: dict[str, Any], name: str, default: bool) -> bool:
 
 
 def encode_infer_response(model_name: str, request: InferRequest, logits: np.ndarray,
-                          probabilities: np.ndarray) -> tuple[bytes, dict[str, str]]:
+                          probabilities: np.ndarray, model_version: str = "1") -> tuple[bytes, dict[str, str]]:
     """The response body and extra headers (binary outputs follow the JSON, in order)."""
     tensors = {"logits": logits, "probabilities": probabilities}
     outputs, binary = [], []
@@ -229,7 +229,7 @@ def encode_infer_response(model_name: str, request: InferRequest, logits: np.nda
         else:
             entry["data"] = tensor.ravel().tolist()
         outputs.append(entry)
-    document: dict[str, Any] = {"model_name": model_name, "model_version": "1", "outputs": outputs}
+    document: dict[str, Any] = {"model_name": model_name, "model_version": model_version, "outputs": outputs}
     if request.request_id is not None:
         document["id"] = request.request_id
     header = json.dumps(document).encode()

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from serve.batching import DynamicBatcher, Overloaded
+from serve.batching import DynamicBatcher, Overloaded, Stopped
 
 
 class RecordingModel:
@@ -146,3 +146,26 @@ def test_a_model_error_reaches_every_request_of_the_batch_and_the_batcher_goes_o
         await batcher.stop()
 
     run(scenario())
+
+
+def test_a_stopped_batcher_answers_what_it_holds_and_refuses_the_rest() -> None:
+    """An unloaded model's batcher: a request that found the model just before must not wait forever."""
+    model = RecordingModel(delay=0.05)
+
+    async def scenario() -> tuple[np.ndarray, BaseException | None]:
+        batcher = DynamicBatcher(model, max_batch=4, max_delay_ms=1)
+        batcher.start()
+        held = asyncio.ensure_future(batcher.submit(images([7.0])))
+        await asyncio.sleep(0)  # queued before the stop
+        stopping = asyncio.ensure_future(batcher.stop())
+        await asyncio.sleep(0)
+        late: BaseException | None = None
+        try:
+            await asyncio.wait_for(batcher.submit(images([8.0])), timeout=5)
+        except Stopped as exc:
+            late = exc
+        await stopping
+        return await held, late
+
+    answered, late = run(scenario())
+    assert answered[0, 0] == 7.0 and isinstance(late, Stopped)
