@@ -241,7 +241,7 @@ def test_a_server_and_everything_it_started_are_stopped_even_on_failure(tmp_path
         """)
     pids: list[int] = []
     with pytest.raises(RuntimeError, match="the benchmark failed"):
-        with runner.running([sys.executable, "-c", script], tmp_path / "log", tmp_path) as process:
+        with runner.running([sys.executable, "-c", script], tmp_path / "log", tmp_path, grace=0.5) as process:
             deadline = time.monotonic() + 30
             while not (tmp_path / "helper.pid").is_file() and time.monotonic() < deadline:
                 time.sleep(0.05)

@@ -71,14 +71,19 @@ PEERS = (
          "custom `kserve.Model`, 1 process, gRPC off, no per-request log lines (ModelServer has no batcher)"),
     Peer("mlserver", "MLServer", "mlserver", "benchmarks.peers.adapters.mlserver_peer",
          f"/v2/models/{MODEL_NAME}/ready",
-         "custom runtime, adaptive batching 64 / 2 ms, inference in the server process, metrics and gzip off"),
+         "custom runtime, adaptive batching 64 / 2 ms, 1 inference worker process (the default), metrics and "
+         "gzip off"),
     Peer("litserve", "LitServe", "litserve", "benchmarks.peers.adapters.litserve_peer", "/health",
-         "batching 64 / 2 ms, 1 worker, 1 API server, ZeroMQ queue (`fast_queue`)"),
+         "batching 64 / 2 ms, 1 inference worker, 2 API server processes, ZeroMQ queue (`fast_queue`)"),
     Peer("rayserve", "Ray Serve", "ray", "benchmarks.peers.adapters.rayserve_peer", f"/v2/models/{MODEL_NAME}/ready",
          "`@serve.batch` 64 / 2 ms, 1 replica, max_ongoing_requests 256, no dashboard, no access log"),
 )
-PIP_PACKAGES = {"kserve": "kserve==0.21.0", "mlserver": "mlserver==1.7.1", "litserve": "litserve==0.2.19",
-                "rayserve": "ray[serve]==2.60.0"}
+# The versions measured; onnxruntime (foldserve's version) and numpy come with each.
+PIP_PACKAGES = {"kserve": ("kserve==0.21.0",),
+                # uvloop 0.22 broke MLServer's inference workers (SeldonIO/MLServer#2286, unfixed in 1.7.1)
+                "mlserver": ("mlserver==1.7.1", "uvloop<0.22"),
+                "litserve": ("litserve==0.2.19",),
+                "rayserve": ("ray[serve]==2.60.0",)}
 
 
 class PeerError(Exception):
@@ -270,7 +275,7 @@ def venv_python(work: Path, peer: Peer) -> Path:
 def install(peer: Peer, work: Path, python: str, onnxruntime_version: str) -> None:
     """The peer, onnxruntime (the version foldserve runs) and numpy in ``work/<name>``, a fresh virtual
     environment; skipped when one with the same requirements is there."""
-    requirements = [PIP_PACKAGES[peer.name], f"onnxruntime=={onnxruntime_version}", "numpy"]
+    requirements = [*PIP_PACKAGES[peer.name], f"onnxruntime=={onnxruntime_version}", "numpy"]
     venv = work / peer.name
     stamp = venv / ".bench-peers-requirements"
     if stamp.is_file() and stamp.read_text() == " ".join(requirements) and venv_python(work, peer).exists():
@@ -340,7 +345,7 @@ def stop_session(process: subprocess.Popen, grace: float = 20.0) -> None:
                 os.kill(pid, sig)
 
     steps = ((lambda: process.send_signal(signal.SIGTERM), grace),
-             (lambda: signal_members(signal.SIGTERM), 5.0),
+             (lambda: signal_members(signal.SIGTERM), min(grace, 5.0)),
              (lambda: signal_members(signal.SIGKILL), 5.0))
     for send, wait in steps:
         send()
@@ -353,9 +358,10 @@ def stop_session(process: subprocess.Popen, grace: float = 20.0) -> None:
 
 
 @contextlib.contextmanager
-def running(command: list[str], log: Path, cwd: Path) -> Iterator[subprocess.Popen]:
+def running(command: list[str], log: Path, cwd: Path, grace: float = 20.0) -> Iterator[subprocess.Popen]:
     """``command`` as the leader of a new session (Ctrl-C reaches the harness only, which then stops the
-    server), output to ``log``; the session's processes are stopped on the way out, however it goes."""
+    server), output to ``log``; the session's processes are stopped on the way out, however it goes (the
+    server has ``grace`` seconds to stop by itself after SIGTERM)."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
     with log.open("wb") as out:
         process = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
@@ -363,7 +369,7 @@ def running(command: list[str], log: Path, cwd: Path) -> Iterator[subprocess.Pop
         try:
             yield process
         finally:
-            stop_session(process)
+            stop_session(process, grace)
 
 
 def wait_ready(port: int, path: str, process: subprocess.Popen, log: Path, timeout: float) -> float:

@@ -1,18 +1,23 @@
 """KServe's ModelServer serving model.onnx through a custom ``kserve.Model`` (OIP v2 REST).
 
-Its best settings here: one uvicorn process (onnxruntime already uses every core), no gRPC server, no
-per-request latency log lines. ModelServer has no batcher of its own (KServe batches in a sidecar agent).
+Its best settings here: WORKERS uvicorn processes (JSON parsing is Python: one process per core), no gRPC
+server, no per-request log lines. ModelServer has no batcher of its own (KServe batches in a sidecar agent).
 """
 from __future__ import annotations
 
 import logging
+from socket import socket
+from typing import Any
 
 import kserve
 from kserve import InferOutput, InferRequest, InferResponse
 from kserve import model_server as kserve_model_server
+from kserve.protocol.rest.multiprocess import server as kserve_multiprocess
 from kserve.utils.utils import generate_uuid
 
 from benchmarks.peers.adapters.common import MODEL_NAME, OUTPUT, OnnxDigits, arguments
+
+WORKERS = 2
 
 
 class Digits(kserve.Model):
@@ -26,6 +31,14 @@ class Digits(kserve.Model):
         self.ready = True
         return self.ready
 
+    # With several workers KServe pickles the model into each; a session does not pickle: each loads its own.
+    def __getstate__(self) -> dict[str, Any]:
+        return {key: value for key, value in self.__dict__.items() if key != "onnx"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.load()
+
     def predict(self, payload: InferRequest, headers: dict[str, str] | None = None,
                 response_headers: dict[str, str] | None = None) -> InferResponse:
         logits = self.onnx.logits(payload.inputs[0].as_numpy())
@@ -35,26 +48,39 @@ class Digits(kserve.Model):
                              response_id=payload.id or generate_uuid())  # KServe's response needs an id
 
 
-def loopback_rest_server(host: str) -> type:
-    """KServe's REST server with ``host`` in place of the 0.0.0.0 it hard-codes (it expects a container):
-    the benchmark keeps every server on loopback."""
+def quiet_request_logs() -> None:
+    """No line per request, as `serve http` by default: uvicorn's access log, and the timing middleware
+    KServe always installs, which logs every request's wall and CPU time at INFO."""
+    logging.getLogger("uvicorn.access").disabled = True
+    logging.getLogger("kserve.trace").setLevel(logging.WARNING)
 
-    class RESTServer(kserve_model_server.RESTServer):
-        def __init__(self, *args: object, **kwargs: object) -> None:
-            super().__init__(*args, **kwargs)
-            self.config.host = host  # read when uvicorn binds, in start()
 
-    return RESTServer
+class LoopbackRESTServer(kserve_model_server.RESTServer):
+    """KServe's REST server on the host asked for, where it hard-codes 0.0.0.0 (it expects a container):
+    the benchmark keeps every server on loopback. Module-level: worker processes unpickle it."""
+
+    host = "127.0.0.1"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.config.host = self.host  # read when the socket is bound, after this
+
+    def run(self, sockets: list[socket] | None = None) -> None:
+        quiet_request_logs()  # in a worker process, after KServe has configured logging there
+        super().run(sockets)
+
+    async def start(self) -> None:
+        quiet_request_logs()
+        await super().start()
 
 
 def main() -> None:
     args = arguments(__doc__ or "")
-    kserve_model_server.RESTServer = loopback_rest_server(args.host)
-    server = kserve.ModelServer(http_port=args.port, workers=1, enable_grpc=False, enable_latency_logging=False)
-    # no line per request, as `serve http` by default: uvicorn's access log, and the timing middleware
-    # KServe always installs, which logs every request's wall and CPU time at INFO
-    logging.getLogger("uvicorn.access").disabled = True
-    logging.getLogger("kserve.trace").setLevel(logging.WARNING)
+    LoopbackRESTServer.host = args.host
+    kserve_model_server.RESTServer = LoopbackRESTServer  # one worker
+    kserve_multiprocess.RESTServer = LoopbackRESTServer  # several
+    server = kserve.ModelServer(http_port=args.port, workers=WORKERS, enable_grpc=False, enable_latency_logging=False)
+    quiet_request_logs()
     server.start([Digits(args.model)])
 
 
