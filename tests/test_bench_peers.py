@@ -267,12 +267,13 @@ def test_table_has_medians_ranges_errors_versions_and_the_peers_not_measured() -
     measured = runner.Outcome(kserve, "0.21.0", exposed=["0.0.0.0:4000"])
     measured.runs = {1: [run(300, 3.0), run(200, 4.0), run(250, 3.5)],
                      16: [run(1000, 15.0, non200=2), run(1100, 14.0), run(900, 16.0, wrong=1)]}
-    measured.verdicts = {1: runner.Verdicts(24), 16: runner.Verdicts(24, errors=1, wrong=2, max_difference=2e-6)}
+    measured.verdicts = {1: runner.Verdicts(24), 16: runner.Verdicts(24, errors=1, wrong=2, max_difference=2e-6,
+                                                                    first_problem="HTTP 503: busy")}
     partial = runner.Outcome(foldserve, "0.1.0", failure="round 2: exited with status 1 under load: boom")
     partial.runs = {1: [run(500, 2.0)]}
     missing = runner.Outcome(ray, failure="not installed: `pip install ray[serve]==2.60.0 …` failed: no wheel")
     info = {"cpu": "AMD EPYC, 2 cores (lscpu)", "date": "2026-11-26", "wrk": "wrk 4.1.0",
-            "other load generators": "h2load and hey not installed", "python": "3.11.7"}
+            "other load generators": "h2load and hey are not installed", "python": "3.11.7", "onnxruntime": "1.32.0"}
     text = runner.render_section([measured, partial, missing], options, info, (1.9, 2.4), 300.0, probe)
     assert text.startswith(PEERS_HEADING + "\n")
     assert "| KServe ModelServer | 0.21.0 | custom `kserve.Model`" in text and "also listens on 0.0.0.0:4000" in text
@@ -282,7 +283,9 @@ def test_table_has_medians_ranges_errors_versions_and_the_peers_not_measured() -
     assert "| foldserve `serve http` (1 of 3 rounds) | 1 | 500 (500–500) |" in text
     assert "- foldserve `serve http`: round 2: exited with status 1 under load: boom" in text
     assert "- Ray Serve: not installed: `pip install ray[serve]==2.60.0 …` failed: no wheel" in text
+    assert "- KServe ModelServer, after the run at 16 connections: HTTP 503: busy" in text
     assert "AMD EPYC, 2 cores (lscpu)" in text and "2026-11-26" in text and "3 rounds" in text
+    assert "onnxruntime 1.32.0 in every server" in text
     assert "1.90 / 2.40 — **the machine was shared" in text
     assert "the machine was shared" not in runner.render_section([measured], options, info, (0.1, 2.0), 1.0, probe)
 

@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from types import FrameType
@@ -68,7 +68,8 @@ PEERS = (
     Peer("foldserve-binary", "foldserve `serve http`, binary tensors", None, None, "/v2/health/ready",
          "defaults; the tensor as raw bytes after the JSON (binary tensor extension), JSON answer", binary=True),
     Peer("kserve", "KServe ModelServer", "kserve", "benchmarks.peers.adapters.kserve_peer", "/v2/health/ready",
-         "custom `kserve.Model`, 1 process, gRPC off, no per-request log lines (ModelServer has no batcher)"),
+         "custom `kserve.Model`, 1 process (2: slower), gRPC off, no per-request log lines (ModelServer has no "
+         "batcher)"),
     Peer("mlserver", "MLServer", "mlserver", "benchmarks.peers.adapters.mlserver_peer",
          f"/v2/models/{MODEL_NAME}/ready",
          "custom runtime, adaptive batching 64 / 2 ms, 1 inference worker process (the default), metrics and "
@@ -336,25 +337,32 @@ def session_members(sid: int) -> list[int]:
 
 def stop_session(process: subprocess.Popen, grace: float = 20.0) -> None:
     """Stop the server and everything it started: SIGTERM to the leader first, so that it can shut its
-    helpers down in order (Ray's driver stops Serve and the cluster), then SIGTERM and at last SIGKILL to
-    whatever is left in its session."""
+    helpers down in order (Ray's driver stops Serve and the cluster); once it is gone (or after ``grace``
+    seconds), SIGTERM and at last SIGKILL to whatever is left in its session."""
 
     def signal_members(sig: int) -> None:
         for pid in session_members(process.pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
 
-    steps = ((lambda: process.send_signal(signal.SIGTERM), grace),
-             (lambda: signal_members(signal.SIGTERM), min(grace, 5.0)),
-             (lambda: signal_members(signal.SIGKILL), 5.0))
-    for send, wait in steps:
-        send()
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            process.poll()  # reaps the leader
-            if process.returncode is not None and not session_members(process.pid):
-                return
+    def wait_for(done: Callable[[], bool], seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while not done():
+            if time.monotonic() > deadline:
+                return False
             time.sleep(0.1)
+        return True
+
+    def all_gone() -> bool:
+        return process.poll() is not None and not session_members(process.pid)
+
+    process.send_signal(signal.SIGTERM)
+    if wait_for(lambda: process.poll() is not None, grace) and wait_for(all_gone, 2.0):
+        return
+    for sig, seconds in ((signal.SIGTERM, min(grace, 5.0)), (signal.SIGKILL, 5.0)):
+        signal_members(sig)
+        if wait_for(all_gone, seconds):
+            return
 
 
 @contextlib.contextmanager
@@ -500,12 +508,15 @@ def machine_info() -> dict[str, str]:
                 cpu = line.split(":", 1)[1].strip()
     except OSError:
         pass
-    wrk = subprocess.run(["wrk", "-v"], capture_output=True, text=True)
-    wrk_version = last_line(wrk.stdout.splitlines()[0] if wrk.stdout else wrk.stderr)
+    import onnxruntime
+
+    wrk = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split()
     others = [tool for tool in ("h2load", "hey") if shutil.which(tool)]
     return {"cpu": f"{cpu}, {os.cpu_count()} cores (lscpu)", "date": datetime.date.today().isoformat(),
-            "wrk": wrk_version, "other load generators": ", ".join(others) or "h2load and hey not installed",
-            "python": sys.version.split()[0]}
+            "wrk": " ".join(wrk[:2]) or "wrk",  # "wrk debian/4.1.0-3+b2"
+            "other load generators": f"{' and '.join(others)} installed, not used" if others
+            else "h2load and hey are not installed",
+            "python": sys.version.split()[0], "onnxruntime": onnxruntime.__version__}
 
 
 def render_section(outcomes: list[Outcome], options: Options, info: dict[str, str], load: tuple[float, float],
@@ -528,7 +539,7 @@ def render_section(outcomes: list[Outcome], options: Options, info: dict[str, st
                  if shared else " |"),
               f"| load generator | {info['wrk']}, {options.threads} thread(s), the Lua hook checks every answer; "
               f"{info['other load generators']} |",
-              f"| python | {info['python']} |", "",
+              f"| Python, onnxruntime | {info['python']}; onnxruntime {info['onnxruntime']} in every server |", "",
               "| server | version | settings |", "| --- | --- | --- |"]
     for outcome in outcomes:
         settings = outcome.peer.settings
@@ -561,6 +572,11 @@ def render_section(outcomes: list[Outcome], options: Options, info: dict[str, st
     if problems:
         lines += ["", "Not measured, or not in every round:", ""]
         lines += [f"- {o.peer.title}: {o.failure}" for o in problems]
+    first_problems = [(o.peer.title, c, v.first_problem) for o in outcomes for c, v in o.verdicts.items()
+                      if v.first_problem]
+    if first_problems:
+        lines += ["", "The Python client's first problem with each server that had one:", ""]
+        lines += [f"- {title}, after the run at {c} connections: {problem}" for title, c, problem in first_problems]
     lines.append("")
     return "\n".join(lines)
 
@@ -569,7 +585,7 @@ def render_section(outcomes: list[Outcome], options: Options, info: dict[str, st
 
 
 def _interrupted(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt  # SIGTERM as Ctrl-C: the servers' process groups are stopped on the way out
+    raise KeyboardInterrupt  # SIGTERM as Ctrl-C: the running server's session is stopped on the way out
 
 
 def connection_counts(text: str) -> tuple[int, ...]:
@@ -627,7 +643,11 @@ def main(argv: list[str] | None = None) -> int:
     options = Options(args.model.resolve(), args.work.resolve(), args.rounds, args.duration, args.warmup,
                       args.connections, args.threads, args.start_timeout)
     options.work.mkdir(parents=True, exist_ok=True)
-    outcomes = benchmark(args.peers, options, probe, args.install, args.python)
+    try:
+        outcomes = benchmark(args.peers, options, probe, args.install, args.python)
+    except KeyboardInterrupt:
+        print("bench-peers: interrupted; the servers are stopped, nothing was written", file=sys.stderr)
+        return 130
     section = render_section(outcomes, options, machine_info(), (load_before, os.getloadavg()[0]),
                              time.perf_counter() - started, probe)
     document = args.out.read_text() if args.out.is_file() else "# Benchmarks\n"

@@ -1,7 +1,8 @@
 """KServe's ModelServer serving model.onnx through a custom ``kserve.Model`` (OIP v2 REST).
 
-Its best settings here: WORKERS uvicorn processes (JSON parsing is Python: one process per core), no gRPC
-server, no per-request log lines. ModelServer has no batcher of its own (KServe batches in a sidecar agent).
+Its best settings here: one uvicorn process (two gave 10-25% fewer requests/s at 16 and 64 connections on
+2 cores, measured in interleaved rounds), no gRPC server, no per-request log lines. ModelServer has no
+batcher of its own (KServe batches in a sidecar agent).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from kserve.utils.utils import generate_uuid
 
 from benchmarks.peers.adapters.common import MODEL_NAME, OUTPUT, OnnxDigits, arguments
 
-WORKERS = 2
+WORKERS = 1  # with more, KServe pickles the model into each worker process: Digits and the server allow it
 
 
 class Digits(kserve.Model):
