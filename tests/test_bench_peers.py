@@ -264,7 +264,8 @@ def test_table_has_medians_ranges_errors_versions_and_the_peers_not_measured() -
     def run(rps: float, p50: float, non200: int = 0, wrong: int = 0) -> runner.WrkRun:
         return runner.WrkRun(int(rps * 5), 5.0, p50, p50 * 3, 0, non200, wrong, int(rps * 5))
 
-    measured = runner.Outcome(kserve, "0.21.0", exposed=["0.0.0.0:4000"])
+    measured = runner.Outcome(kserve, "0.21.0", exposed=["*:1", "*:2", "0.0.0.0:3", "0.0.0.0:4"],
+                              start_seconds=[2.0, 1.0, 4.0])
     measured.runs = {1: [run(300, 3.0), run(200, 4.0), run(250, 3.5)],
                      16: [run(1000, 15.0, non200=2), run(1100, 14.0), run(900, 16.0, wrong=1)]}
     measured.verdicts = {1: runner.Verdicts(24), 16: runner.Verdicts(24, errors=1, wrong=2, max_difference=2e-6,
@@ -276,8 +277,9 @@ def test_table_has_medians_ranges_errors_versions_and_the_peers_not_measured() -
             "other load generators": "h2load and hey are not installed", "python": "3.11.7", "onnxruntime": "1.32.0"}
     text = runner.render_section([measured, partial, missing], options, info, (1.9, 2.4), 300.0, probe)
     assert text.startswith(PEERS_HEADING + "\n")
-    assert "| KServe ModelServer | 0.21.0 | custom `kserve.Model`" in text and "also listens on 0.0.0.0:4000" in text
-    assert "| Ray Serve | — |" in text
+    assert "| KServe ModelServer | 0.21.0 | 2.0 s (1.0–4.0) | custom `kserve.Model`" in text
+    assert "**4 other listening sockets not on loopback** (*:1, *:2, 0.0.0.0:3, …)" in text
+    assert "| Ray Serve | — | — |" in text
     assert "| KServe ModelServer | 1 | 250 (200–300) | 3.50 (3.00–4.00) | 10.50 (9.00–12.00) | 0 | 0 |" in text
     assert "| KServe ModelServer | 16 | 1,000 (900–1,100) | 15.00 (14.00–16.00) | 45.00 (42.00–48.00) | 3 | 3 |" in text
     assert "| foldserve `serve http` (1 of 3 rounds) | 1 | 500 (500–500) |" in text

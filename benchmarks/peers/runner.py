@@ -425,8 +425,8 @@ class Outcome:
     runs: dict[int, list[WrkRun]] = dataclasses.field(default_factory=dict)  # connections -> one per round
     verdicts: dict[int, Verdicts] = dataclasses.field(default_factory=dict)  # connections -> the Python checks
     failure: str | None = None  # why it was not (fully) measured
-    exposed: list[str] = dataclasses.field(default_factory=list)  # non-loopback listening addresses seen
-    start_seconds: list[float] = dataclasses.field(default_factory=list)
+    exposed: list[str] = dataclasses.field(default_factory=list)  # its listening sockets beyond loopback
+    start_seconds: list[float] = dataclasses.field(default_factory=list)  # from start to ready, per round
 
 
 @dataclasses.dataclass(frozen=True)
@@ -452,7 +452,7 @@ def measure_round(outcome: Outcome, options: Options, probe: Probe, body_files: 
     log.parent.mkdir(parents=True, exist_ok=True)
     with running(server_command(peer, options.work, options.model, port), log, scratch) as process:
         outcome.start_seconds.append(wait_ready(port, peer.health_path, process, log, options.start_timeout))
-        outcome.exposed = sorted(set(outcome.exposed) | set(listening_beyond_loopback(process.pid)))
+        outcome.exposed = listening_beyond_loopback(process.pid)  # ephemeral ports: the last round's
         first = check_answers(port, probe, peer.binary)
         if first.errors or first.wrong:
             raise PeerError(f"answers wrong before any load: {first.first_problem}")
@@ -540,12 +540,14 @@ def render_section(outcomes: list[Outcome], options: Options, info: dict[str, st
               f"| load generator | {info['wrk']}, {options.threads} thread(s), the Lua hook checks every answer; "
               f"{info['other load generators']} |",
               f"| Python, onnxruntime | {info['python']}; onnxruntime {info['onnxruntime']} in every server |", "",
-              "| server | version | settings |", "| --- | --- | --- |"]
+              "| server | version | ready after | settings |", "| --- | --- | --- | --- |"]
     for outcome in outcomes:
         settings = outcome.peer.settings
-        if outcome.exposed:
-            settings += f"; also listens on {', '.join(outcome.exposed)}"
-        lines.append(f"| {outcome.peer.title} | {outcome.version or '—'} | {settings} |")
+        if outcome.exposed:  # the serving port is on loopback; a peer's own daemons may not be (Ray's)
+            examples = ", ".join(outcome.exposed[:3]) + (", …" if len(outcome.exposed) > 3 else "")
+            settings += f"; **{len(outcome.exposed)} other listening sockets not on loopback** ({examples})"
+        ready = Stat(outcome.start_seconds).fmt(1, " s") if outcome.start_seconds else "—"
+        lines.append(f"| {outcome.peer.title} | {outcome.version or '—'} | {ready} | {settings} |")
     lines += ["", "| server | connections | requests/s | p50 ms | p99 ms | errors | wrong answers |",
               "| --- | --- | --- | --- | --- | --- | --- |"]
     for outcome in outcomes:
