@@ -64,7 +64,7 @@ class Peer:
 
 PEERS = (
     Peer("foldserve", "foldserve `serve http`", None, None, "/v2/health/ready",
-         "defaults (dynamic batching: 64 requests, 2 ms); JSON requests"),
+         "defaults (dynamic batching: up to 64 images, no wait window); JSON requests"),
     Peer("foldserve-binary", "foldserve `serve http`, binary tensors", None, None, "/v2/health/ready",
          "defaults; the tensor as raw bytes after the JSON (binary tensor extension), JSON answer", binary=True),
     Peer("kserve", "KServe ModelServer", "kserve", "benchmarks.peers.adapters.kserve_peer", "/v2/health/ready",
