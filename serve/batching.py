@@ -14,9 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-
-class Overloaded(Exception):
-    """The queue is full: the server answers 503 instead of growing without bound."""
+from serve.errors import Overloaded, ShuttingDown
 
 
 @dataclass
@@ -38,12 +36,15 @@ class DynamicBatcher:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self._task: asyncio.Task | None = None
         self._carry: _Request | None = None
+        self._stopping = False
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def stop(self) -> None:
-        """Finish everything already queued, then stop."""
+        """Finish everything already queued, then stop. Requests submitted from now on are refused:
+        a steady stream of them would hold the stop, and one arriving after it would wait forever."""
+        self._stopping = True
         await self.queue.join()
         if self._task is not None:
             self._task.cancel()
@@ -54,6 +55,8 @@ class DynamicBatcher:
         self.executor.shutdown(wait=True)
 
     async def submit(self, images: np.ndarray) -> np.ndarray:
+        if self._stopping:
+            raise ShuttingDown("server is shutting down: not taking new inference requests")
         future = asyncio.get_running_loop().create_future()
         try:
             self.queue.put_nowait(_Request(images, future))

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import html
 import json
 import logging
@@ -29,10 +28,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from serve.batching import DynamicBatcher, Overloaded
+from serve.batching import DynamicBatcher
+from serve.errors import ModelNotFound, RequestError, Unauthenticated, require_api_key
 from serve.image.decode import DEFAULT_MAX_PIXELS
 from serve.model import INPUT_NAME, DigitModel, load_model, softmax
-from serve.protocol import HEADER_LENGTH, OUTPUTS, ProtocolError, encode_infer_response, parse_infer_request
+from serve.protocol import HEADER_LENGTH, OUTPUTS, InferRequest, encode_infer_response, parse_infer_request
 from serve.reading import Page, Reading, interpret_for, prepare_page
 
 CONFIG_ENV = "FOLDSERVE_HTTP_CONFIG"
@@ -133,16 +133,19 @@ class DataPlane:
 
     def model_named(self, name: str, version: str = "1") -> DigitModel:
         if name != self.config.model_name:
-            raise HTTPException(404, f"unknown model {name!r}; this server serves {self.config.model_name!r}")
+            raise ModelNotFound(f"unknown model {name!r}; this server serves {self.config.model_name!r}")
         if version != "1":
-            raise HTTPException(404, f"unknown version {version!r} of model {name!r}")
+            raise ModelNotFound(f"unknown version {version!r} of model {name!r}")
         return self.model
 
     async def logits(self, images: np.ndarray) -> np.ndarray:
-        try:
-            return await self.batcher.submit(images)
-        except Overloaded as exc:
-            raise HTTPException(503, str(exc)) from None
+        return await self.batcher.submit(images)  # Overloaded when the queue is full
+
+    async def parse(self, parser: Callable[..., InferRequest], *args: Any) -> InferRequest:
+        """An inference request, ``parser(*args, field_spec, max_pixels)``: off the event loop, which keeps
+        accepting requests, and at most max_decodes at once, since parsing may decode images (BYTES inputs)."""
+        async with self.decodes:
+            return await run_in_threadpool(parser, *args, self.model.field_spec, self.config.max_pixels)
 
     async def infer(self, name: str, request: Request) -> Response:
         """An OIP v2 inference request (JSON or the binary tensor extension) -> its response."""
@@ -150,14 +153,7 @@ class DataPlane:
         if content_type not in ("application/json", "application/octet-stream", ""):
             raise HTTPException(415, f"content type {content_type!r} is not accepted; send application/json")
         body = await read_body(request, self.config.max_body_bytes)
-        try:
-            # parsing may decode images (BYTES inputs): off the event loop, which keeps accepting
-            # requests, and at most max_decodes at once
-            async with self.decodes:
-                parsed = await run_in_threadpool(parse_infer_request, body, request.headers.get(HEADER_LENGTH),
-                                                 self.model.field_spec, self.config.max_pixels)
-        except ProtocolError as exc:
-            raise HTTPException(400, str(exc)) from None
+        parsed = await self.parse(parse_infer_request, body, request.headers.get(HEADER_LENGTH))
         logits = await self.logits(parsed.images)
         payload, headers = await run_in_threadpool(encode_infer_response, name, parsed, logits, softmax(logits))
         media = "application/octet-stream" if headers else "application/json"
@@ -318,6 +314,7 @@ def create_app(config: ServerConfig, model: DigitModel | None = None) -> FastAPI
         log_to_stderr(access_log)
     app.middleware("http")(counted(config, metrics))
     app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(RequestError, request_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     for router in (health, v2, reading, operations):
         app.include_router(router)
@@ -360,6 +357,12 @@ async def http_error(request: Request, exc: Exception) -> JSONResponse:
     return error(exc.status_code, str(exc.detail))
 
 
+async def request_error(request: Request, exc: Exception) -> JSONResponse:
+    """A refusal of the data plane or the protocol layer (serve/errors.py), with its HTTP status."""
+    assert isinstance(exc, RequestError)
+    return error(exc.http_status, str(exc))
+
+
 async def validation_error(request: Request, exc: Exception) -> JSONResponse:
     return error(400, "invalid request")
 
@@ -373,10 +376,10 @@ def guard(config: ServerConfig, request: Request) -> JSONResponse | None:
             return error(400, f"host {host[:80]!r} is not allowed; "
                               f"the server answers {', '.join(config.allowed_hosts)}")
     if config.api_key and request.url.path not in OPEN_PATHS and request.method != "OPTIONS":
-        given = request.headers.get("authorization", "")
-        scheme, _, token = given.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), config.api_key.encode()):
-            response = error(401, "missing or wrong API key: send the header 'Authorization: Bearer <key>'")
+        try:
+            require_api_key(config.api_key, request.headers.get("authorization", ""))
+        except Unauthenticated as exc:
+            response = error(exc.http_status, str(exc))
             response.headers["WWW-Authenticate"] = "Bearer"
             return response
     return None
