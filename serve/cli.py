@@ -11,7 +11,7 @@ from typing import NoReturn
 
 import click
 
-from serve.limits import DEFAULT_MAX_PIXELS
+from serve.limits import DEFAULT_MAX_PIXELS, SHUTDOWN_GRACE_S
 
 DEFAULT_MODEL = Path("runs/default/model.onnx")
 EXIT_MODEL_ERROR = 1
@@ -123,10 +123,13 @@ def fail(message: str, status: int = EXIT_MODEL_ERROR) -> NoReturn:
                    "Default: none.")
 @click.option("--access-log", is_flag=True,
               help='One line per request on stderr: time, client, "METHOD PATH", status, milliseconds.')
+@click.option("--grpc-port", type=click.IntRange(0, 65535), default=None,
+              help="Also serve the Open Inference Protocol over gRPC on this port (same --host, model, batcher and "
+                   "limits; needs the grpc extra). Default: off.")
 def http(model_path: Path, model_name: str, host: str, port: int, max_batch: int, max_delay_ms: float,
          max_body_mb: float, max_queue: int, max_decodes: int, max_pixels: int, workers: int,
          api_key: str | None, allowed_hosts: tuple[str, ...], request_timeout_s: float,
-         cors_origins: tuple[str, ...], access_log: bool) -> None:
+         cors_origins: tuple[str, ...], access_log: bool, grpc_port: int | None) -> None:
     """Serve the model over HTTP: Open Inference Protocol v2 (/v2/...), POST /predict (the reading of an
     image, as `serve predict --json` prints it), /metrics, and a page at / to write a number on or read a
     photo with. Stops cleanly on Ctrl-C or SIGTERM (requests in flight finish)."""
@@ -142,6 +145,10 @@ def http(model_path: Path, model_name: str, host: str, port: int, max_batch: int
         click.echo(f"serve: error: `serve http` needs the http extra ({exc.name} is not installed): "
                    "pip install 'foldserve[http]'", err=True)
         sys.exit(EXIT_MODEL_ERROR)
+    if grpc_port is not None:
+        grpc_missing = missing_grpc_extra()
+        if grpc_missing:
+            fail(f"--grpc-port needs the grpc extra ({grpc_missing} is not installed): pip install 'foldserve[grpc]'")
     try:
         load_model(model_path)  # fail now, with one line, rather than inside a worker
     except ModelError as exc:
@@ -151,6 +158,11 @@ def http(model_path: Path, model_name: str, host: str, port: int, max_batch: int
     if unbindable:
         click.echo(f"serve: error: cannot listen on {host}:{port}: {unbindable}", err=True)
         sys.exit(EXIT_USAGE)
+    if grpc_port is not None:
+        same = grpc_port == port and port != 0  # 0 is any free port, for each
+        unbindable = "it is the HTTP --port" if same else cannot_listen(host, grpc_port, "--grpc-port")
+        if unbindable:
+            fail(f"cannot listen on {host}:{grpc_port} for gRPC: {unbindable}", EXIT_USAGE)
     loopback = is_loopback(host)
     if not allowed_hosts:
         allowed_hosts = LOOPBACK_HOSTS if loopback else ("*",)
@@ -158,18 +170,39 @@ def http(model_path: Path, model_name: str, host: str, port: int, max_batch: int
                           max_delay_ms=max_delay_ms, max_body_bytes=int(max_body_mb * 1024 * 1024),
                           max_queue=max_queue, max_decodes=max_decodes, max_pixels=max_pixels,
                           api_key=api_key or None, allowed_hosts=tuple(h.lower() for h in allowed_hosts),
-                          cors_origins=cors_origins, request_timeout_s=request_timeout_s, access_log=access_log)
+                          cors_origins=cors_origins, request_timeout_s=request_timeout_s, access_log=access_log,
+                          grpc_address=None if grpc_port is None else f"{url_host(host)}:{grpc_port}")
     if not loopback and not api_key:
         click.echo(f"serve: warning: listening on {host}, beyond this machine, without an API key: anyone who "
                    "can reach it can use it (set FOLDSERVE_API_KEY)", err=True)
     os.environ[CONFIG_ENV] = config_to_env(config)
-    click.echo(f"serving {model_path} as {model_name!r} on http://{host}:{port}/ "
+    grpc_line = "" if grpc_port is None else f" and gRPC {url_host(host)}:{grpc_port}"
+    click.echo(f"serving {model_path} as {model_name!r} on http://{host}:{port}/{grpc_line} "
                f"(dynamic batching: up to {max_batch} images, {max_delay_ms:g} ms)", err=True)
     uvicorn.run("serve.server:create_app_from_env", factory=True, host=host, port=port, workers=workers,
-                log_level="warning", timeout_graceful_shutdown=30, http="serve.connection:DeadlineH11Protocol")
+                log_level="warning", timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+                http="serve.connection:DeadlineH11Protocol")
 
 
-def cannot_listen(host: str, port: int) -> str | None:
+def missing_grpc_extra() -> str | None:
+    """The grpc extra's package that cannot be imported, or None. Only grpc and protobuf themselves: the
+    generated message classes are imported by the server's workers, not in this process."""
+    import importlib
+
+    for module, package in (("grpc", "grpcio"), ("google.protobuf", "protobuf")):
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError:
+            return package
+    return None
+
+
+def url_host(host: str) -> str:
+    """``host`` as it goes before ":port": an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def cannot_listen(host: str, port: int, option: str = "--port") -> str | None:
     """Why ``host:port`` cannot be bound (an unknown host, a port in use, no permission), or None.
 
     Checked before the server starts, so the error is one line instead of a "serving on" line
@@ -187,7 +220,7 @@ def cannot_listen(host: str, port: int) -> str | None:
             probe.bind(address)
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
-                return "the port is already in use (another server? pick another --port)"
+                return f"the port is already in use (another server? pick another {option})"
             return exc.strerror or str(exc)
     return None
 

@@ -61,6 +61,7 @@ class ServerConfig:
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API; none by default
     request_timeout_s: float = 60.0  # from a request's first byte to its last (serve/connection.py)
     access_log: bool = False  # one line per request on stderr (the "foldserve.access" logger)
+    grpc_address: str | None = None  # "host:port": OIP v2 over gRPC beside HTTP (serve/grpc_server.py); None: off
 
     def __post_init__(self) -> None:
         for name in ("max_batch", "max_queue", "max_decodes", "max_pixels"):
@@ -297,7 +298,14 @@ def create_app(config: ServerConfig, model: DigitModel | None = None) -> FastAPI
                                  max_queue=config.max_queue, on_batch=metrics.on_batch)
         batcher.start()
         app.state.plane = DataPlane(config, loaded, batcher)
+        grpc_server = None
+        if config.grpc_address is not None:
+            from serve.grpc_server import GrpcServer  # the grpc extra, imported only when asked for
+
+            grpc_server = await GrpcServer.start(app.state.plane, metrics, config.grpc_address)
         yield
+        if grpc_server is not None:  # HTTP has finished its requests; gRPC finishes its own
+            await grpc_server.stop()
         await batcher.stop()  # in-flight requests finish before the process exits
         lifecycle_log.info("stopped serving %s (process %d)", config.model_path, os.getpid())
 
