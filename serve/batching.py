@@ -56,7 +56,7 @@ class DynamicBatcher:
 
     async def submit(self, images: np.ndarray) -> np.ndarray:
         if self._stopping:
-            raise ShuttingDown("server is shutting down: not taking new inference requests")
+            raise ShuttingDown()
         future = asyncio.get_running_loop().create_future()
         try:
             self.queue.put_nowait(_Request(images, future))

@@ -160,6 +160,9 @@ def http(model_path: Path, model_name: str, host: str, port: int, max_batch: int
         sys.exit(EXIT_USAGE)
     if grpc_port is not None:
         same = grpc_port == port and port != 0  # 0 is any free port, for each
+        if grpc_port == 0 and workers > 1:  # each worker binds gRPC itself (SO_REUSEPORT): port 0 gives each its own
+            fail(f"--grpc-port 0 (any free port) would give each of the {workers} workers another port; "
+                 "give a port number", EXIT_USAGE)
         unbindable = "it is the HTTP --port" if same else cannot_listen(host, grpc_port, "--grpc-port")
         if unbindable:
             fail(f"cannot listen on {host}:{grpc_port} for gRPC: {unbindable}", EXIT_USAGE)

@@ -31,10 +31,13 @@ class Overloaded(RequestError):
 
 
 class ShuttingDown(RequestError):
-    """The model no longer takes requests because the server is stopping."""
+    """The server is stopping: requests in flight are answered, new ones refused."""
 
     http_status = 503
     grpc_code = "UNAVAILABLE"  # gRPC clients retry UNAVAILABLE elsewhere; RESOURCE_EXHAUSTED would say "later"
+
+    def __init__(self, message: str = "server is shutting down: not taking new requests") -> None:
+        super().__init__(message)
 
 
 class Unauthenticated(RequestError):

@@ -29,7 +29,7 @@ from google.protobuf.message import Message
 from prometheus_client import Gauge
 
 from serve.connection import SHUTDOWN_RECEIVE_S
-from serve.errors import RequestError, require_api_key
+from serve.errors import RequestError, ShuttingDown, require_api_key
 from serve.limits import SHUTDOWN_GRACE_S
 from serve.model import softmax
 from serve.proto import inference_pb2 as pb
@@ -55,8 +55,10 @@ def rpc(method: Handler) -> Handler:
     async def handler(self: Servicer, request: Any, context: grpc.aio.ServicerContext) -> Message:
         started = time.perf_counter()
         status, message = grpc.StatusCode.OK, ""
-        self.calls_started()
+        self.call_started()
         try:
+            if self.stopping:  # grpc refuses new calls itself too, once its own stop has begun
+                raise ShuttingDown()
             api_key = self.plane.config.api_key
             if api_key and name not in OPEN_CALLS:
                 require_api_key(api_key, dict(context.invocation_metadata() or ()).get("authorization", ""))
@@ -70,7 +72,7 @@ def rpc(method: Handler) -> Handler:
             log.exception("unhandled error in gRPC %s", name)
             status, message = grpc.StatusCode.INTERNAL, "internal server error"
         finally:
-            self.calls_ended()
+            self.call_ended()
             seconds = time.perf_counter() - started
             self.metrics.requests.labels(SERVICE + name, status.name).inc()
             self.metrics.latency.labels(SERVICE + name).observe(seconds)
@@ -84,18 +86,19 @@ def rpc(method: Handler) -> Handler:
 class Servicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, plane: DataPlane, metrics: Metrics) -> None:
         self.plane, self.metrics = plane, metrics
+        self.stopping = False
         self.in_flight = 0
         self.in_flight_gauge = Gauge("foldserve_grpc_calls_in_flight", "gRPC calls received and not yet answered",
                                      registry=metrics.registry)
         self.idle = asyncio.Event()  # set while no handler runs: the shutdown waits for it
         self.idle.set()
 
-    def calls_started(self) -> None:
+    def call_started(self) -> None:
         self.in_flight += 1
         self.in_flight_gauge.set(self.in_flight)
         self.idle.clear()
 
-    def calls_ended(self) -> None:
+    def call_ended(self) -> None:
         self.in_flight -= 1
         self.in_flight_gauge.set(self.in_flight)
         if self.in_flight == 0:
@@ -233,6 +236,7 @@ class GrpcServer:
         """From now on new calls are refused (clients get UNAVAILABLE). Calls whose request has arrived
         finish, within HTTP's grace; calls still arriving then get a few seconds, as HTTP's uploads do,
         so a client that stalls mid-request cannot hold the shutdown."""
+        self.servicer.stopping = True
         stopping = asyncio.ensure_future(self.server.stop(SHUTDOWN_GRACE_S))
         lifecycle_log.info("stopping gRPC on %s (%d calls in flight)", self.address, self.servicer.in_flight)
         try:
