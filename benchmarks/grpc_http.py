@@ -1,8 +1,8 @@
 """Requests/s of one `serve http --grpc-port` server: OIP v2 over gRPC (raw tensor contents) against HTTP
-(JSON, and the binary tensor extension), one image per request, on loopback.
+(JSON, and the binary tensor extension), ``--images`` images per request (default 1), on loopback.
 
     python -m benchmarks.grpc_http [--model runs/default/model.onnx] [--seconds 4] [--rounds 3]
-                                   [--clients 1 16 64]
+                                   [--clients 1 16 64] [--images 1]
 
 One server answers both protocols (same model, batcher and process), so they are compared on the same
 footing. Every client is a thread with its own connection (HTTP: http.client keep-alive; gRPC:
@@ -64,24 +64,38 @@ def start_server(model: Path, port: int) -> tuple[subprocess.Popen, int]:
     raise SystemExit("HTTP did not come up")
 
 
-def images() -> np.ndarray:
+def requests(per_request: int) -> list[np.ndarray]:
+    """64 different requests of ``per_request`` test images each."""
     from pipeline.data import load_dataset, model_input
 
-    return model_input(load_dataset("sample").test_images[:256])
+    pixels = model_input(load_dataset("sample").test_images)
+    return [pixels[(i * per_request + np.arange(per_request)) % len(pixels)] for i in range(64)]
 
 
-def http_client(port: int, batch: np.ndarray, binary: bool) -> Callable[[int], None]:
-    """One HTTP client: ``run(i)`` sends image i and reads the answer."""
+def triton_inputs(batch: list[np.ndarray]) -> list[list]:
+    """The requests as tritonclient.grpc inputs (raw contents), made once."""
+    import tritonclient.grpc as grpcclient
+
+    inputs = []
+    for b in batch:
+        tensor = grpcclient.InferInput("image", list(b.shape), "FP32")
+        tensor.set_data_from_numpy(b)
+        inputs.append([tensor])
+    return inputs
+
+
+def http_client(port: int, batch: list[np.ndarray], binary: bool) -> Callable[[int], None]:
+    """One HTTP client: ``run(i)`` sends request i and reads the answer."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     if binary:
-        header = json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1, 28, 28],
-                                         "parameters": {"binary_data_size": 28 * 28 * 4}}],
+        header = json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": list(batch[0].shape),
+                                         "parameters": {"binary_data_size": batch[0].nbytes}}],
                              "parameters": {"binary_data_output": True}}).encode()
-        bodies = [header + batch[i].tobytes() for i in range(len(batch))]
+        bodies = [header + b.tobytes() for b in batch]
         headers = {"Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"}
     else:
-        bodies = [json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1, 28, 28],
-                                          "data": batch[i].ravel().tolist()}]}).encode() for i in range(len(batch))]
+        bodies = [json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": list(b.shape),
+                                          "data": b.ravel().tolist()}]}).encode() for b in batch]
         headers = {"Content-Type": "application/json"}
 
     def run(i: int) -> None:
@@ -94,15 +108,11 @@ def http_client(port: int, batch: np.ndarray, binary: bool) -> Callable[[int], N
     return run
 
 
-def grpc_client(port: int, batch: np.ndarray) -> Callable[[int], None]:
+def grpc_client(port: int, batch: list[np.ndarray]) -> Callable[[int], None]:
     import tritonclient.grpc as grpcclient
 
     client = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
-    inputs = []
-    for i in range(len(batch)):
-        tensor = grpcclient.InferInput("image", [1, 1, 28, 28], "FP32")
-        tensor.set_data_from_numpy(batch[i:i + 1])
-        inputs.append([tensor])
+    inputs = triton_inputs(batch)
 
     def run(i: int) -> None:
         client.infer("digits", inputs[i % len(inputs)]).as_numpy("logits")
@@ -131,18 +141,13 @@ def threaded(make_client: Callable[[], Callable[[int], None]], clients: int, sec
     return sum(counts) / (time.perf_counter() - start)
 
 
-def grpc_asyncio(port: int, batch: np.ndarray, clients: int, seconds: float) -> float:
+def grpc_asyncio(port: int, batch: list[np.ndarray], clients: int, seconds: float) -> float:
     """Requests/s of ``clients`` calls kept in flight on one tritonclient.grpc.aio channel."""
-    import tritonclient.grpc as grpcclient
     import tritonclient.grpc.aio as aioclient
 
     async def main() -> float:
         client = aioclient.InferenceServerClient(f"127.0.0.1:{port}")
-        inputs = []
-        for i in range(len(batch)):
-            tensor = grpcclient.InferInput("image", [1, 1, 28, 28], "FP32")
-            tensor.set_data_from_numpy(batch[i:i + 1])
-            inputs.append([tensor])
+        inputs = triton_inputs(batch)
         await client.infer("digits", inputs[0])
         stop = time.perf_counter() + seconds
         count = 0
@@ -170,8 +175,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--images", type=int, default=1, help="images per request")
     args = parser.parse_args()
-    batch = images()
+    batch = requests(args.images)
     http_port = free_port()
     server, grpc_port = start_server(args.model, http_port)
     ways: dict[str, Callable[[int], float]] = {
@@ -194,7 +200,7 @@ def main() -> None:
         server.wait(timeout=60)
     cpu = next((line.split(":", 1)[1].strip() for line in subprocess.run(["lscpu"], capture_output=True,
                 text=True).stdout.splitlines() if line.startswith("Model name")), platform.processor())
-    print(f"\n{cpu}, {len(__import__('os').sched_getaffinity(0))} cores; one image per request, "
+    print(f"\n{cpu}, {len(__import__('os').sched_getaffinity(0))} cores; {args.images} image(s) per request, "
           f"dynamic batching on (64 images, 2 ms); requests/s, median (min-max) of {args.rounds} rounds of "
           f"{args.seconds:g} s\n")
     print("| clients | " + " | ".join(ways) + " |")
