@@ -57,7 +57,7 @@ def rpc(method: Handler) -> Handler:
         status, message = grpc.StatusCode.OK, ""
         self.call_started()
         try:
-            if self.stopping:  # grpc refuses new calls itself too, once its own stop has begun
+            if self.stopping:  # see GrpcServer.stop
                 raise ShuttingDown()
             api_key = self.plane.config.api_key
             if api_key and name not in OPEN_CALLS:
@@ -233,15 +233,14 @@ class GrpcServer:
         return cls(server, servicer, bound)
 
     async def stop(self) -> None:
-        """From now on new calls are refused (clients get UNAVAILABLE). Calls whose request has arrived
-        finish, within HTTP's grace; calls still arriving then get a few seconds, as HTTP's uploads do,
-        so a client that stalls mid-request cannot hold the shutdown."""
+        """From now on new calls are refused (UNAVAILABLE, by the servicer: grpc's own stop would cancel
+        some of them instead, those whose stream opened before its GOAWAY reached the client). Calls
+        whose request has arrived finish, within HTTP's grace; then grpc stops, giving calls still
+        arriving a few seconds, as HTTP's uploads get, so a client stalled mid-request cannot hold it."""
         self.servicer.stopping = True
-        stopping = asyncio.ensure_future(self.server.stop(SHUTDOWN_GRACE_S))
         lifecycle_log.info("stopping gRPC on %s (%d calls in flight)", self.address, self.servicer.in_flight)
         try:
             await asyncio.wait_for(self.servicer.idle.wait(), SHUTDOWN_GRACE_S)
         except asyncio.TimeoutError:
             pass
-        await self.server.stop(SHUTDOWN_RECEIVE_S)  # the earlier deadline of the two applies
-        await stopping
+        await self.server.stop(SHUTDOWN_RECEIVE_S)
