@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,6 +42,57 @@ def atomic_path(path: Path) -> Iterator[Path]:
                             f"{'; the previous version is kept' if path.exists() else ''}") from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_directory(path: Path) -> Iterator[Path]:
+    """Yield a temporary directory beside ``path``; if the block succeeds, it takes ``path``'s place in
+    one step (an existing directory is exchanged with it, then deleted), so a reader sees the old
+    directory or the new one, whole, never a mixture. Named like atomic_path's files (pid inside)."""
+    path = Path(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp's 0700 would hide the model from a server's other user
+        if not exchange(tmp, path):
+            if path.exists():  # no atomic exchange here: the old one goes first, for a moment there is none
+                remove_directory(path)
+            os.rename(tmp, path)
+    except OSError as exc:  # a full disk, a permission, a file in the way: the block only writes files
+        raise PipelineError(f"cannot write {path}: {exc.strerror or exc}"
+                            f"{'; the previous version is kept' if path.exists() else ''}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # after an exchange: the old directory
+
+
+def remove_directory(path: Path) -> None:
+    """Delete the directory ``path`` so that it disappears at once: renamed out of the way (a hidden,
+    pid-named temporary name), then deleted."""
+    path = Path(path)
+    gone = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
+    os.rename(path, gone)  # replaces the empty directory just made
+    shutil.rmtree(gone, ignore_errors=True)
+
+
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2  # <fcntl.h>, <linux/fs.h>
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one step (Linux renameat2 RENAME_EXCHANGE). False where that cannot
+    be done: another system, an old kernel or C library, a file system without it, or ``b`` missing."""
+    if not os.path.lexists(b):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.ENOENT):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
 
 
 def write_json(path: Path, data: Any) -> None:

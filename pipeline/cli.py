@@ -18,6 +18,7 @@ import click
 from pipeline.data import DATASETS
 from pipeline.errors import PipelineError
 from pipeline.train import DEVICES
+from serve.repository import DEFAULT_MODEL_NAME, INT8_SUFFIX
 
 DEFAULT_RUN = Path("runs/default")
 DATA_HELP = ("sample: 5,000 real MNIST digits embedded in the package (4,000 train / 1,000 test). "
@@ -244,24 +245,39 @@ def train(ctx: click.Context, data: str, data_dir: Path | None, download: bool, 
               help="Also write OUT-int8.onnx: onnxruntime static quantization (QDQ, per-channel weights, "
                    "calibrated on 500 training images), kept only if within 0.3 accuracy points of fp32. "
                    "Not with --no-fold.")
-def export(run_dir: Path, out: Path | None, opset: int, no_fold: bool, recompute_stats: bool,
-           quantize: str | None) -> None:
+@click.option("--repository", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Then publish the model into this model repository in Triton's layout: "
+                   "DIR/NAME/config.pbtxt and DIR/NAME/1/model.onnx (with --quantize int8 also DIR/NAME"
+                   f"{INT8_SUFFIX}), each model directory replaced whole, in one step. Triton, KServe and "
+                   "`serve http --repository` serve it.")
+@click.option("--model-name", default=DEFAULT_MODEL_NAME, show_default=True,
+              help="With --repository: the model's name there (its directory, and its name in /v2).")
+@click.pass_context
+def export(ctx: click.Context, run_dir: Path, out: Path | None, opset: int, no_fold: bool, recompute_stats: bool,
+           quantize: str | None, repository: Path | None, model_name: str) -> None:
     """Fold BN into the conv/dense weights and export a BN-free ONNX model, then verify parity.
 
     The model takes `image` float32 [N,1,28,28] (pixels in [0,1], white ink on black) and returns
     `logits` and `probabilities`. It is written only if the parity check passes; parity.json is
-    written beside it either way.
+    written beside it either way. With --repository it is then published for Triton or KServe.
     """
     from pipeline.export import export_model
 
+    if repository is None and ctx.get_parameter_source("model_name") != click.core.ParameterSource.DEFAULT:
+        raise PipelineError("--model-name names the model in a repository: give --repository DIR too")
     result = export_model(run_dir, out, opset=opset, fold=not no_fold, recompute_stats=recompute_stats,
-                          quantize=quantize)
+                          quantize=quantize, repository=repository, model_name=model_name)
     click.echo(result.parity.table())
     click.echo(f"wrote {result.model_path} ({'BN folded' if result.folded else 'BN not folded'}, "
                f"test accuracy {result.test_accuracy:.2%}) and {result.parity_path}")
     if result.int8_report is not None:
         click.echo(result.int8_report.table())
         click.echo(f"wrote {result.int8_path}")
+    if result.publication is not None:
+        for model_dir in result.publication.published:
+            click.echo(f"published {model_dir} (config.pbtxt, version 1)")
+        for model_dir in result.publication.withdrawn:
+            click.echo(f"removed {model_dir}: it was quantized from the model this export replaced")
 
 
 @cli.command()

@@ -18,12 +18,14 @@ from pipeline.checkpoint import CHECKPOINT_NAME, model_from_checkpoint, read_che
 from pipeline.data import Dataset, load_dataset, model_input
 from pipeline.errors import PipelineError
 from pipeline.parity import ParityReport, check_parity, torch_logits
+from serve.repository import DEFAULT_MODEL_NAME
 
 if TYPE_CHECKING:
     import onnx
 
     from models import DigitNet
     from pipeline.quantize import QuantizedReport
+    from pipeline.repository import Publication
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,7 @@ class ExportResult:
     test_accuracy: float
     int8_path: Path | None = None
     int8_report: "QuantizedReport | None" = None
+    publication: "Publication | None" = None  # with --repository: the model directories written
 
 
 def library_versions() -> dict[str, str]:
@@ -169,11 +172,14 @@ def int8_path_for(model_path: Path) -> Path:
 
 
 def export_model(run_dir: Path, out: Path | None = None, opset: int = DEFAULT_OPSET, fold: bool = True,
-                 recompute_stats: bool = False, quantize: str | None = None) -> ExportResult:
+                 recompute_stats: bool = False, quantize: str | None = None, repository: Path | None = None,
+                 model_name: str = DEFAULT_MODEL_NAME) -> ExportResult:
     """Export the run's checkpoint to ONNX at ``out`` (default RUN/model.onnx), only if parity passes.
 
     With ``quantize="int8"`` also write OUT-int8.onnx (onnxruntime static quantization), only if its
-    test accuracy is within 0.3 points of fp32; its report goes to parity-int8.json.
+    test accuracy is within 0.3 points of fp32; its report goes to parity-int8.json. With
+    ``repository``, then publish what was written there in Triton's layout (pipeline/repository.py),
+    as model ``model_name`` (and ``model_name``-int8); nothing is published if any check fails.
     """
     import onnx
 
@@ -194,6 +200,10 @@ def export_model(run_dir: Path, out: Path | None = None, opset: int = DEFAULT_OP
         raise PipelineError(f"cannot write {out}: directory {out.parent} does not exist")
     if not os.access(out.parent, os.W_OK):
         raise PipelineError(f"cannot write {out}: directory {out.parent} is not writable")
+    if repository is not None:  # before the long part: a repository that cannot take the model is one line now
+        from pipeline.repository import check_publishable
+
+        check_publishable(Path(repository), model_name)
 
     ckpt_path = run_dir / CHECKPOINT_NAME
     ckpt, ckpt_sha256 = read_checkpoint(ckpt_path)
@@ -276,6 +286,10 @@ def export_model(run_dir: Path, out: Path | None = None, opset: int = DEFAULT_OP
                 raise PipelineError(f"int8 check failed ({'; '.join(int8_report.data['failures'])}); "
                                     f"{out} was written, {int8_out} was not; details in {int8_report_path}")
         result.int8_path, result.int8_report = int8_out, int8_report
+    if repository is not None:
+        from pipeline.repository import publish_export
+
+        result.publication = publish_export(Path(repository), model_name, out, result.int8_path)
     return result
 
 

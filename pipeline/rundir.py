@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -55,16 +56,19 @@ def run_lock(out_dir: Path) -> Iterator[None]:
 
 
 def remove_stale_temps(out_dir: Path) -> int:
-    """Delete the temporary files of atomic writes whose writer is gone (``.NAME.PID.XXXX.tmp``, see
-    artifacts.atomic_path): what a killed process left. Those of a live process (an export running
-    beside the training) stay."""
+    """Delete the temporary files and directories of atomic writes whose writer is gone
+    (``.NAME.PID.XXXX.tmp``, see artifacts.atomic_path and atomic_directory): what a killed process
+    left. Those of a live process (an export running beside the training) stay."""
     removed = 0
     for path in out_dir.glob(".*.tmp"):
         pid = writer_pid(path.name)
         if pid is None or process_alive(pid):
             continue
         with contextlib.suppress(OSError):
-            path.unlink()
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
             removed += 1
     return removed
 

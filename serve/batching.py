@@ -1,8 +1,11 @@
 """Dynamic batching in the manner of Triton's dynamic batcher.
 
-Concurrent requests wait in a bounded queue; a single worker takes the first, waits at most
-``max_delay`` for more to arrive (up to ``max_batch`` images in all), runs them as one model call in
-a worker thread (the event loop keeps accepting requests), and hands each request its own rows.
+Concurrent requests wait in a bounded queue; a single worker takes the first and everything already
+queued behind it (up to ``max_batch`` images in all), runs them as one model call in a worker thread
+(the event loop keeps accepting requests), and hands each request its own rows. What arrives while
+the model runs is the next batch: an idle server runs a request at once, a busy one in batches, with
+no wait window. ``max_delay`` > 0 adds one (wait that long for more after the first), which trades
+latency for larger batches.
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ class _Request:
 
 
 class DynamicBatcher:
-    def __init__(self, run: Callable[[np.ndarray], np.ndarray], max_batch: int = 64, max_delay_ms: float = 2.0,
+    def __init__(self, run: Callable[[np.ndarray], np.ndarray], max_batch: int = 64, max_delay_ms: float = 0.0,
                  max_queue: int = 1024, on_batch: Callable[[int, list[float]], None] | None = None) -> None:
         """``run``: float32 [N,1,28,28] → [N, classes]. ``on_batch(size, queue_times)`` after every batch."""
         self.run = run
@@ -42,8 +45,10 @@ class DynamicBatcher:
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def stop(self) -> None:
-        """Finish everything already queued, then stop. Requests submitted from now on are refused:
-        a steady stream of them would hold the stop, and one arriving after it would wait forever."""
+        """Finish everything already queued, then stop (the server stopping, or its model unloaded).
+        Requests submitted from now on are refused with ShuttingDown: a steady stream of them would hold
+        the stop, and one arriving after it (a request that found the model just before it was unloaded)
+        would wait forever for a loop that is gone."""
         self._stopping = True
         await self.queue.join()
         if self._task is not None:
@@ -72,10 +77,15 @@ class DynamicBatcher:
         return await self.queue.get()
 
     async def _next(self, timeout: float) -> _Request | None:
-        """The carried request, else the next queued one if it comes within ``timeout`` seconds."""
+        """The carried request, else a queued one, else the next to arrive within ``timeout`` seconds."""
         if self._carry is not None:
             request, self._carry = self._carry, None
             return request
+        try:
+            return self.queue.get_nowait()
+        except asyncio.QueueEmpty:
+            if timeout <= 0:
+                return None
         try:
             return await asyncio.wait_for(self.queue.get(), timeout)
         except asyncio.TimeoutError:
@@ -89,10 +99,7 @@ class DynamicBatcher:
             size = len(first.images)
             deadline = time.perf_counter() + self.max_delay
             while size < self.max_batch:
-                remaining = deadline - time.perf_counter()
-                if remaining <= 0:
-                    break
-                request = await self._next(remaining)
+                request = await self._next(deadline - time.perf_counter())
                 if request is None:
                     break
                 if size + len(request.images) > self.max_batch:

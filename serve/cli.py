@@ -12,6 +12,7 @@ from typing import NoReturn
 import click
 
 from serve.limits import DEFAULT_MAX_PIXELS, SHUTDOWN_GRACE_S
+from serve.repository import DEFAULT_MODEL_NAME
 
 DEFAULT_MODEL = Path("runs/default/model.onnx")
 EXIT_MODEL_ERROR = 1
@@ -93,13 +94,22 @@ def fail(message: str, status: int = EXIT_MODEL_ERROR) -> NoReturn:
 
 @cli.command()
 @model_option
-@click.option("--model-name", default="digits", show_default=True, help="The model's name in the /v2 API.")
+@click.option("--repository", type=click.Path(path_type=Path), default=None,
+              help="Serve every model and version in this model repository (Triton's layout, as `pipeline export "
+                   "--repository` writes it) instead of one --model; a request without a version gets the "
+                   "latest. Not with --model.")
+@click.option("--model-name", default=DEFAULT_MODEL_NAME, show_default=True,
+              help="The model's name in the /v2 API; with --repository, the model /predict and the page read with.")
+@click.option("--allow-model-control", is_flag=True,
+              help="With --repository: allow POST /v2/repository/models/NAME/load and /unload (otherwise they "
+                   "are answered 403). Needs --workers 1: each worker process holds its own models.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback unless told).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option("--max-batch", type=click.IntRange(min=1), default=64, show_default=True,
               help="Dynamic batching: most images per model call (1 turns batching off).")
-@click.option("--max-delay-ms", type=click.FloatRange(min=0), default=2.0, show_default=True,
-              help="Dynamic batching: longest wait for a batch to fill.")
+@click.option("--max-delay-ms", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Dynamic batching: how long to wait for more requests after the first. At 0 a batch "
+                   "is whatever arrived while the previous one ran: an idle server answers at once.")
 @click.option("--max-body-mb", type=click.FloatRange(min=0.001), default=25.0, show_default=True,
               help="Larger request bodies are refused with 413.")
 @click.option("--max-queue", type=click.IntRange(min=1), default=1024, show_default=True,
@@ -124,18 +134,30 @@ def fail(message: str, status: int = EXIT_MODEL_ERROR) -> NoReturn:
 @click.option("--access-log", is_flag=True,
               help='One line per request on stderr: time, client, "METHOD PATH", status, milliseconds.')
 @click.option("--grpc-port", type=click.IntRange(0, 65535), default=None,
-              help="Also serve the Open Inference Protocol over gRPC on this port (same --host, model, batcher and "
-                   "limits; needs the grpc extra). Default: off.")
-def http(model_path: Path, model_name: str, host: str, port: int, max_batch: int, max_delay_ms: float,
+              help="Also serve the Open Inference Protocol over gRPC on this port (same --host, models, batchers "
+                   "and limits; needs the grpc extra). Default: off.")
+@click.pass_context
+def http(ctx: click.Context, model_path: Path, repository: Path | None, model_name: str, allow_model_control: bool,
+         host: str, port: int, max_batch: int, max_delay_ms: float,
          max_body_mb: float, max_queue: int, max_decodes: int, max_pixels: int, workers: int,
          api_key: str | None, allowed_hosts: tuple[str, ...], request_timeout_s: float,
          cors_origins: tuple[str, ...], access_log: bool, grpc_port: int | None) -> None:
     """Serve the model over HTTP: Open Inference Protocol v2 (/v2/...), POST /predict (the reading of an
     image, as `serve predict --json` prints it), /metrics, and a page at / to write a number on or read a
-    photo with. Stops cleanly on Ctrl-C or SIGTERM (requests in flight finish)."""
+    photo with. With --repository, every model in a model repository (and Triton's repository
+    extension, /v2/repository/...). Stops cleanly on Ctrl-C or SIGTERM (requests in flight finish)."""
     import os
 
     from serve.model import ModelError, load_model
+    from serve.repository import load_repository
+
+    if repository is not None and ctx.get_parameter_source("model_path") == click.core.ParameterSource.COMMANDLINE:
+        fail("--model and --repository are mutually exclusive: serve one model file or a repository", EXIT_USAGE)
+    if allow_model_control and repository is None:
+        fail("--allow-model-control loads and unloads a repository's models: give --repository DIR", EXIT_USAGE)
+    if allow_model_control and workers > 1:
+        fail("--allow-model-control needs --workers 1: each worker process holds its own models, and a load "
+             "or unload would reach only one of them", EXIT_USAGE)
 
     try:
         import uvicorn
@@ -149,11 +171,19 @@ def http(model_path: Path, model_name: str, host: str, port: int, max_batch: int
         grpc_missing = missing_grpc_extra()
         if grpc_missing:
             fail(f"--grpc-port needs the grpc extra ({grpc_missing} is not installed): pip install 'foldserve[grpc]'")
-    try:
-        load_model(model_path)  # fail now, with one line, rather than inside a worker
+    try:  # fail now, with one line, rather than inside a worker
+        if repository is None:
+            load_model(model_path)
+            served = f"{model_path} as {model_name!r}"
+        else:
+            models = load_repository(repository)
+            if model_name not in models:
+                raise ModelError(f"the repository {repository} has no model {model_name!r} for /predict and the page "
+                                 f"(it has {', '.join(map(repr, models)) or 'none'}): choose one with --model-name")
+            served = f"the repository {repository} ({', '.join(f'{n}/{v}' for n in models for v in models[n])})"
+            del models  # the server loads its own; these would stay in memory beside them while it runs
     except ModelError as exc:
-        click.echo(f"serve: error: {exc}", err=True)
-        sys.exit(EXIT_MODEL_ERROR)
+        fail(str(exc))
     unbindable = cannot_listen(host, port)
     if unbindable:
         click.echo(f"serve: error: cannot listen on {host}:{port}: {unbindable}", err=True)
@@ -169,7 +199,9 @@ def http(model_path: Path, model_name: str, host: str, port: int, max_batch: int
     loopback = is_loopback(host)
     if not allowed_hosts:
         allowed_hosts = LOOPBACK_HOSTS if loopback else ("*",)
-    config = ServerConfig(model_path=str(model_path.resolve()), model_name=model_name, max_batch=max_batch,
+    config = ServerConfig(model_path=str(model_path.resolve()), model_name=model_name,
+                          repository=str(repository.resolve()) if repository else None,
+                          allow_model_control=allow_model_control, max_batch=max_batch,
                           max_delay_ms=max_delay_ms, max_body_bytes=int(max_body_mb * 1024 * 1024),
                           max_queue=max_queue, max_decodes=max_decodes, max_pixels=max_pixels,
                           api_key=api_key or None, allowed_hosts=tuple(h.lower() for h in allowed_hosts),
@@ -180,7 +212,7 @@ def http(model_path: Path, model_name: str, host: str, port: int, max_batch: int
                    "can reach it can use it (set FOLDSERVE_API_KEY)", err=True)
     os.environ[CONFIG_ENV] = config_to_env(config)
     grpc_line = "" if grpc_port is None else f" and gRPC {url_host(host)}:{grpc_port}"
-    click.echo(f"serving {model_path} as {model_name!r} on http://{host}:{port}/{grpc_line} "
+    click.echo(f"serving {served} on http://{host}:{port}/{grpc_line} "
                f"(dynamic batching: up to {max_batch} images, {max_delay_ms:g} ms)", err=True)
     uvicorn.run("serve.server:create_app_from_env", factory=True, host=host, port=port, workers=workers,
                 log_level="warning", timeout_graceful_shutdown=SHUTDOWN_GRACE_S,

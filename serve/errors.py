@@ -31,12 +31,31 @@ class Overloaded(RequestError):
 
 
 class ShuttingDown(RequestError):
-    """The server is stopping: requests in flight are answered, new ones refused."""
+    """The server is stopping, or the model a request found was unloaded: requests in flight are
+    answered, new ones refused."""
 
     http_status = 503
     grpc_code = "UNAVAILABLE"  # gRPC clients retry UNAVAILABLE elsewhere; RESOURCE_EXHAUSTED would say "later"
 
     def __init__(self, message: str = "server is shutting down: not taking new requests") -> None:
+        super().__init__(message)
+
+
+class ModelLoadFailed(RequestError):
+    """A repository model that cannot be loaded (what was served under its name goes on being served)."""
+
+    http_status = 400  # Triton's answer to a failed load
+    grpc_code = "FAILED_PRECONDITION"  # the request is well formed; the repository's files are not servable
+
+
+class ModelControlOff(RequestError):
+    """Loading or unloading a model on a server not started to allow it."""
+
+    http_status = 403
+    grpc_code = "PERMISSION_DENIED"
+
+    def __init__(self, message: str = "loading and unloading models is not enabled: start the server with "
+                                      "`serve http --repository DIR --allow-model-control`") -> None:
         super().__init__(message)
 
 

@@ -1,7 +1,8 @@
 """The Open Inference Protocol v2 over gRPC, beside HTTP: `serve http --grpc-port PORT`.
 
-An adapter like the HTTP routes, over the same DataPlane: one model, one dynamic batcher, the same
-limits, and the same one-line messages (serve/errors.py gives each refusal its gRPC status code).
+An adapter like the HTTP routes, over the same DataPlane: the same models and versions (a blank
+version is the latest, as over HTTP), each model's dynamic batcher, the same limits, and the same
+one-line messages (serve/errors.py gives each refusal its gRPC status code).
 A ModelInfer request becomes the document an HTTP client would have sent (raw_input_contents as
 binary tensor data), so serve/protocol.py validates both the same way. It runs in the HTTP server's
 event loop (grpc.aio), started and stopped by the application's lifespan. Needs the grpc extra.
@@ -35,7 +36,7 @@ from serve.model import softmax
 from serve.proto import inference_pb2 as pb
 from serve.proto import inference_pb2_grpc as pb_grpc
 from serve.protocol import InferRequest, ProtocolError, infer_request, requested_outputs
-from serve.server import DataPlane, Metrics, access_log, lifecycle_log, model_metadata, server_metadata
+from serve.server import DataPlane, Metrics, Served, access_log, lifecycle_log, model_metadata, server_metadata
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
     @rpc
     async def ModelReady(self, request: pb.ModelReadyRequest,
                          context: grpc.aio.ServicerContext) -> pb.ModelReadyResponse:
-        self.plane.model_named(request.name, request.version or "1")
+        self.plane.model_named(request.name, request.version or None)  # proto3: a blank version is the latest
         return pb.ModelReadyResponse(ready=True)
 
     @rpc
@@ -128,8 +129,8 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
     @rpc
     async def ModelMetadata(self, request: pb.ModelMetadataRequest,
                             context: grpc.aio.ServicerContext) -> pb.ModelMetadataResponse:
-        model = self.plane.model_named(request.name, request.version or "1")
-        document = model_metadata(request.name, model)
+        served = self.plane.model_named(request.name, request.version or None)
+        document = model_metadata(served, self.plane.versions(served.name))
         tensor = pb.ModelMetadataResponse.TensorMetadata
         # OIP's gRPC metadata has string properties where HTTP's has a JSON "parameters" object
         properties = {key: value if isinstance(value, str) else json.dumps(value)
@@ -142,10 +143,10 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
     @rpc
     async def ModelInfer(self, request: pb.ModelInferRequest,
                          context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
-        self.plane.model_named(request.model_name, request.model_version or "1")
-        parsed = await self.plane.parse(parse_grpc_request, request)
-        logits = await self.plane.logits(parsed.images)
-        return infer_response(request.model_name, parsed, logits)
+        served = self.plane.model_named(request.model_name, request.model_version or None)
+        parsed = await self.plane.parse(served, parse_grpc_request, request)
+        logits = await self.plane.logits(served, parsed.images)
+        return infer_response(served, parsed, logits)
 
 
 def parse_grpc_request(request: pb.ModelInferRequest, *limits: Any) -> InferRequest:
@@ -203,10 +204,12 @@ def parameters(entries: Any) -> dict[str, Any]:
     return values
 
 
-def infer_response(model_name: str, request: InferRequest, logits: np.ndarray) -> pb.ModelInferResponse:
+def infer_response(served: Served, request: InferRequest, logits: np.ndarray) -> pb.ModelInferResponse:
     """The outputs asked for, always as raw_output_contents (tritonclient reads those when present; they
-    cost no per-element encoding), whatever binary_data the request asked of HTTP's JSON."""
-    response = pb.ModelInferResponse(model_name=model_name, model_version="1", id=request.request_id or "")
+    cost no per-element encoding), whatever binary_data the request asked of HTTP's JSON; the version is
+    the one that answered, as over HTTP."""
+    response = pb.ModelInferResponse(model_name=served.name, model_version=served.version,
+                                     id=request.request_id or "")
     for name, tensor, _ in requested_outputs(request, logits, softmax(logits)):
         response.outputs.add(name=name, datatype="FP32", shape=tensor.shape)
         response.raw_output_contents.append(tensor.tobytes())

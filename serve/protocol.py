@@ -231,7 +231,7 @@ def requested_outputs(request: InferRequest, logits: np.ndarray,
 
 
 def encode_infer_response(model_name: str, request: InferRequest, logits: np.ndarray,
-                          probabilities: np.ndarray) -> tuple[bytes, dict[str, str]]:
+                          probabilities: np.ndarray, model_version: str = "1") -> tuple[bytes, dict[str, str]]:
     """The response body and extra headers (binary outputs follow the JSON, in order)."""
     outputs, binary = [], []
     for name, tensor, as_binary in requested_outputs(request, logits, probabilities):
@@ -243,7 +243,7 @@ def encode_infer_response(model_name: str, request: InferRequest, logits: np.nda
         else:
             entry["data"] = tensor.ravel().tolist()
         outputs.append(entry)
-    document: dict[str, Any] = {"model_name": model_name, "model_version": "1", "outputs": outputs}
+    document: dict[str, Any] = {"model_name": model_name, "model_version": model_version, "outputs": outputs}
     if request.request_id is not None:
         document["id"] = request.request_id
     header = json.dumps(document).encode()

@@ -29,17 +29,22 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from serve.batching import DynamicBatcher
-from serve.errors import ModelNotFound, RequestError, Unauthenticated, require_api_key
+from serve.errors import ModelControlOff, ModelLoadFailed, ModelNotFound, RequestError, ShuttingDown, \
+    Unauthenticated, require_api_key
 from serve.image.decode import DEFAULT_MAX_PIXELS
-from serve.model import INPUT_NAME, DigitModel, load_model, softmax
-from serve.protocol import HEADER_LENGTH, OUTPUTS, InferRequest, encode_infer_response, parse_infer_request
+from serve.model import INPUT_NAME, DigitModel, ModelError, load_model, softmax
+from serve.protocol import HEADER_LENGTH, OUTPUTS, InferRequest, ProtocolError, encode_infer_response, flag, \
+    parameters, parse_infer_request, split_body
 from serve.reading import Page, Reading, interpret_for, prepare_page
+from serve.repository import DEFAULT_MODEL_NAME, MODEL_FILENAME, is_model_name, load_repository, load_versions, \
+    models_on_disk, version_key
 
 CONFIG_ENV = "FOLDSERVE_HTTP_CONFIG"
 IMAGE_TYPES = ("image/", "application/octet-stream")
 OPEN_PATHS = ("/v2/health/live", "/v2/health/ready", "/")  # answered without the API key
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 CLIENT_CLOSED = 499  # the status nginx logs for a client that left before its answer
+MAX_CONTROL_BODY = 64 * 1024  # a repository request is a small JSON object
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("foldserve.access")
@@ -49,9 +54,11 @@ lifecycle_log = logging.getLogger("foldserve.lifecycle")  # started / stopped, f
 @dataclass(frozen=True)
 class ServerConfig:
     model_path: str = "runs/default/model.onnx"
-    model_name: str = "digits"
+    model_name: str = DEFAULT_MODEL_NAME  # with a repository: the model /predict and the page read with
+    repository: str | None = None  # a model repository in Triton's layout, served instead of model_path
+    allow_model_control: bool = False  # POST /v2/repository/models/NAME/load and /unload
     max_batch: int = 64
-    max_delay_ms: float = 2.0
+    max_delay_ms: float = 0.0
     max_body_bytes: int = 25 * 1024 * 1024  # a 48 MP phone JPEG is 10-20 MB
     max_queue: int = 1024  # requests waiting for the model; beyond this: 503
     max_decodes: int = 2  # images decoded at once (per process): decoded pixels are the big allocation
@@ -108,10 +115,11 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def model_metadata(name: str, model: DigitModel) -> dict[str, Any]:
+def model_metadata(served: "Served", versions: list[str]) -> dict[str, Any]:
+    model = served.model
     classes, side = len(model.labels), model.field_spec.size
     return {
-        "name": name, "versions": ["1"], "platform": "onnxruntime_onnx",
+        "name": served.name, "versions": versions, "platform": "onnxruntime_onnx",
         "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, 1, side, side]},
                    {"name": "image_files", "datatype": "BYTES", "shape": [-1]}],
         "outputs": [{"name": o, "datatype": "FP32", "shape": [-1, classes]} for o in OUTPUTS],
@@ -123,45 +131,101 @@ def model_metadata(name: str, model: DigitModel) -> dict[str, Any]:
     }
 
 
+@dataclass
+class Served:
+    """One version of one model as the server runs it: the model and the dynamic batcher in front of it."""
+    name: str
+    version: str
+    model: DigitModel
+    batcher: DynamicBatcher
+
+
 class DataPlane:
     """What the endpoints do, apart from HTTP (KServe's layering: model -> data plane -> endpoints):
-    the model by name and version, the batcher in front of it, and the decode slots."""
+    the models by name and version, each behind its own batcher (as Triton schedules each model
+    apart), the decode slots all of them share, and a repository's models loaded and unloaded."""
 
-    def __init__(self, config: ServerConfig, model: DigitModel, batcher: DynamicBatcher) -> None:
-        self.config, self.model, self.batcher = config, model, batcher
+    def __init__(self, config: ServerConfig, on_batch: Callable[[int, list[float]], None] | None = None) -> None:
+        self.config, self.on_batch = config, on_batch
+        self.models: dict[str, dict[str, Served]] = {}  # name -> version -> served
+        self.not_loaded: dict[str, str] = {}  # a repository's model that is not served -> why
         # waiting requests hold only their (size-limited) body, no thread and no decoded pixels
         self.decodes = asyncio.BoundedSemaphore(config.max_decodes)
+        self.control = asyncio.Lock()  # one load or unload at a time
 
-    def model_named(self, name: str, version: str = "1") -> DigitModel:
-        if name != self.config.model_name:
-            raise ModelNotFound(f"unknown model {name!r}; this server serves {self.config.model_name!r}")
-        if version != "1":
-            raise ModelNotFound(f"unknown version {version!r} of model {name!r}")
-        return self.model
+    def serve(self, name: str, versions: dict[str, DigitModel]) -> list[Served]:
+        """Serve ``versions`` of model ``name`` from now on; returns the versions served under that name
+        until now, for the caller to stop()."""
+        served = {}
+        for version, model in versions.items():
+            batcher = DynamicBatcher(model.logits, max_batch=self.config.max_batch,
+                                     max_delay_ms=self.config.max_delay_ms, max_queue=self.config.max_queue,
+                                     on_batch=self.on_batch)
+            batcher.start()
+            served[version] = Served(name, version, model, batcher)
+        replaced = list(self.models.get(name, {}).values())
+        self.models[name] = served
+        self.not_loaded.pop(name, None)
+        return replaced
 
-    async def logits(self, images: np.ndarray) -> np.ndarray:
-        return await self.batcher.submit(images)  # Overloaded when the queue is full
+    async def stop(self, served: list[Served] | None = None) -> None:
+        """Stop the batchers of ``served`` (default: every model's) once the requests they hold are answered."""
+        for entry in served if served is not None else [s for v in self.models.values() for s in v.values()]:
+            await entry.batcher.stop()
 
-    async def parse(self, parser: Callable[..., InferRequest], *args: Any) -> InferRequest:
-        """An inference request, ``parser(*args, field_spec, max_pixels)``: off the event loop, which keeps
-        accepting requests, and at most max_decodes at once, since parsing may decode images (BYTES inputs)."""
+    def model_named(self, name: str, version: str | None = None) -> Served:
+        """Model ``name`` at ``version`` (None: its latest version), or ModelNotFound."""
+        versions = self.models.get(name)
+        if not versions:
+            if name in self.not_loaded:
+                raise ModelNotFound(f"model {name!r} is not loaded ({self.not_loaded[name]})")
+            known = ", ".join(repr(n) for n in sorted(self.models)) or "no model"
+            raise ModelNotFound(f"unknown model {name!r}; this server serves {known}")
+        if version is None:
+            return versions[max(versions, key=version_key)]
+        if version not in versions:
+            raise ModelNotFound(f"unknown version {version[:40]!r} of model {name!r}; "
+                                f"it has {', '.join(self.versions(name))}")
+        return versions[version]
+
+    def versions(self, name: str) -> list[str]:
+        return sorted(self.models.get(name, {}), key=version_key)
+
+    async def logits(self, served: Served, images: np.ndarray) -> np.ndarray:
+        """``images`` run by ``served`` through its batcher: Overloaded when its queue is full; ShuttingDown
+        once the batcher is stopped, saying why (a request can find a model just before it is unloaded)."""
+        try:
+            return await served.batcher.submit(images)
+        except ShuttingDown:
+            if self.models.get(served.name, {}).get(served.version) is served:
+                raise  # still the version served: the server itself is stopping
+            raise ShuttingDown(f"model {served.name!r} version {served.version} was unloaded while the "
+                               "request waited") from None
+
+    async def parse(self, served: Served, parser: Callable[..., InferRequest], *args: Any) -> InferRequest:
+        """An inference request for ``served``, ``parser(*args, field_spec, max_pixels)``: off the event loop,
+        which keeps accepting requests, and at most max_decodes at once, since parsing may decode images
+        (BYTES inputs)."""
         async with self.decodes:
-            return await run_in_threadpool(parser, *args, self.model.field_spec, self.config.max_pixels)
+            return await run_in_threadpool(parser, *args, served.model.field_spec, self.config.max_pixels)
 
-    async def infer(self, name: str, request: Request) -> Response:
+    async def infer(self, served: Served, request: Request) -> Response:
         """An OIP v2 inference request (JSON or the binary tensor extension) -> its response."""
         content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
         if content_type not in ("application/json", "application/octet-stream", ""):
             raise HTTPException(415, f"content type {content_type!r} is not accepted; send application/json")
         body = await read_body(request, self.config.max_body_bytes)
-        parsed = await self.parse(parse_infer_request, body, request.headers.get(HEADER_LENGTH))
-        logits = await self.logits(parsed.images)
-        payload, headers = await run_in_threadpool(encode_infer_response, name, parsed, logits, softmax(logits))
+        parsed = await self.parse(served, parse_infer_request, body, request.headers.get(HEADER_LENGTH))
+        logits = await self.logits(served, parsed.images)
+        payload, headers = await run_in_threadpool(encode_infer_response, served.name, parsed, logits,
+                                                   softmax(logits), model_version=served.version)
         media = "application/octet-stream" if headers else "application/json"
         return Response(payload, media_type=media, headers=headers)
 
     async def read_upload(self, request: Request) -> dict[str, Any]:
-        """One uploaded image (raw body or multipart field 'file') -> the JSON object of `serve predict --json`."""
+        """One uploaded image (raw body or multipart field 'file') -> the JSON object of `serve predict --json`,
+        read with the server's model (--model-name, its latest version)."""
+        served = self.model_named(self.config.model_name)
         min_confidence = confidence_parameter(request.query_params.get("min_confidence"))
         content_type = request.headers.get("content-type", "").lower()
         body = await read_body(request, self.config.max_body_bytes)
@@ -175,20 +239,76 @@ class DataPlane:
                                      "as the body (image/png, image/jpeg, ...) or as multipart field 'file'")
         del body  # a multipart body's image is a copy: only that waits for a decode slot
         async with self.decodes:
-            page = await run_in_threadpool(prepare_page, data, filename, self.model.field_spec,
+            page = await run_in_threadpool(prepare_page, data, filename, served.model.field_spec,
                                            self.config.max_pixels)
         if page.error:
             raise HTTPException(400, f"{filename}: {page.error}")
-        reading = await self.read_page(page, min_confidence)
-        return reading.record(self.model.labels)
+        reading = await self.read_page(served, page, min_confidence)
+        return reading.record(served.model.labels)
 
-    async def read_page(self, page: Page, min_confidence: float | None) -> Reading:
+    async def read_page(self, served: Served, page: Page, min_confidence: float | None) -> Reading:
         """The page's reading: all its fields in one submit to the batcher, interpreted as `serve predict` does."""
         if len(page.fields):
-            probabilities = softmax(await self.logits(page.fields[:, None]))
+            probabilities = softmax(await self.logits(served, page.fields[:, None]))
         else:
-            probabilities = np.zeros((0, len(self.model.labels)), np.float32)
-        return interpret_for(self.model, page, probabilities, min_confidence)
+            probabilities = np.zeros((0, len(served.model.labels)), np.float32)
+        return interpret_for(served.model, page, probabilities, min_confidence)
+
+    # ----------------------------------------------------------------------- the repository extension
+
+    def index(self, ready_only: bool) -> list[dict[str, str]]:
+        """Every model in the repository or served, by version, with its state (Triton's repository index)."""
+        on_disk = models_on_disk(Path(self.config.repository)) if self.config.repository else {}
+        entries = []
+        for name in sorted(set(on_disk) | set(self.models)):
+            served = self.models.get(name, {})
+            versions = sorted(set(on_disk.get(name, [])) | set(served), key=version_key)
+            for version in versions:
+                if version in served:
+                    entries.append({"name": name, "version": version, "state": "READY"})
+                elif not ready_only:
+                    entries.append({"name": name, "version": version, "state": "UNAVAILABLE",
+                                    "reason": self.not_loaded.get(name, "not loaded")})
+            if not versions and not ready_only:
+                entries.append({"name": name, "state": "UNAVAILABLE",
+                                "reason": self.not_loaded.get(name, f"no version directory with a {MODEL_FILENAME}")})
+        return entries
+
+    def check_model_control(self) -> None:
+        if not (self.config.allow_model_control and self.config.repository):
+            raise ModelControlOff()
+
+    def repository_model(self, name: str) -> Path:
+        """The directory of model ``name`` in the repository, or ModelNotFound."""
+        repository = Path(self.config.repository or "")
+        if not is_model_name(name) or not (repository / name).is_dir():
+            raise ModelNotFound(f"no model {name[:80]!r} in the model repository")
+        return repository / name
+
+    async def load(self, name: str) -> None:
+        """(Re)load every version of model ``name`` from the repository. If that fails, what was served
+        under that name goes on being served (as Triton does)."""
+        self.check_model_control()
+        self.repository_model(name)
+        async with self.control:
+            try:
+                versions = await run_in_threadpool(load_versions, Path(self.config.repository or ""), name)
+            except ModelError as exc:
+                if name not in self.models:
+                    self.not_loaded[name] = f"failed to load: {exc}"
+                raise ModelLoadFailed(f"cannot load model {name!r}: {exc}") from None
+            await self.stop(self.serve(name, versions))  # the old versions answer what they hold first
+
+    async def unload(self, name: str) -> None:
+        """Stop serving model ``name`` (its queued requests are answered first); a no-op if it is not served."""
+        self.check_model_control()
+        async with self.control:
+            if name not in self.models:
+                self.repository_model(name)  # a 404 for a name that is nowhere
+                return
+            removed = list(self.models.pop(name).values())
+            self.not_loaded[name] = "unloaded"
+            await self.stop(removed)
 
 
 # --------------------------------------------------------------------------- dependencies and routers
@@ -203,11 +323,11 @@ async def data_plane(request: Request) -> DataPlane:
     return request.app.state.plane
 
 
-async def named_model(name: str, plane: DataPlane = Depends(data_plane)) -> DigitModel:
+async def named_model(name: str, plane: DataPlane = Depends(data_plane)) -> Served:
     return plane.model_named(name)
 
 
-async def versioned_model(name: str, version: str, plane: DataPlane = Depends(data_plane)) -> DigitModel:
+async def versioned_model(name: str, version: str, plane: DataPlane = Depends(data_plane)) -> Served:
     return plane.model_named(name, version)
 
 
@@ -229,36 +349,85 @@ v2 = APIRouter(prefix="/v2")
 
 @v2.get("")
 async def server_metadata() -> dict[str, Any]:
-    return {"name": "foldserve", "version": server_version(), "extensions": ["binary_tensor_data"]}
+    return {"name": "foldserve", "version": server_version(), "extensions": ["binary_tensor_data", "model_repository"]}
 
 
 @v2.get("/models/{name}")
-async def get_model_metadata(name: str, model: DigitModel = Depends(named_model)) -> dict[str, Any]:
-    return model_metadata(name, model)
+async def get_model_metadata(served: Served = Depends(named_model),
+                             plane: DataPlane = Depends(data_plane)) -> dict[str, Any]:
+    return model_metadata(served, plane.versions(served.name))
 
 
 @v2.get("/models/{name}/versions/{version}")
-async def get_model_version_metadata(name: str, model: DigitModel = Depends(versioned_model)) -> dict[str, Any]:
-    return model_metadata(name, model)
+async def get_model_version_metadata(served: Served = Depends(versioned_model),
+                                     plane: DataPlane = Depends(data_plane)) -> dict[str, Any]:
+    return model_metadata(served, plane.versions(served.name))
 
 
 @v2.get("/models/{name}/ready")
-async def model_ready(name: str, model: DigitModel = Depends(named_model)) -> dict[str, Any]:
-    return {"name": name, "ready": True}
+async def model_ready(served: Served = Depends(named_model)) -> dict[str, Any]:
+    return {"name": served.name, "ready": True}
+
+
+@v2.get("/models/{name}/versions/{version}/ready")
+async def model_version_ready(served: Served = Depends(versioned_model)) -> dict[str, Any]:
+    return {"name": served.name, "version": served.version, "ready": True}
 
 
 @v2.post("/models/{name}/infer")
 async def infer(name: str, request: Request) -> Response:
     plane: DataPlane = request.app.state.plane  # not a dependency: see above
-    plane.model_named(name)
-    return await plane.infer(name, request)
+    return await plane.infer(plane.model_named(name), request)
 
 
 @v2.post("/models/{name}/versions/{version}/infer")
 async def infer_version(name: str, version: str, request: Request) -> Response:
     plane: DataPlane = request.app.state.plane
-    plane.model_named(name, version)
-    return await plane.infer(name, request)
+    return await plane.infer(plane.model_named(name, version), request)
+
+
+# Triton's model repository extension: the index always; load and unload with --allow-model-control.
+repository = APIRouter(prefix="/v2/repository")
+
+
+# A malformed repository request raises ProtocolError, answered 400 like any refusal (serve/errors.py).
+async def control_request(request: Request) -> dict[str, Any]:
+    """The optional JSON object of a repository request (an empty body is an empty object)."""
+    body = await read_body(request, MAX_CONTROL_BODY)
+    if not body.strip():
+        return {}
+    return split_body(body, None)[0]
+
+
+def control_parameters(document: dict[str, Any], accepted: tuple[str, ...]) -> dict[str, Any]:
+    given = parameters(document, "the request")
+    unknown = sorted(set(given) - set(accepted))
+    if unknown:  # Triton's config and file overrides: a model is loaded from the repository as it is
+        raise ProtocolError(f"parameter {unknown[0][:40]!r} is not supported here")
+    return given
+
+
+@repository.post("/index")
+async def repository_index(request: Request, plane: DataPlane = Depends(data_plane)) -> list[dict[str, str]]:
+    return plane.index(ready_only=flag(await control_request(request), "ready", False))
+
+
+@repository.post("/models/{name}/load")
+async def load_model_into_server(name: str, request: Request, plane: DataPlane = Depends(data_plane)) -> Response:
+    plane.check_model_control()
+    control_parameters(await control_request(request), accepted=())
+    await plane.load(name)
+    return Response(status_code=200)
+
+
+@repository.post("/models/{name}/unload")
+async def unload_model_from_server(name: str, request: Request, plane: DataPlane = Depends(data_plane)) -> Response:
+    plane.check_model_control()
+    # no model depends on another here, so unload_dependents changes nothing; it is checked all the same
+    flag(control_parameters(await control_request(request), accepted=("unload_dependents",)), "unload_dependents",
+         False)
+    await plane.unload(name)
+    return Response(status_code=200)
 
 
 reading = APIRouter()
@@ -293,21 +462,23 @@ def create_app(config: ServerConfig, model: DigitModel | None = None) -> FastAPI
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loaded = model or load_model(Path(config.model_path))
-        batcher = DynamicBatcher(loaded.logits, max_batch=config.max_batch, max_delay_ms=config.max_delay_ms,
-                                 max_queue=config.max_queue, on_batch=metrics.on_batch)
-        batcher.start()
-        app.state.plane = DataPlane(config, loaded, batcher)
+        plane = DataPlane(config, metrics.on_batch)
+        if config.repository and model is None:
+            for name, versions in load_repository(Path(config.repository)).items():
+                plane.serve(name, versions)
+        else:
+            plane.serve(config.model_name, {"1": model or load_model(Path(config.model_path))})
+        app.state.plane = plane
         grpc_server = None
         if config.grpc_address is not None:
             from serve.grpc_server import GrpcServer  # the grpc extra, imported only when asked for
 
-            grpc_server = await GrpcServer.start(app.state.plane, metrics, config.grpc_address)
+            grpc_server = await GrpcServer.start(plane, metrics, config.grpc_address)
         yield
         if grpc_server is not None:  # HTTP has finished its requests; gRPC finishes its own
             await grpc_server.stop()
-        await batcher.stop()  # in-flight requests finish before the process exits
-        lifecycle_log.info("stopped serving %s (process %d)", config.model_path, os.getpid())
+        await plane.stop()  # in-flight requests finish before the process exits
+        lifecycle_log.info("stopped serving %s (process %d)", config.repository or config.model_path, os.getpid())
 
     app = FastAPI(title="foldserve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     if config.cors_origins:
@@ -324,7 +495,7 @@ def create_app(config: ServerConfig, model: DigitModel | None = None) -> FastAPI
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestError, request_error)
     app.add_exception_handler(RequestValidationError, validation_error)
-    for router in (health, v2, reading, operations):
+    for router in (health, v2, repository, reading, operations):
         app.include_router(router)
     return app
 

@@ -46,7 +46,8 @@ def defaults_checked(command: click.Command, config: type) -> list[str]:
     (pipeline_cli.commands["train"], TrainConfig, {"epochs", "lr", "batch_size", "stroke_digits", "bn", "precision"}),
     (pipeline_cli.commands["compare"], CompareConfig, {"epochs", "seeds", "lrs", "optimizer", "mistakes"}),
     (serve_cli.commands["http"], ServerConfig, {"max_batch", "max_delay_ms", "max_queue", "max_body_bytes",
-                                                "request_timeout_s", "access_log"}),
+                                                "request_timeout_s", "access_log", "model_name",
+                                                "allow_model_control"}),
 ])
 def test_cli_defaults_are_the_configuration_defaults(command: click.Command, config: type, at_least: set[str]) -> None:
     assert at_least <= set(defaults_checked(command, config))

@@ -32,7 +32,9 @@ DASH_ASPECT = 10  # a part this many times wider than tall is a piece of a line,
 DASHES, DASH_FILL = 4, 0.06  # a "glyph" of at least this many parts filling less than this of its box
 SLIVER_HEIGHT, SLIVER_WIDTH = 2.0, 0.25  # taller than twice every other mark, and this thin: not a digit
 SHORT = 0.45  # glyphs shorter than this fraction of the tallest are not digits (dashes, fragments)
-OVERLAP = 0.5  # components sharing this fraction of the narrower one's columns are one glyph
+OVERLAP = 0.5  # components sharing this fraction of the narrower one's columns are one glyph ...
+STACK_ROWS, STACK_GAP = 0.3, 0.2  # ... or some columns, when one stands above the other (rows and gap, of the heights)
+FAR_BELOW = 2.0  # ... unless the space between them is more than this times the taller one's height
 DIGIT_ASPECT = 0.75  # typical width / height of one digit, for cutting touching digits
 WIDE = 1.1  # a glyph wider than this times its height may hold touching digits: a cut is proposed
 LINE_LENGTH = 0.4  # a component this long (fraction of the frame's longer side) ...
@@ -207,24 +209,41 @@ def is_line_or_edge(part: Part, shape: tuple[int, int]) -> bool:
 
 
 def drop_specks(parts: list[Part]) -> list[Part]:
+    """Marks far smaller than the largest, unless inside another mark's box: what is drawn inside a
+    shape (a smiley's eyes, the dot in a circle) is part of it, and without it the shape is a 0."""
     biggest = max(parts, key=lambda p: p.area)
     size = max(biggest.box.height, biggest.box.width)
-    return [p for p in parts if p.area >= SMALL_AREA * biggest.area
-            and max(p.box.height, p.box.width) >= SPECK * size]
+    big = [p for p in parts if p.area >= SMALL_AREA * biggest.area and max(p.box.height, p.box.width) >= SPECK * size]
+    return [p for p in parts if p in big or any(inside(p.box, b.box) for b in big)]
+
+
+def inside(inner: Box, outer: Box) -> bool:
+    return outer.x < inner.x and inner.right < outer.right and outer.y < inner.y and inner.bottom < outer.bottom
 
 
 def group_stacked(parts: list[Part]) -> list[Part]:
-    """Join parts whose columns overlap: pieces of one digit stacked or crossing (one sweep, left to right)."""
+    """Join parts whose columns overlap: pieces of one digit stacked or crossing (one sweep, left to
+    right). Parts far apart vertically are not one digit however their columns overlap (a digit and a
+    paper line's remains at the bottom of the sheet)."""
     groups: list[Part] = []
     for part in sorted(parts, key=lambda p: p.box.x):
         if groups:
             a, b = groups[-1].box, part.box
             shared = min(a.right, b.right) - max(a.x, b.x)
-            if shared >= OVERLAP * min(a.width, b.width):
+            gap = max(a.y, b.y) - min(a.bottom, b.bottom)
+            near = gap <= FAR_BELOW * max(a.height, b.height)
+            if near and (shared >= OVERLAP * min(a.width, b.width) or (shared > 0 and one_above_other(a, b))):
                 groups[-1] = Part(groups[-1].labels + part.labels, a.union(b), groups[-1].area + part.area)
                 continue
         groups.append(part)
     return groups
+
+
+def one_above_other(a: Box, b: Box) -> bool:
+    """Boxes stacked with (almost) no rows in common and little space between: the two halves of a
+    stroke a paper line was removed from (a 3 whose lower bowl runs along a line for a while)."""
+    rows = min(a.bottom, b.bottom) - max(a.y, b.y)  # negative: the gap between them
+    return -STACK_GAP * max(a.height, b.height) <= rows <= STACK_ROWS * min(a.height, b.height)
 
 
 def drop_slivers(groups: list[Part]) -> list[Part]:

@@ -31,12 +31,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model_path: Path, *options: str) -> tuple[subprocess.Popen, int]:
-    """`serve http` as a subprocess on 127.0.0.1, returned once /v2/health/ready answers 200."""
+def start_server(model_path: Path | None, *options: str) -> tuple[subprocess.Popen, int]:
+    """`serve http` as a subprocess on 127.0.0.1 (``model_path`` None: what ``options`` say to serve),
+    returned once /v2/health/ready answers 200."""
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "serve", "http", "--model", str(model_path), "--port",
-                                str(port), *options], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               text=True)
+    model = ["--model", str(model_path)] if model_path is not None else []
+    process = subprocess.Popen([sys.executable, "-m", "serve", "http", *model, "--port", str(port), *options],
+                               cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=1)

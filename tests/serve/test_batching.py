@@ -7,7 +7,8 @@ import time
 import numpy as np
 import pytest
 
-from serve.batching import DynamicBatcher, Overloaded
+from serve.batching import DynamicBatcher
+from serve.errors import Overloaded, ShuttingDown
 
 
 class RecordingModel:
@@ -83,6 +84,32 @@ def test_max_batch_1_turns_batching_off() -> None:
     assert model.calls == [1] * 6
 
 
+def test_without_a_wait_window_what_arrives_while_the_model_runs_is_the_next_batch() -> None:
+    gate = threading.Event()
+    model = RecordingModel()
+
+    def gated(x: np.ndarray) -> np.ndarray:
+        out = model(x)
+        gate.wait(10)  # the first call holds the model until the others are queued
+        return out
+
+    async def scenario() -> list[np.ndarray]:
+        batcher = DynamicBatcher(gated, max_batch=64, max_delay_ms=0)  # no wait window (the default)
+        batcher.start()
+        first = asyncio.ensure_future(batcher.submit(images([0])))
+        assert await asyncio.get_running_loop().run_in_executor(None, model.started.wait, 10)
+        later = [asyncio.ensure_future(batcher.submit(images([i]))) for i in range(1, 6)]
+        await asyncio.sleep(0)  # let them reach the queue
+        gate.set()
+        results = await asyncio.gather(first, *later)
+        await batcher.stop()
+        return results
+
+    results = run(scenario())
+    assert model.calls == [1, 5]  # the lone first request ran at once; the five queued behind it ran together
+    assert [r[0, 0] for r in results] == [0, 1, 2, 3, 4, 5]
+
+
 def test_a_full_queue_answers_overloaded() -> None:
     model = RecordingModel(delay=0.2)
 
@@ -120,3 +147,26 @@ def test_a_model_error_reaches_every_request_of_the_batch_and_the_batcher_goes_o
         await batcher.stop()
 
     run(scenario())
+
+
+def test_a_stopped_batcher_answers_what_it_holds_and_refuses_the_rest() -> None:
+    """An unloaded model's batcher: a request that found the model just before must not wait forever."""
+    model = RecordingModel(delay=0.05)
+
+    async def scenario() -> tuple[np.ndarray, BaseException | None]:
+        batcher = DynamicBatcher(model, max_batch=4, max_delay_ms=1)
+        batcher.start()
+        held = asyncio.ensure_future(batcher.submit(images([7.0])))
+        await asyncio.sleep(0)  # queued before the stop
+        stopping = asyncio.ensure_future(batcher.stop())
+        await asyncio.sleep(0)
+        late: BaseException | None = None
+        try:
+            await asyncio.wait_for(batcher.submit(images([8.0])), timeout=5)
+        except ShuttingDown as exc:
+            late = exc
+        await stopping
+        return await held, late
+
+    answered, late = run(scenario())
+    assert answered[0, 0] == 7.0 and isinstance(late, ShuttingDown)

@@ -346,3 +346,38 @@ def test_blotches_of_colour_have_no_paper_and_are_refused() -> None:
         ink_map(to_rgb(decode_image(rgb_bytes(rgb.astype(np.float32) / 255, "JPEG", quality=85)).image))
     page = prepare_page(rgb_bytes(rgb.astype(np.float32) / 255), "blotches.png")
     assert page.glyphs == 0 and page.refusal is not None and page.refusal.startswith("no paper")
+
+
+def test_marks_inside_a_shape_belong_to_it() -> None:
+    # a smiley: without its eyes (far smaller than the face, so "specks") it is a 0; a speck of dust
+    # outside the face is still dropped
+    yy, xx = np.mgrid[0:600, 0:600]
+    r = np.hypot(yy - 300, xx - 300)
+    ink = ((r > 150) & (r < 165)).astype(np.float32)
+    for ex in (250, 350):
+        ink[(np.hypot(yy - 250, xx - ex) < 10)] = 1.0
+    ink[560:566, 40:46] = 1.0
+    glyphs = find_glyphs(ink)
+    assert len(glyphs) == 1 and glyphs[0].box == Box(136, 136, 329, 329)
+    g = glyphs[0]
+    assert g.ink[250 - g.box.y, 250 - g.box.x] > 0 and g.ink[250 - g.box.y, 350 - g.box.x] > 0
+
+
+def test_the_halves_of_a_stroke_a_line_was_removed_from_are_one_glyph() -> None:
+    # a 3 whose lower bowl ran along a ruled line: the removal leaves an upper part and, a few rows
+    # below and to the right, a small hook sharing less than half its columns with it
+    ink = np.zeros((400, 400), np.float32)
+    ink[100:106, 100:180] = ink[100:180, 174:180] = ink[174:180, 130:180] = 1.0  # the upper part
+    ink[186:240, 209:215] = ink[234:240, 170:215] = 1.0  # the hook: columns 170-215, 10 of 45 shared
+    ink[186:192, 175:215] = 1.0
+    glyphs = find_glyphs(ink)
+    assert [g.box for g in glyphs] == [Box(100, 100, 115, 140)]
+
+
+def test_a_paper_line_remnant_far_below_a_digit_is_not_stacked_onto_it() -> None:
+    # same columns, but four digit-heights below: what a ruled line leaves at the foot of the sheet
+    ink = np.zeros((1000, 600), np.float32)
+    ink[200:350, 250:256] = ink[200:206, 250:330] = 1.0  # a digit-sized mark (a 7's bar and stem)
+    ink[900:910, 230:310] = ink[902:912, 312:330] = 1.0  # two short pieces of a line, below it
+    glyphs = find_glyphs(ink)
+    assert [g.box for g in glyphs] == [Box(250, 200, 80, 150)]

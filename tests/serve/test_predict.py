@@ -9,16 +9,15 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 from click.testing import CliRunner
-from onnx import TensorProto, helper
 from PIL import Image
 
 from serve.cli import cli
 from serve.model import load_model
 from serve.predict import predict
 from serve.reading import Reading
+from tests.helpers import tiny_model
 from tests.serve.images import encode, png_header_only, user_style
 
 REPO = Path(__file__).resolve().parents[2]
@@ -161,22 +160,6 @@ def test_bad_inputs_are_reported_and_good_ones_still_predicted(model_path, digit
     assert [r["image"] for r in records if "error" in r] == [str(tmp_path / n) for n in expected_reasons]
     assert [r["image"] for r in records if "text" in r] == [args[0], args[-1]]
     assert [r["skipped"] for r in records if "skipped" in r] == ["not an image file by its name (.txt)"]
-
-
-def tiny_model(path: Path, shape: list, labels: list[str] | None = None) -> Path:
-    """A model with input ``shape`` whose 'logits' are the flattened image's first 10 values."""
-    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, shape)
-    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, [shape[0], 10])
-    nodes = [helper.make_node("Flatten", ["image"], ["flat"]),
-             helper.make_node("Slice", ["flat", "start", "end", "axis"], ["logits"])]
-    constants = [helper.make_tensor(n, TensorProto.INT64, [1], [v])
-                 for n, v in (("start", 0), ("end", 10), ("axis", 1))]
-    graph = helper.make_graph(nodes, "g", [x], [y], initializer=constants)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    if labels is not None:
-        helper.set_model_props(model, {"labels": json.dumps(labels)})
-    onnx.save(model, str(path))
-    return path
 
 
 def test_model_problems_exit_1_with_one_line(tmp_path, digit_dir) -> None:
