@@ -49,12 +49,13 @@ class ServerProcess:
     """`serve http --grpc-port 0` on 127.0.0.1, ready once it logs the port gRPC listens on (the lifespan
     logs it after the gRPC server has started: an event, no polling)."""
 
-    def __init__(self, model_path: Path, *options: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, model_path: Path | None, *options: str, env: dict[str, str] | None = None) -> None:
+        """``model_path`` None: what ``options`` say to serve (--repository DIR)."""
         self.http_port = free_port()
+        model = ["--model", str(model_path)] if model_path is not None else []
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "serve", "http", "--model", str(model_path), "--port", str(self.http_port),
-             "--grpc-port", "0", *options], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-            env=env)
+            [sys.executable, "-m", "serve", "http", *model, "--port", str(self.http_port), "--grpc-port", "0",
+             *options], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.stderr: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
@@ -83,13 +84,16 @@ class ServerProcess:
                 return match
 
     def http_get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
-        """GET over HTTP. uvicorn binds HTTP just after the lifespan that logged the gRPC port, so the
+        return self.http_request("GET", path, headers)
+
+    def http_request(self, method: str, path: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
+        """A request over HTTP. uvicorn binds HTTP just after the lifespan that logged the gRPC port, so the
         first attempt can come a moment early; further attempts wait on the process ending, not a sleep."""
         deadline = time.monotonic() + 30
         while True:
             connection = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=30)
             try:
-                connection.request("GET", path, headers=headers or {})
+                connection.request(method, path, headers=headers or {})
                 response = connection.getresponse()
                 return response.status, response.read().decode()
             except ConnectionRefusedError:
@@ -170,12 +174,12 @@ def digits(sample_dataset) -> np.ndarray:
 
 
 def infer(client: grpcclient.InferenceServerClient, images: np.ndarray, outputs: list[str] | None = None,
-          **options: Any) -> grpcclient.InferResult:
+          model: str = "digits", **options: Any) -> grpcclient.InferResult:
     """tritonclient's ordinary call: the tensor goes as raw_input_contents."""
     tensor = grpcclient.InferInput("image", list(images.shape), "FP32")
     tensor.set_data_from_numpy(images)
     requested = None if outputs is None else [grpcclient.InferRequestedOutput(name) for name in outputs]
-    return client.infer("digits", [tensor], outputs=requested, **options)
+    return client.infer(model, [tensor], outputs=requested, **options)
 
 
 def http_logits(http_app: TestClient, images: np.ndarray) -> np.ndarray:
@@ -367,6 +371,63 @@ def test_every_refusal_has_a_grpc_status_code() -> None:
     assert len(refusals) >= 6
     for cls in refusals:
         assert cls.grpc_code in grpc.StatusCode.__members__ and 400 <= cls.http_status < 600, cls
+
+
+# --------------------------------------------------------------------------- a model repository
+
+
+def test_every_model_and_version_of_a_repository(tmp_path: Path, model_path: Path, model) -> None:
+    """digits 1 (the exported model) and 2 (logits: the first 10 pixels), and small (20x20 fields): each
+    call gets the version it names, or the latest, with that version's input and outputs, as over HTTP;
+    a model unloaded over HTTP is gone for gRPC too (one data plane)."""
+    import shutil
+
+    from tests.helpers import tiny_model
+
+    repository = tmp_path / "repository"
+    for directory in ("digits/1", "digits/2", "small/1"):
+        (repository / directory).mkdir(parents=True)
+    shutil.copyfile(model_path, repository / "digits" / "1" / "model.onnx")
+    tiny_model(repository / "digits" / "2" / "model.onnx", ["N", 1, 28, 28], [f"v2 {i}" for i in range(10)])
+    tiny_model(repository / "small" / "1" / "model.onnx", ["N", 1, 20, 20], [f"small {i}" for i in range(10)],
+               {"input": {"shape": [-1, 1, 20, 20]}})
+    rng = np.random.default_rng(13)
+    images, fields = rng.random((4, 1, 28, 28), np.float32), rng.random((3, 1, 20, 20), np.float32)
+    first_pixels = images.reshape(4, -1)[:, :10]  # what version 2 answers
+    with ServerProcess(None, "--repository", str(repository), "--allow-model-control") as server, \
+            grpcclient.InferenceServerClient(server.address) as client, \
+            TestClient(create_app(ServerConfig(repository=str(repository)))) as http_app:
+        for version, expected in (("1", model.logits(images)), ("2", first_pixels), ("", first_pixels)):
+            result = infer(client, images, model_version=version)
+            assert result.get_response().model_version == (version or "2")
+            np.testing.assert_allclose(result.as_numpy("logits"), expected, atol=1e-5)
+        small = infer(client, fields, model="small")
+        assert (small.get_response().model_name, small.get_response().model_version) == ("small", "1")
+        np.testing.assert_allclose(small.as_numpy("logits"), fields.reshape(3, -1)[:, :10], atol=1e-7)
+
+        for name, version in (("digits", ""), ("digits", "1"), ("digits", "2"), ("small", "")):
+            assert client.is_model_ready(name, version)
+            meta = client.get_model_metadata(name, version)
+            expected_meta = http_app.get(f"/v2/models/{name}" + (f"/versions/{version}" if version else "")).json()
+            assert (meta.name, list(meta.versions)) == (expected_meta["name"], expected_meta["versions"])
+            assert [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in meta.outputs] == \
+                expected_meta["outputs"]
+        assert list(client.get_model_metadata("digits").versions) == ["1", "2"]
+        classes = {version: list(client.get_model_metadata("digits", version).outputs[0].shape)
+                   for version in ("", "1", "2")}
+        assert classes == {"": [-1, 10], "1": [-1, len(model.labels)], "2": [-1, 10]}  # blank: the latest, 2
+
+        wrong_field = refusal(lambda: infer(client, images, model="small"))  # small's field, not digits'
+        assert wrong_field[0] == grpc.StatusCode.INVALID_ARGUMENT and "shape [N, 1, 20, 20]" in wrong_field[1]
+        for model_name, version, path in (("digits", "3", "/v2/models/digits/versions/3"),
+                                          ("cats", "", "/v2/models/cats")):
+            code, details = refusal(lambda m=model_name, v=version: infer(client, images, model=m, model_version=v))
+            assert (code, details) == (grpc.StatusCode.NOT_FOUND, http_app.get(path).json()["error"])
+        assert "'digits', 'small'" in details  # the models this server serves
+
+        assert server.http_request("POST", "/v2/repository/models/small/unload")[0] == 200
+        for call in (lambda: client.is_model_ready("small"), lambda: infer(client, fields, model="small")):
+            assert refusal(call) == (grpc.StatusCode.NOT_FOUND, "model 'small' is not loaded (unloaded)")
 
 
 # --------------------------------------------------------------------------- batching, the API key, metrics
