@@ -68,3 +68,11 @@ bench: $(STAMP)
 # A few iterations of every benchmark, to check the script runs (also part of `make test`).
 bench-smoke: $(STAMP)
 	$(BIN)/python -m benchmarks.bench --smoke --no-accuracy --out runs/bench-smoke/BENCHMARKS.md --work runs/bench-smoke
+
+.PHONY: bench-peers
+# foldserve's `serve http` against KServe, MLServer, LitServe and Ray Serve serving the `make demo` model, one
+# server at a time on 127.0.0.1, driven by wrk (Debian package); writes its own section of BENCHMARKS.md
+# (about 15 minutes, plus the first installs). Each peer is pip-installed into its own virtual environment
+# under runs/peers/, never into .venv.
+bench-peers: $(STAMP)
+	$(BIN)/python -m benchmarks.peers --model $(RUN)/model.onnx --out BENCHMARKS.md --work runs/peers --python $(PYTHON)

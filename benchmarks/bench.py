@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.markdown import OTHER_TARGETS_SECTIONS, carry_sections, write_atomically
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -474,6 +476,13 @@ def report(info: dict, training: dict, accuracy: dict, inference: dict, cold: di
     return "\n".join(lines)
 
 
+def write_report(out: Path, text: str) -> None:
+    """Write ``text`` to ``out``, keeping the sections other targets wrote there (`make bench-peers`)."""
+    if out.is_file():
+        text = carry_sections(text, out.read_text(), OTHER_TARGETS_SECTIONS)
+    write_atomically(out, text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md")
@@ -506,9 +515,7 @@ def main() -> None:
     http = bench_http(models, args.smoke)
     text = report(info, training, accuracy, inference, cold, peak, http, model_flops(), time.perf_counter() - started,
                   args.smoke)
-    tmp = args.out.with_name(f".{args.out.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, args.out)
+    write_report(args.out, text)
     print(f"wrote {args.out}", file=sys.stderr)
 
 
