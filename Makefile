@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUN ?= runs/default
 
-.PHONY: install demo test test-fast lint clean browser
+.PHONY: install demo test test-fast lint clean browser proto
 
 install: $(STAMP)
 
@@ -14,8 +14,13 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# constraints.txt pins torch to the 2.13.0 CPU wheel; anything else pulls GBs of CUDA packages.
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[train,http,dev,heif]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[train,http,grpc,dev,heif]'
 	touch $(STAMP)
+
+# The gRPC messages and service of serve/proto/inference.proto, generated beside it (committed; a test
+# checks they match the .proto).
+proto: $(STAMP)
+	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. serve/proto/inference.proto
 
 # The main job on the embedded data: train, export (BN folded, parity verified), predict.
 demo: $(STAMP)

@@ -17,13 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-
-class Overloaded(Exception):
-    """The queue is full: the server answers 503 instead of growing without bound."""
-
-
-class Stopped(Exception):
-    """The batcher was stopped (its model unloaded) and takes no more requests."""
+from serve.errors import Overloaded, ShuttingDown
 
 
 @dataclass
@@ -45,15 +39,17 @@ class DynamicBatcher:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self._task: asyncio.Task | None = None
         self._carry: _Request | None = None
-        self.stopped = False
+        self._stopping = False
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def stop(self) -> None:
-        """Finish everything already queued, then stop; later submissions raise Stopped (a request that
-        found the model before it was unloaded must not wait forever for a loop that is gone)."""
-        self.stopped = True
+        """Finish everything already queued, then stop (the server stopping, or its model unloaded).
+        Requests submitted from now on are refused with ShuttingDown: a steady stream of them would hold
+        the stop, and one arriving after it (a request that found the model just before it was unloaded)
+        would wait forever for a loop that is gone."""
+        self._stopping = True
         await self.queue.join()
         if self._task is not None:
             self._task.cancel()
@@ -64,8 +60,8 @@ class DynamicBatcher:
         self.executor.shutdown(wait=True)
 
     async def submit(self, images: np.ndarray) -> np.ndarray:
-        if self.stopped:
-            raise Stopped("the model was unloaded")
+        if self._stopping:
+            raise ShuttingDown()
         future = asyncio.get_running_loop().create_future()
         try:
             self.queue.put_nowait(_Request(images, future))

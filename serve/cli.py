@@ -11,7 +11,7 @@ from typing import NoReturn
 
 import click
 
-from serve.limits import DEFAULT_MAX_PIXELS
+from serve.limits import DEFAULT_MAX_PIXELS, SHUTDOWN_GRACE_S
 from serve.repository import DEFAULT_MODEL_NAME
 
 DEFAULT_MODEL = Path("runs/default/model.onnx")
@@ -133,12 +133,15 @@ def fail(message: str, status: int = EXIT_MODEL_ERROR) -> NoReturn:
                    "Default: none.")
 @click.option("--access-log", is_flag=True,
               help='One line per request on stderr: time, client, "METHOD PATH", status, milliseconds.')
+@click.option("--grpc-port", type=click.IntRange(0, 65535), default=None,
+              help="Also serve the Open Inference Protocol over gRPC on this port (same --host, models, batchers "
+                   "and limits; needs the grpc extra). Default: off.")
 @click.pass_context
 def http(ctx: click.Context, model_path: Path, repository: Path | None, model_name: str, allow_model_control: bool,
          host: str, port: int, max_batch: int, max_delay_ms: float,
          max_body_mb: float, max_queue: int, max_decodes: int, max_pixels: int, workers: int,
          api_key: str | None, allowed_hosts: tuple[str, ...], request_timeout_s: float,
-         cors_origins: tuple[str, ...], access_log: bool) -> None:
+         cors_origins: tuple[str, ...], access_log: bool, grpc_port: int | None) -> None:
     """Serve the model over HTTP: Open Inference Protocol v2 (/v2/...), POST /predict (the reading of an
     image, as `serve predict --json` prints it), /metrics, and a page at / to write a number on or read a
     photo with. With --repository, every model in a model repository (and Triton's repository
@@ -164,6 +167,10 @@ def http(ctx: click.Context, model_path: Path, repository: Path | None, model_na
         click.echo(f"serve: error: `serve http` needs the http extra ({exc.name} is not installed): "
                    "pip install 'foldserve[http]'", err=True)
         sys.exit(EXIT_MODEL_ERROR)
+    if grpc_port is not None:
+        grpc_missing = missing_grpc_extra()
+        if grpc_missing:
+            fail(f"--grpc-port needs the grpc extra ({grpc_missing} is not installed): pip install 'foldserve[grpc]'")
     try:  # fail now, with one line, rather than inside a worker
         if repository is None:
             load_model(model_path)
@@ -181,6 +188,14 @@ def http(ctx: click.Context, model_path: Path, repository: Path | None, model_na
     if unbindable:
         click.echo(f"serve: error: cannot listen on {host}:{port}: {unbindable}", err=True)
         sys.exit(EXIT_USAGE)
+    if grpc_port is not None:
+        same = grpc_port == port and port != 0  # 0 is any free port, for each
+        if grpc_port == 0 and workers > 1:  # each worker binds gRPC itself (SO_REUSEPORT): port 0 gives each its own
+            fail(f"--grpc-port 0 (any free port) would give each of the {workers} workers another port; "
+                 "give a port number", EXIT_USAGE)
+        unbindable = "it is the HTTP --port" if same else cannot_listen(host, grpc_port, "--grpc-port")
+        if unbindable:
+            fail(f"cannot listen on {host}:{grpc_port} for gRPC: {unbindable}", EXIT_USAGE)
     loopback = is_loopback(host)
     if not allowed_hosts:
         allowed_hosts = LOOPBACK_HOSTS if loopback else ("*",)
@@ -190,18 +205,39 @@ def http(ctx: click.Context, model_path: Path, repository: Path | None, model_na
                           max_delay_ms=max_delay_ms, max_body_bytes=int(max_body_mb * 1024 * 1024),
                           max_queue=max_queue, max_decodes=max_decodes, max_pixels=max_pixels,
                           api_key=api_key or None, allowed_hosts=tuple(h.lower() for h in allowed_hosts),
-                          cors_origins=cors_origins, request_timeout_s=request_timeout_s, access_log=access_log)
+                          cors_origins=cors_origins, request_timeout_s=request_timeout_s, access_log=access_log,
+                          grpc_address=None if grpc_port is None else f"{url_host(host)}:{grpc_port}")
     if not loopback and not api_key:
         click.echo(f"serve: warning: listening on {host}, beyond this machine, without an API key: anyone who "
                    "can reach it can use it (set FOLDSERVE_API_KEY)", err=True)
     os.environ[CONFIG_ENV] = config_to_env(config)
-    click.echo(f"serving {served} on http://{host}:{port}/ "
+    grpc_line = "" if grpc_port is None else f" and gRPC {url_host(host)}:{grpc_port}"
+    click.echo(f"serving {served} on http://{host}:{port}/{grpc_line} "
                f"(dynamic batching: up to {max_batch} images, {max_delay_ms:g} ms)", err=True)
     uvicorn.run("serve.server:create_app_from_env", factory=True, host=host, port=port, workers=workers,
-                log_level="warning", timeout_graceful_shutdown=30, http="serve.connection:DeadlineH11Protocol")
+                log_level="warning", timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+                http="serve.connection:DeadlineH11Protocol")
 
 
-def cannot_listen(host: str, port: int) -> str | None:
+def missing_grpc_extra() -> str | None:
+    """The grpc extra's package that cannot be imported, or None. Only grpc and protobuf themselves: the
+    generated message classes are imported by the server's workers, not in this process."""
+    import importlib
+
+    for module, package in (("grpc", "grpcio"), ("google.protobuf", "protobuf")):
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError:
+            return package
+    return None
+
+
+def url_host(host: str) -> str:
+    """``host`` as it goes before ":port": an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def cannot_listen(host: str, port: int, option: str = "--port") -> str | None:
     """Why ``host:port`` cannot be bound (an unknown host, a port in use, no permission), or None.
 
     Checked before the server starts, so the error is one line instead of a "serving on" line
@@ -219,7 +255,7 @@ def cannot_listen(host: str, port: int) -> str | None:
             probe.bind(address)
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
-                return "the port is already in use (another server? pick another --port)"
+                return f"the port is already in use (another server? pick another {option})"
             return exc.strerror or str(exc)
     return None
 

@@ -8,3 +8,6 @@
 # full size, at most 4 bytes a pixel, so 4 x 67.1 M = 268 MB plus the ~100 MB of the process itself.
 # JPEGs cost far less (decoded at 1/4 or 1/8 scale). 108 and 200 MP modes need --max-pixels.
 DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
+
+# Seconds a server's requests in flight get to finish once it is told to stop (HTTP and gRPC alike).
+SHUTDOWN_GRACE_S = 30

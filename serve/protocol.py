@@ -1,7 +1,8 @@
 """Open Inference Protocol (KServe v2) requests and responses, with the binary tensor data extension.
 
 Pure functions over bytes and numpy, independent of the web framework. Every problem with a
-request raises ProtocolError with a message for the client (answered as 400 {"error": ...}).
+request raises ProtocolError with a message for the client (answered as 400 {"error": ...} over HTTP,
+INVALID_ARGUMENT over gRPC, which hands its requests to ``infer_request`` as the same document).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from serve.errors import RequestError
 from serve.image.decode import DEFAULT_MAX_PIXELS
 from serve.image.normalize import FieldSpec
 from serve.model import INPUT_NAME
@@ -25,7 +27,7 @@ OUTPUTS = ("logits", "probabilities")
 MAX_IMAGES_PER_REQUEST = 4096
 
 
-class ProtocolError(ValueError):
+class ProtocolError(RequestError, ValueError):
     """A malformed or invalid inference request."""
 
 
@@ -163,8 +165,15 @@ def parse_infer_request(body: bytes, header_length: str | None, field: FieldSpec
                         max_pixels: int = DEFAULT_MAX_PIXELS) -> InferRequest:
     """The request's images, validated against the model's input (``field``: its size, from the
     model's metadata); BYTES image files are prepared as `serve predict` prepares them (largest glyph)."""
-    input_shape = (1, field.size, field.size)
     document, binary = split_body(body, header_length)
+    return infer_request(document, binary, field, max_pixels)
+
+
+def infer_request(document: dict[str, Any], binary: bytes, field: FieldSpec = FieldSpec(),
+                  max_pixels: int = DEFAULT_MAX_PIXELS) -> InferRequest:
+    """The request of a parsed JSON ``document``; ``binary``: the tensor data that follows it (the binary
+    tensor extension; for gRPC, raw_input_contents), which an input claims with ``binary_data_size``."""
+    input_shape = (1, field.size, field.size)
     inputs = document.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise ProtocolError("'inputs' must be a list with exactly one input: "
@@ -214,13 +223,18 @@ def flag(params: dict[str, Any], name: str, default: bool) -> bool:
     return value
 
 
+def requested_outputs(request: InferRequest, logits: np.ndarray,
+                      probabilities: np.ndarray) -> list[tuple[str, np.ndarray, bool]]:
+    """The outputs the request asks for, in its order: (name, little-endian float32 tensor, as binary)."""
+    tensors = {"logits": logits, "probabilities": probabilities}
+    return [(name, np.ascontiguousarray(tensors[name], dtype="<f4"), as_binary) for name, as_binary in request.outputs]
+
+
 def encode_infer_response(model_name: str, request: InferRequest, logits: np.ndarray,
                           probabilities: np.ndarray, model_version: str = "1") -> tuple[bytes, dict[str, str]]:
     """The response body and extra headers (binary outputs follow the JSON, in order)."""
-    tensors = {"logits": logits, "probabilities": probabilities}
     outputs, binary = [], []
-    for name, as_binary in request.outputs:
-        tensor = np.ascontiguousarray(tensors[name], dtype="<f4")
+    for name, tensor, as_binary in requested_outputs(request, logits, probabilities):
         entry: dict[str, Any] = {"name": name, "datatype": "FP32", "shape": list(tensor.shape)}
         if as_binary:
             raw = tensor.tobytes()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import html
 import json
 import logging
@@ -29,11 +28,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from serve.batching import DynamicBatcher, Overloaded, Stopped
+from serve.batching import DynamicBatcher
+from serve.errors import ModelControlOff, ModelLoadFailed, ModelNotFound, RequestError, ShuttingDown, \
+    Unauthenticated, require_api_key
 from serve.image.decode import DEFAULT_MAX_PIXELS
 from serve.model import INPUT_NAME, DigitModel, ModelError, load_model, softmax
-from serve.protocol import HEADER_LENGTH, OUTPUTS, ProtocolError, encode_infer_response, flag, parameters, \
-    parse_infer_request, split_body
+from serve.protocol import HEADER_LENGTH, OUTPUTS, InferRequest, ProtocolError, encode_infer_response, flag, \
+    parameters, parse_infer_request, split_body
 from serve.reading import Page, Reading, interpret_for, prepare_page
 from serve.repository import DEFAULT_MODEL_NAME, MODEL_FILENAME, is_model_name, load_repository, load_versions, \
     models_on_disk, version_key
@@ -44,8 +45,6 @@ OPEN_PATHS = ("/v2/health/live", "/v2/health/ready", "/")  # answered without th
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 CLIENT_CLOSED = 499  # the status nginx logs for a client that left before its answer
 MAX_CONTROL_BODY = 64 * 1024  # a repository request is a small JSON object
-MODEL_CONTROL_OFF = ("loading and unloading models is not enabled: start the server with "
-                     "`serve http --repository DIR --allow-model-control`")
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("foldserve.access")
@@ -69,6 +68,7 @@ class ServerConfig:
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API; none by default
     request_timeout_s: float = 60.0  # from a request's first byte to its last (serve/connection.py)
     access_log: bool = False  # one line per request on stderr (the "foldserve.access" logger)
+    grpc_address: str | None = None  # "host:port": OIP v2 over gRPC beside HTTP (serve/grpc_server.py); None: off
 
     def __post_init__(self) -> None:
         for name in ("max_batch", "max_queue", "max_decodes", "max_pixels"):
@@ -174,31 +174,40 @@ class DataPlane:
             await entry.batcher.stop()
 
     def model_named(self, name: str, version: str | None = None) -> Served:
-        """Model ``name`` at ``version`` (default: its latest version), or a 404."""
+        """Model ``name`` at ``version`` (None: its latest version), or ModelNotFound."""
         versions = self.models.get(name)
         if not versions:
             if name in self.not_loaded:
-                raise HTTPException(404, f"model {name!r} is not loaded ({self.not_loaded[name]})")
+                raise ModelNotFound(f"model {name!r} is not loaded ({self.not_loaded[name]})")
             known = ", ".join(repr(n) for n in sorted(self.models)) or "no model"
-            raise HTTPException(404, f"unknown model {name!r}; this server serves {known}")
+            raise ModelNotFound(f"unknown model {name!r}; this server serves {known}")
         if version is None:
             return versions[max(versions, key=version_key)]
         if version not in versions:
-            raise HTTPException(404, f"unknown version {version[:40]!r} of model {name!r}; "
-                                     f"it has {', '.join(self.versions(name))}")
+            raise ModelNotFound(f"unknown version {version[:40]!r} of model {name!r}; "
+                                f"it has {', '.join(self.versions(name))}")
         return versions[version]
 
     def versions(self, name: str) -> list[str]:
         return sorted(self.models.get(name, {}), key=version_key)
 
     async def logits(self, served: Served, images: np.ndarray) -> np.ndarray:
+        """``images`` run by ``served`` through its batcher: Overloaded when its queue is full; ShuttingDown
+        once the batcher is stopped, saying why (a request can find a model just before it is unloaded)."""
         try:
             return await served.batcher.submit(images)
-        except Overloaded as exc:
-            raise HTTPException(503, str(exc)) from None
-        except Stopped:
-            raise HTTPException(503, f"model {served.name!r} version {served.version} was unloaded while the "
-                                     "request waited") from None
+        except ShuttingDown:
+            if self.models.get(served.name, {}).get(served.version) is served:
+                raise  # still the version served: the server itself is stopping
+            raise ShuttingDown(f"model {served.name!r} version {served.version} was unloaded while the "
+                               "request waited") from None
+
+    async def parse(self, served: Served, parser: Callable[..., InferRequest], *args: Any) -> InferRequest:
+        """An inference request for ``served``, ``parser(*args, field_spec, max_pixels)``: off the event loop,
+        which keeps accepting requests, and at most max_decodes at once, since parsing may decode images
+        (BYTES inputs)."""
+        async with self.decodes:
+            return await run_in_threadpool(parser, *args, served.model.field_spec, self.config.max_pixels)
 
     async def infer(self, served: Served, request: Request) -> Response:
         """An OIP v2 inference request (JSON or the binary tensor extension) -> its response."""
@@ -206,14 +215,7 @@ class DataPlane:
         if content_type not in ("application/json", "application/octet-stream", ""):
             raise HTTPException(415, f"content type {content_type!r} is not accepted; send application/json")
         body = await read_body(request, self.config.max_body_bytes)
-        try:
-            # parsing may decode images (BYTES inputs): off the event loop, which keeps accepting
-            # requests, and at most max_decodes at once
-            async with self.decodes:
-                parsed = await run_in_threadpool(parse_infer_request, body, request.headers.get(HEADER_LENGTH),
-                                                 served.model.field_spec, self.config.max_pixels)
-        except ProtocolError as exc:
-            raise HTTPException(400, str(exc)) from None
+        parsed = await self.parse(served, parse_infer_request, body, request.headers.get(HEADER_LENGTH))
         logits = await self.logits(served, parsed.images)
         payload, headers = await run_in_threadpool(encode_infer_response, served.name, parsed, logits,
                                                    softmax(logits), model_version=served.version)
@@ -274,13 +276,13 @@ class DataPlane:
 
     def check_model_control(self) -> None:
         if not (self.config.allow_model_control and self.config.repository):
-            raise HTTPException(403, MODEL_CONTROL_OFF)
+            raise ModelControlOff()
 
     def repository_model(self, name: str) -> Path:
-        """The directory of model ``name`` in the repository, or a 404."""
+        """The directory of model ``name`` in the repository, or ModelNotFound."""
         repository = Path(self.config.repository or "")
         if not is_model_name(name) or not (repository / name).is_dir():
-            raise HTTPException(404, f"no model {name[:80]!r} in the model repository")
+            raise ModelNotFound(f"no model {name[:80]!r} in the model repository")
         return repository / name
 
     async def load(self, name: str) -> None:
@@ -294,7 +296,7 @@ class DataPlane:
             except ModelError as exc:
                 if name not in self.models:
                     self.not_loaded[name] = f"failed to load: {exc}"
-                raise HTTPException(400, f"cannot load model {name!r}: {exc}") from None
+                raise ModelLoadFailed(f"cannot load model {name!r}: {exc}") from None
             await self.stop(self.serve(name, versions))  # the old versions answer what they hold first
 
     async def unload(self, name: str) -> None:
@@ -388,38 +390,26 @@ async def infer_version(name: str, version: str, request: Request) -> Response:
 repository = APIRouter(prefix="/v2/repository")
 
 
+# A malformed repository request raises ProtocolError, answered 400 like any refusal (serve/errors.py).
 async def control_request(request: Request) -> dict[str, Any]:
     """The optional JSON object of a repository request (an empty body is an empty object)."""
     body = await read_body(request, MAX_CONTROL_BODY)
     if not body.strip():
         return {}
-    try:
-        return split_body(body, None)[0]
-    except ProtocolError as exc:
-        raise HTTPException(400, str(exc)) from None
+    return split_body(body, None)[0]
 
 
 def control_parameters(document: dict[str, Any], accepted: tuple[str, ...]) -> dict[str, Any]:
-    try:
-        given = parameters(document, "the request")
-    except ProtocolError as exc:
-        raise HTTPException(400, str(exc)) from None
+    given = parameters(document, "the request")
     unknown = sorted(set(given) - set(accepted))
     if unknown:  # Triton's config and file overrides: a model is loaded from the repository as it is
-        raise HTTPException(400, f"parameter {unknown[0][:40]!r} is not supported here")
+        raise ProtocolError(f"parameter {unknown[0][:40]!r} is not supported here")
     return given
-
-
-def control_flag(values: dict[str, Any], name: str) -> bool:
-    try:
-        return flag(values, name, False)
-    except ProtocolError as exc:
-        raise HTTPException(400, str(exc)) from None
 
 
 @repository.post("/index")
 async def repository_index(request: Request, plane: DataPlane = Depends(data_plane)) -> list[dict[str, str]]:
-    return plane.index(ready_only=control_flag(await control_request(request), "ready"))
+    return plane.index(ready_only=flag(await control_request(request), "ready", False))
 
 
 @repository.post("/models/{name}/load")
@@ -434,8 +424,8 @@ async def load_model_into_server(name: str, request: Request, plane: DataPlane =
 async def unload_model_from_server(name: str, request: Request, plane: DataPlane = Depends(data_plane)) -> Response:
     plane.check_model_control()
     # no model depends on another here, so unload_dependents changes nothing; it is checked all the same
-    control_flag(control_parameters(await control_request(request), accepted=("unload_dependents",)),
-                 "unload_dependents")
+    flag(control_parameters(await control_request(request), accepted=("unload_dependents",)), "unload_dependents",
+         False)
     await plane.unload(name)
     return Response(status_code=200)
 
@@ -479,7 +469,14 @@ def create_app(config: ServerConfig, model: DigitModel | None = None) -> FastAPI
         else:
             plane.serve(config.model_name, {"1": model or load_model(Path(config.model_path))})
         app.state.plane = plane
+        grpc_server = None
+        if config.grpc_address is not None:
+            from serve.grpc_server import GrpcServer  # the grpc extra, imported only when asked for
+
+            grpc_server = await GrpcServer.start(plane, metrics, config.grpc_address)
         yield
+        if grpc_server is not None:  # HTTP has finished its requests; gRPC finishes its own
+            await grpc_server.stop()
         await plane.stop()  # in-flight requests finish before the process exits
         lifecycle_log.info("stopped serving %s (process %d)", config.repository or config.model_path, os.getpid())
 
@@ -496,6 +493,7 @@ def create_app(config: ServerConfig, model: DigitModel | None = None) -> FastAPI
         log_to_stderr(access_log)
     app.middleware("http")(counted(config, metrics))
     app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(RequestError, request_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     for router in (health, v2, repository, reading, operations):
         app.include_router(router)
@@ -538,6 +536,12 @@ async def http_error(request: Request, exc: Exception) -> JSONResponse:
     return error(exc.status_code, str(exc.detail))
 
 
+async def request_error(request: Request, exc: Exception) -> JSONResponse:
+    """A refusal of the data plane or the protocol layer (serve/errors.py), with its HTTP status."""
+    assert isinstance(exc, RequestError)
+    return error(exc.http_status, str(exc))
+
+
 async def validation_error(request: Request, exc: Exception) -> JSONResponse:
     return error(400, "invalid request")
 
@@ -551,10 +555,10 @@ def guard(config: ServerConfig, request: Request) -> JSONResponse | None:
             return error(400, f"host {host[:80]!r} is not allowed; "
                               f"the server answers {', '.join(config.allowed_hosts)}")
     if config.api_key and request.url.path not in OPEN_PATHS and request.method != "OPTIONS":
-        given = request.headers.get("authorization", "")
-        scheme, _, token = given.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), config.api_key.encode()):
-            response = error(401, "missing or wrong API key: send the header 'Authorization: Bearer <key>'")
+        try:
+            require_api_key(config.api_key, request.headers.get("authorization", ""))
+        except Unauthenticated as exc:
+            response = error(exc.http_status, str(exc))
             response.headers["WWW-Authenticate"] = "Bearer"
             return response
     return None

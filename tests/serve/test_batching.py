@@ -7,7 +7,8 @@ import time
 import numpy as np
 import pytest
 
-from serve.batching import DynamicBatcher, Overloaded, Stopped
+from serve.batching import DynamicBatcher
+from serve.errors import Overloaded, ShuttingDown
 
 
 class RecordingModel:
@@ -162,10 +163,10 @@ def test_a_stopped_batcher_answers_what_it_holds_and_refuses_the_rest() -> None:
         late: BaseException | None = None
         try:
             await asyncio.wait_for(batcher.submit(images([8.0])), timeout=5)
-        except Stopped as exc:
+        except ShuttingDown as exc:
             late = exc
         await stopping
         return await held, late
 
     answered, late = run(scenario())
-    assert answered[0, 0] == 7.0 and isinstance(late, Stopped)
+    assert answered[0, 0] == 7.0 and isinstance(late, ShuttingDown)

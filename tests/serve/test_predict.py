@@ -215,14 +215,18 @@ def test_serve_source_imports_only_the_serving_stack() -> None:
     base = {"onnxruntime", "numpy", "PIL", "click", "serve", "__future__"} | set(sys.stdlib_module_names)
     optional = {"pillow_heif"}  # the heif extra, imported only when a HEIF file comes
     http_extra = {"fastapi", "starlette", "uvicorn", "h11", "prometheus_client"}
-    server_modules = {"server.py", "batching.py", "protocol.py",
-                      "connection.py"}  # the HTTP server, needs the http extra
+    grpc_extra = {"grpc", "google"}  # grpcio, protobuf: `serve http --grpc-port` only
+    server_modules = {"server.py", "batching.py", "protocol.py", "connection.py",  # the HTTP server: the http extra
+                      "grpc_server.py", "inference_pb2.py", "inference_pb2_grpc.py"}  # and gRPC beside it
     for path in (REPO / "serve").rglob("*.py"):
         tree = ast.parse(path.read_text())
         everywhere = imported_modules(ast.walk(tree))
         top_level = imported_modules(tree.body)
         assert not everywhere & {"torch", "pipeline", "models", "onnx"}, path.name
-        assert everywhere <= base | http_extra | optional, (path.name, everywhere - base - http_extra - optional)
+        allowed = base | http_extra | grpc_extra | optional
+        assert everywhere <= allowed, (path.name, everywhere - allowed)
+        if path.name not in ("grpc_server.py", "inference_pb2.py", "inference_pb2_grpc.py"):
+            assert not everywhere & grpc_extra, path.name  # imported only when --grpc-port is given
         if path.name not in server_modules:  # importable with the base install alone
             assert top_level <= base, (path.name, top_level - base)
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from fastapi import HTTPException
 from fastapi.testclient import TestClient
 
 from serve.cli import cli
-from serve.server import CONFIG_ENV, MODEL_CONTROL_OFF, DataPlane, ServerConfig, create_app
+from serve.errors import ModelControlOff, ShuttingDown
+from serve.server import CONFIG_ENV, DataPlane, ServerConfig, create_app
 from tests.helpers import assert_one_line_error, tiny_model
 from tests.serve.conftest import start_server
 
@@ -122,7 +122,7 @@ def test_load_and_unload_need_allow_model_control(client, model) -> None:
         one_line_error(client.post(f"/v2/repository/models/digits/{action}"), 403, "--allow-model-control")
     assert client.get("/v2/models/digits/ready").status_code == 200
     with TestClient(create_app(ServerConfig(), model=model)) as single:  # `serve http --model`
-        one_line_error(single.post("/v2/repository/models/digits/unload"), 403, MODEL_CONTROL_OFF)
+        one_line_error(single.post("/v2/repository/models/digits/unload"), 403, str(ModelControlOff()))
         assert single.post("/v2/repository/index").json() == [{"name": "digits", "version": "1", "state": "READY"}]
 
 
@@ -178,18 +178,19 @@ def test_bad_model_control_requests_are_a_one_line_4xx(controlled, path, body, s
     assert client.get("/v2/models/digits/ready").status_code == 200
 
 
-def test_a_request_that_found_a_model_being_unloaded_gets_a_503(model, digits) -> None:
-    async def scenario() -> HTTPException:
-        plane = DataPlane(ServerConfig())
+def test_a_request_that_found_a_model_being_unloaded_gets_a_503(model, digits, tmp_path: Path) -> None:
+    async def scenario(unload: bool) -> ShuttingDown:
+        plane = DataPlane(ServerConfig(repository=str(tmp_path), allow_model_control=True))
         plane.serve("digits", {"1": model})
         served = plane.model_named("digits")
-        await plane.stop()
-        with pytest.raises(HTTPException) as caught:
+        await (plane.unload("digits") if unload else plane.stop())
+        with pytest.raises(ShuttingDown) as caught:
             await asyncio.wait_for(plane.logits(served, digits), timeout=5)
         return caught.value
 
-    refusal = asyncio.run(scenario())
-    assert refusal.status_code == 503 and "was unloaded" in refusal.detail
+    refusal = asyncio.run(scenario(unload=True))
+    assert refusal.http_status == 503 and "model 'digits' version 1 was unloaded" in str(refusal)
+    assert str(asyncio.run(scenario(unload=False))) == str(ShuttingDown())  # the server stopping says so
 
 
 # --------------------------------------------------------------------------- the command
