@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import os
+import socket
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -41,6 +42,15 @@ def configured_timeout() -> float:
 
 class DeadlineH11Protocol(H11Protocol):
     request_timeout_s: float | None = None  # read from the configuration on first use
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # as uvicorn's own
+        # asyncio turns Nagle's algorithm off for TCP connections, but only when the listening socket
+        # says it is TCP; the socket uvicorn hands its --workers processes has lost that (proto 0), and
+        # each small response then waits ~40 ms for the client's delayed ACK (20 requests/s at 1 client)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        super().connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
         if getattr(self, "_request_deadline", None) is None and self.conn.their_state is h11.IDLE:
