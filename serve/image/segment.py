@@ -27,7 +27,8 @@ from serve.image.morph import label
 from serve.image.normalize import BOX_THRESHOLD
 
 SPECK = 0.2  # components smaller than this fraction of the largest one's height (and width) are specks
-SMALL_AREA = 0.02  # ... or than this fraction of its ink area
+SMALL_AREA = 0.02  # ... or than this fraction of its ink area, unless inside one of the SHAPES largest marks
+SHAPES = 8  # (bounded: a noisy frame has thousands of marks)
 DASH_ASPECT = 10  # a part this many times wider than tall is a piece of a line, not of a digit
 DASHES, DASH_FILL = 4, 0.06  # a "glyph" of at least this many parts filling less than this of its box
 SLIVER_HEIGHT, SLIVER_WIDTH = 2.0, 0.25  # taller than twice every other mark, and this thin: not a digit
@@ -214,7 +215,9 @@ def drop_specks(parts: list[Part]) -> list[Part]:
     biggest = max(parts, key=lambda p: p.area)
     size = max(biggest.box.height, biggest.box.width)
     big = [p for p in parts if p.area >= SMALL_AREA * biggest.area and max(p.box.height, p.box.width) >= SPECK * size]
-    return [p for p in parts if p in big or any(inside(p.box, b.box) for b in big)]
+    shapes = sorted(big, key=lambda p: p.area, reverse=True)[:SHAPES]
+    kept = {id(p) for p in big}
+    return [p for p in parts if id(p) in kept or any(inside(p.box, s.box) for s in shapes)]
 
 
 def inside(inner: Box, outer: Box) -> bool:
