@@ -21,3 +21,10 @@ def test_benchmark_smoke_run_writes_every_section(tmp_path: Path) -> None:
         assert heading in text, heading
     assert "27.8 MFLOP" in text  # the model's forward FLOPs, computed from its config
     assert "nan" not in text.lower()
+
+
+def test_a_diverged_accuracy_run_is_a_row_not_a_crash() -> None:
+    from benchmarks.bench import accuracy_row
+
+    assert accuracy_row("fp32", 0.988, 88.4) == "| fp32 | 98.80% | 88 s |"
+    assert accuracy_row("bf16", None, 55.0) == "| bf16 | none: the run diverged or stopped | 55 s |"
