@@ -28,6 +28,7 @@ import grpc
 import numpy as np
 from google.protobuf.message import Message
 from prometheus_client import Gauge
+from starlette.concurrency import run_in_threadpool
 
 from serve.connection import SHUTDOWN_RECEIVE_S
 from serve.errors import RequestError, ShuttingDown, require_api_key
@@ -35,8 +36,9 @@ from serve.limits import SHUTDOWN_GRACE_S
 from serve.model import softmax
 from serve.proto import inference_pb2 as pb
 from serve.proto import inference_pb2_grpc as pb_grpc
-from serve.protocol import InferRequest, ProtocolError, infer_request, requested_outputs
-from serve.server import DataPlane, Metrics, Served, access_log, lifecycle_log, model_metadata, server_metadata
+from serve.protocol import InferRequest, ProtocolError, requested_outputs
+from serve.server import INLINE_BYTES, DataPlane, Metrics, Served, access_log, lifecycle_log, model_metadata, \
+    server_metadata
 
 log = logging.getLogger(__name__)
 
@@ -144,16 +146,14 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: pb.ModelInferRequest,
                          context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
         served = self.plane.model_named(request.model_name, request.model_version or None)
-        parsed = await self.plane.parse(served, parse_grpc_request, request)
+        size = request.ByteSize()
+        if size <= INLINE_BYTES:
+            document, binary = request_document(request)
+        else:  # copying a large request's values into a document is no work for the event loop
+            document, binary = await run_in_threadpool(request_document, request)
+        parsed = await self.plane.parse(served, document, binary, size)
         logits = await self.plane.logits(served, parsed.images)
         return infer_response(served, parsed, logits)
-
-
-def parse_grpc_request(request: pb.ModelInferRequest, *limits: Any) -> InferRequest:
-    """A ModelInferRequest validated as serve/protocol.py validates HTTP's (``limits``: its field and
-    max_pixels), so both protocols refuse the same requests with the same messages."""
-    document, binary = request_document(request)
-    return infer_request(document, binary, *limits)
 
 
 def request_document(request: pb.ModelInferRequest) -> tuple[dict[str, Any], bytes]:

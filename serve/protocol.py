@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 import struct
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 
 from serve.errors import RequestError
 from serve.image.decode import DEFAULT_MAX_PIXELS
@@ -50,10 +50,8 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], 
             raise ProtocolError(f"{HEADER_LENGTH} {n} is outside the body of {len(body)} bytes")
         json_part, binary = body[:n], body[n:]
     try:
-        document = json.loads(json_part)
-    except RecursionError:
-        raise ProtocolError("malformed JSON: nested too deeply") from None
-    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, integers of thousands of digits
+        document = orjson.loads(json_part)  # strict JSON: NaN, integers past 64 bits, bad UTF-8 are refused
+    except orjson.JSONDecodeError as exc:
         raise ProtocolError(f"malformed JSON: {str(exc)[:200]}") from None
     if not isinstance(document, dict):
         raise ProtocolError("the request body must be a JSON object")
@@ -169,6 +167,12 @@ def parse_infer_request(body: bytes, header_length: str | None, field: FieldSpec
     return infer_request(document, binary, field, max_pixels)
 
 
+def holds_files(document: dict[str, Any]) -> bool:
+    """Whether a request ``document`` sends image files (a BYTES input), which take decoding."""
+    inputs = document.get("inputs")
+    return isinstance(inputs, list) and any(isinstance(i, dict) and i.get("datatype") == "BYTES" for i in inputs)
+
+
 def infer_request(document: dict[str, Any], binary: bytes, field: FieldSpec = FieldSpec(),
                   max_pixels: int = DEFAULT_MAX_PIXELS) -> InferRequest:
     """The request of a parsed JSON ``document``; ``binary``: the tensor data that follows it (the binary
@@ -246,7 +250,7 @@ def encode_infer_response(model_name: str, request: InferRequest, logits: np.nda
     document: dict[str, Any] = {"model_name": model_name, "model_version": model_version, "outputs": outputs}
     if request.request_id is not None:
         document["id"] = request.request_id
-    header = json.dumps(document).encode()
+    header = orjson.dumps(document)
     if not binary:
         return header, {}
     return header + b"".join(binary), {HEADER_LENGTH: str(len(header))}

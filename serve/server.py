@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import html
 import json
 import logging
 import math
 import os
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
@@ -27,6 +28,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serve.batching import DynamicBatcher
 from serve.errors import ModelControlOff, ModelLoadFailed, ModelNotFound, RequestError, ShuttingDown, \
@@ -34,7 +36,7 @@ from serve.errors import ModelControlOff, ModelLoadFailed, ModelNotFound, Reques
 from serve.image.decode import DEFAULT_MAX_PIXELS
 from serve.model import INPUT_NAME, DigitModel, ModelError, load_model, softmax
 from serve.protocol import HEADER_LENGTH, OUTPUTS, InferRequest, ProtocolError, encode_infer_response, flag, \
-    parameters, parse_infer_request, split_body
+    holds_files, infer_request, parameters, split_body
 from serve.reading import Page, Reading, interpret_for, prepare_page
 from serve.repository import DEFAULT_MODEL_NAME, MODEL_FILENAME, is_model_name, load_repository, load_versions, \
     models_on_disk, version_key
@@ -45,6 +47,11 @@ OPEN_PATHS = ("/v2/health/live", "/v2/health/ready", "/")  # answered without th
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 CLIENT_CLOSED = 499  # the status nginx logs for a client that left before its answer
 MAX_CONTROL_BODY = 64 * 1024  # a repository request is a small JSON object
+# Inference requests up to this size (a few images as JSON, ~20 as binary tensors) are parsed on the
+# event loop, and responses of up to INLINE_IMAGES images encoded there: well under a millisecond, less
+# than the hops to a worker thread and back cost. Larger ones go to worker threads.
+INLINE_BYTES = 64 * 1024
+INLINE_IMAGES = 64
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("foldserve.access")
@@ -202,12 +209,17 @@ class DataPlane:
             raise ShuttingDown(f"model {served.name!r} version {served.version} was unloaded while the "
                                "request waited") from None
 
-    async def parse(self, served: Served, parser: Callable[..., InferRequest], *args: Any) -> InferRequest:
-        """An inference request for ``served``, ``parser(*args, field_spec, max_pixels)``: off the event loop,
-        which keeps accepting requests, and at most max_decodes at once, since parsing may decode images
-        (BYTES inputs)."""
+    async def parse(self, served: Served, document: dict[str, Any], binary: bytes, size: int) -> InferRequest:
+        """The inference request in a parsed ``document`` and its ``binary`` part (``size`` bytes in all).
+        A small tensor request is validated right here: that takes microseconds, less than a hop to a
+        worker thread and back. Image files (BYTES inputs) and large requests are handled off the event
+        loop, which keeps accepting requests, and at most max_decodes at once, since decoded images are
+        the big allocation."""
+        field, max_pixels = served.model.field_spec, self.config.max_pixels
+        if size <= INLINE_BYTES and not holds_files(document):
+            return infer_request(document, binary, field, max_pixels)
         async with self.decodes:
-            return await run_in_threadpool(parser, *args, served.model.field_spec, self.config.max_pixels)
+            return await run_in_threadpool(infer_request, document, binary, field, max_pixels)
 
     async def infer(self, served: Served, request: Request) -> Response:
         """An OIP v2 inference request (JSON or the binary tensor extension) -> its response."""
@@ -215,10 +227,16 @@ class DataPlane:
         if content_type not in ("application/json", "application/octet-stream", ""):
             raise HTTPException(415, f"content type {content_type!r} is not accepted; send application/json")
         body = await read_body(request, self.config.max_body_bytes)
-        parsed = await self.parse(served, parse_infer_request, body, request.headers.get(HEADER_LENGTH))
+        header_length = request.headers.get(HEADER_LENGTH)
+        if len(body) <= INLINE_BYTES:
+            document, binary = split_body(body, header_length)
+        else:
+            document, binary = await run_in_threadpool(split_body, body, header_length)
+        parsed = await self.parse(served, document, binary, len(body))
         logits = await self.logits(served, parsed.images)
-        payload, headers = await run_in_threadpool(encode_infer_response, served.name, parsed, logits,
-                                                   softmax(logits), model_version=served.version)
+        encode = functools.partial(encode_infer_response, served.name, parsed, logits, softmax(logits),
+                                   model_version=served.version)
+        payload, headers = encode() if len(logits) <= INLINE_IMAGES else await run_in_threadpool(encode)
         media = "application/octet-stream" if headers else "application/json"
         return Response(payload, media_type=media, headers=headers)
 
@@ -491,7 +509,7 @@ def create_app(config: ServerConfig, model: DigitModel | None = None) -> FastAPI
     app.state.metrics = metrics
     if config.access_log:
         log_to_stderr(access_log)
-    app.middleware("http")(counted(config, metrics))
+    app.add_middleware(Counted, config=config, metrics=metrics)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestError, request_error)
     app.add_exception_handler(RequestValidationError, validation_error)
@@ -500,35 +518,55 @@ def create_app(config: ServerConfig, model: DigitModel | None = None) -> FastAPI
     return app
 
 
-def counted(config: ServerConfig, metrics: Metrics) -> Callable[..., Awaitable[Response]]:
-    """The middleware every request passes: host and key checks, then the route, then the metrics
-    (and the access log); a route's unexpected failure becomes a counted JSON 500."""
+class Counted:
+    """The ASGI middleware every HTTP request passes: host and key checks, then the route, then the
+    metrics (and the access log); a route's unexpected failure becomes a counted JSON 500.
 
-    async def middleware(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    A plain ASGI middleware, not Starlette's ``BaseHTTPMiddleware``: that one runs every request
+    through a task group and memory streams, which cost more than the rest of a small inference
+    request's handling (BENCHMARKS.md, "the hot path")."""
+
+    def __init__(self, app: ASGIApp, config: ServerConfig, metrics: Metrics) -> None:
+        self.app, self.config, self.metrics = app, config, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
         started = time.perf_counter()
-        refusal = guard(config, request)
+        request = Request(scope)
+        status = 500
+        refusal = guard(self.config, request)
         if refusal is not None:
-            response: Response = refusal
+            status = refusal.status_code
+            await refusal(scope, receive, send)
         else:
-            try:
-                response = await call_next(request)
-            except ClientDisconnect:  # the client left (or was too slow): nothing to answer, nothing to log
-                response = Response(status_code=CLIENT_CLOSED)
-            except Exception:  # counted and answered here: Starlette's own 500 comes after the metrics
-                log.exception("unhandled error on %s %s", request.method, request.url.path)
-                response = error(500, "internal server error")
-        route = request.scope.get("route")
-        endpoint = getattr(route, "path", "unmatched")
-        metrics.requests.labels(endpoint, str(response.status_code)).inc()
-        seconds = time.perf_counter() - started
-        metrics.latency.labels(endpoint).observe(seconds)
-        if config.access_log:
-            client = request.client.host if request.client else "-"
-            access_log.info('%s "%s %s" %d %.1f ms', client, request.method, request.url.path,
-                            response.status_code, seconds * 1000)
-        return response
+            response_started = False
 
-    return middleware
+            async def send_counted(message: Message) -> None:
+                nonlocal status, response_started
+                if message["type"] == "http.response.start":
+                    status, response_started = message["status"], True
+                await send(message)
+
+            try:
+                await self.app(scope, receive, send_counted)
+            except ClientDisconnect:  # the client left (or was too slow): nothing to answer, nothing to log
+                status = CLIENT_CLOSED
+            except Exception:  # counted and answered here: Starlette's own 500 comes after the metrics
+                log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+                status = 500
+                if not response_started:
+                    await error(500, "internal server error")(scope, receive, send)
+        route = scope.get("route")
+        endpoint = getattr(route, "path", "unmatched")
+        self.metrics.requests.labels(endpoint, str(status)).inc()
+        seconds = time.perf_counter() - started
+        self.metrics.latency.labels(endpoint).observe(seconds)
+        if self.config.access_log:
+            client = scope.get("client")
+            access_log.info('%s "%s %s" %d %.1f ms', client[0] if client else "-", scope["method"], scope["path"],
+                            status, seconds * 1000)
 
 
 async def http_error(request: Request, exc: Exception) -> JSONResponse:

@@ -104,6 +104,8 @@ def test_binary_tensor_extension_both_ways(client, model, digits) -> None:
     np.testing.assert_allclose(logits, model.logits(images), atol=1e-5)
 
 
+BINARY_HEADER = json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1, 28, 28],
+                                        "parameters": {"binary_data_size": 784 * 4}}]}).encode()
 BAD_REQUESTS = [
     ("malformed JSON", b'{"inputs": [', {}, 400, "malformed JSON"),
     ("wrong shape", json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 28, 28],
@@ -112,8 +114,11 @@ BAD_REQUESTS = [
                                               "data": [0] * 784}]}).encode(), {}, 400, "datatype 'INT64'"),
     ("wrong element count", json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": [2, 1, 28, 28],
                                                    "data": [0.0] * 784}]}).encode(), {}, 400, "784 elements"),
-    ("NaN", b'{"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1, 28, 28], "data": [NaN'
-            + b', 0.0' * 783 + b']}]}', {}, 400, "NaN or infinite"),
+    # JSON has no NaN: Python's json module reads the literal, the server (orjson) refuses it as JSON
+    ("NaN in JSON", b'{"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1, 28, 28], "data": [NaN'
+                    + b', 0.0' * 783 + b']}]}', {}, 400, "malformed JSON"),
+    ("NaN as binary", BINARY_HEADER + np.full(784, np.nan, "<f4").tobytes(),
+     {HEADER_LENGTH: str(len(BINARY_HEADER))}, 400, "NaN or infinite"),
     ("0-255 pixels", json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1, 28, 28],
                                              "data": [255.0] * 784}]}).encode(), {}, 400, "must be in [0, 1]"),
     ("no inputs", b'{"outputs": []}', {}, 400, "exactly one input"),
@@ -124,11 +129,11 @@ BAD_REQUESTS = [
     ("not an image", json.dumps({"inputs": [{"name": "f", "datatype": "BYTES", "shape": [1],
                                             "data": [base64.b64encode(b"hello").decode()]}]}).encode(),
      {}, 400, "image 0: not a recognised image format"),
-    ("nested 90,000 deep", b'{"inputs": ' + b"[" * 90_000 + b"]" * 90_000 + b"}", {}, 400, "nested too deeply"),
+    ("nested 90,000 deep", b'{"inputs": ' + b"[" * 90_000 + b"]" * 90_000 + b"}", {}, 400, "malformed JSON"),
     ("5,000-digit integer", b'{"inputs": [{"name": "image", "data": [' + b"9" * 5000 + b"]}]}", {}, 400,
      "malformed JSON"),
     ("400-digit integer pixel", b'{"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1, 28, 28], '
-     b'"data": [' + b"9" * 400 + b', 0' * 783 + b"]}]}", {}, 400, "JSON numbers only"),
+     b'"data": [' + b"9" * 400 + b', 0' * 783 + b"]}]}", {}, 400, "malformed JSON"),  # orjson: "number is infinity"
     ("pixels as strings", json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1, 28, 28],
                                                  "data": ["0.5"] * 784}]}).encode(), {}, 400, "JSON numbers only"),
     ("pixels as booleans", json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1, 28, 28],
@@ -312,7 +317,7 @@ def test_at_most_max_decodes_images_are_decoded_at_once(model, number_png, monke
         return body
 
     monkeypatch.setattr(serve.server, "prepare_page", counting(serve.server.prepare_page))
-    monkeypatch.setattr(serve.server, "parse_infer_request", counting(serve.server.parse_infer_request))
+    monkeypatch.setattr(serve.server, "infer_request", counting(serve.server.infer_request))
     monkeypatch.setattr(serve.server, "read_body", read_body)
     files_request = {"inputs": [{"name": "image_files", "datatype": "BYTES", "shape": [1],
                                  "data": [base64.b64encode(number_png).decode()]}]}
@@ -334,6 +339,37 @@ def test_at_most_max_decodes_images_are_decoded_at_once(model, number_png, monke
     assert [r.status_code for r in responses] == [200] * 4, [r.text for r in responses]
     assert [r.json()["text"] for r in responses[:3]] == ["17"] * 3
     assert most[0] == 1
+
+
+def test_tensor_requests_do_not_wait_for_the_decode_slots(model, digits, number_png, monkeypatch) -> None:
+    """With the only decode slot held by an image that will not finish until the test says so, small
+    FP32 requests are still answered: they are parsed on the event loop, without a decode slot (large
+    ones take a slot, as their parsed values are a large allocation too)."""
+    decoding, go = threading.Event(), threading.Event()
+    prepare_page = serve.server.prepare_page
+
+    def stalled(*args, **kwargs):
+        decoding.set()
+        assert go.wait(timeout=60), "the test never let the decode go on"
+        return prepare_page(*args, **kwargs)
+
+    monkeypatch.setattr(serve.server, "prepare_page", stalled)
+    images, _ = digits
+    app = create_app(ServerConfig(max_decodes=1), model=model)
+    with TestClient(app) as client, ThreadPoolExecutor(1) as pool:
+        upload = pool.submit(client.post, "/predict", content=number_png, headers={"Content-Type": "image/png"})
+        try:
+            assert decoding.wait(timeout=60)
+            assert app.state.plane.decodes.locked()
+            for count in (1, 8):
+                response = client.post("/v2/models/digits/infer", json=fp32_request(images[:count]))
+                assert response.status_code == 200, response.text
+                logits = np.array(response.json()["outputs"][0]["data"]).reshape(count, -1)
+                np.testing.assert_allclose(logits, model.logits(images[:count]), atol=1e-4)
+            assert not upload.done()
+        finally:
+            go.set()
+        assert upload.result(timeout=60).json()["text"] == "17"
 
 
 def test_serve_http_passes_its_limits_to_the_server(model_path, monkeypatch) -> None:
