@@ -216,7 +216,7 @@ def http(ctx: click.Context, model_path: Path, repository: Path | None, model_na
                f"(dynamic batching: up to {max_batch} images, {max_delay_ms:g} ms)", err=True)
     uvicorn.run("serve.server:create_app_from_env", factory=True, host=host, port=port, workers=workers,
                 log_level="warning", timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
-                http="serve.connection:DeadlineH11Protocol")
+                http="serve.connection:DeadlineProtocol")
 
 
 def missing_grpc_extra() -> str | None:

@@ -1,4 +1,4 @@
-"""uvicorn's HTTP/1.1 protocol with a deadline for receiving each request.
+"""uvicorn's HTTP/1.1 protocol (httptools) with a deadline for receiving each request.
 
 uvicorn times out only idle keep-alive connections, and resets that timer on every byte: a client
 that trickles a request (slowloris) holds its connection, and its slot in a graceful shutdown,
@@ -6,6 +6,10 @@ forever. ASGI middleware cannot help, since it runs once the headers are in. Thi
 every request ``request_timeout_s`` from its first byte to its last, then closes the connection
 (answering 408 when nothing was answered yet). At shutdown a request still arriving gets a few more
 seconds, not the whole grace period; requests already received finish as before.
+
+It builds on uvicorn's httptools protocol (llhttp, in C), not its h11 one (pure Python): for a small
+inference request, parsing HTTP with h11 cost about a fifth of the server's time (BENCHMARKS.md,
+"the hot path").
 """
 from __future__ import annotations
 
@@ -15,14 +19,12 @@ import logging
 import os
 import socket
 
-import h11
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 log = logging.getLogger(__name__)
 
 DEFAULT_REQUEST_TIMEOUT_S = 60.0
 SHUTDOWN_RECEIVE_S = 3.0
-RECEIVING = (h11.IDLE, h11.SEND_BODY)  # the client's states while its request is incomplete
 TIMEOUT_BODY = b'{"error": "the request took too long to arrive"}'
 TIMEOUT_RESPONSE = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
                     b"content-length: %d\r\n\r\n" % len(TIMEOUT_BODY)) + TIMEOUT_BODY
@@ -40,8 +42,10 @@ def configured_timeout() -> float:
         return DEFAULT_REQUEST_TIMEOUT_S
 
 
-class DeadlineH11Protocol(H11Protocol):
+class DeadlineProtocol(HttpToolsProtocol):
     request_timeout_s: float | None = None  # read from the configuration on first use
+    _request_deadline: asyncio.TimerHandle | None = None
+    _receiving = False  # between a request's first byte and its last
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # as uvicorn's own
         # asyncio turns Nagle's algorithm off for TCP connections, but only when the listening socket
@@ -52,20 +56,23 @@ class DeadlineH11Protocol(H11Protocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         super().connection_made(transport)
 
-    def data_received(self, data: bytes) -> None:
-        if getattr(self, "_request_deadline", None) is None and self.conn.their_state is h11.IDLE:
+    def on_message_begin(self) -> None:  # the parser has seen a request's first byte
+        self._receiving = True
+        if self._request_deadline is None:
             timeout = self.request_timeout_s
             if timeout is None:
                 timeout = type(self).request_timeout_s = configured_timeout()
-            self._request_deadline: asyncio.TimerHandle | None = self.loop.call_later(timeout, self._too_slow)
-        super().data_received(data)
-        if self.conn.their_state not in RECEIVING:  # the whole request is in (or the connection failed)
-            self._disarm()
+            self._request_deadline = self.loop.call_later(timeout, self._too_slow)
+        super().on_message_begin()
+
+    def on_message_complete(self) -> None:  # ... and its last
+        self._receiving = False
+        self._disarm()
+        super().on_message_complete()
 
     def _disarm(self) -> None:
-        deadline = getattr(self, "_request_deadline", None)
-        if deadline is not None:
-            deadline.cancel()
+        if self._request_deadline is not None:
+            self._request_deadline.cancel()
             self._request_deadline = None
 
     def _too_slow(self) -> None:
@@ -81,10 +88,6 @@ class DeadlineH11Protocol(H11Protocol):
             self.cycle.message_event.set()
         self.transport.close()
 
-    def on_response_complete(self) -> None:
-        self._disarm()
-        super().on_response_complete()
-
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         super().connection_lost(exc)
@@ -92,8 +95,8 @@ class DeadlineH11Protocol(H11Protocol):
     def shutdown(self) -> None:
         """At shutdown, a request still arriving gets at most SHUTDOWN_RECEIVE_S more seconds: a stalled
         client must not hold the whole graceful shutdown (a request that arrives is answered)."""
-        deadline = getattr(self, "_request_deadline", None)
-        if deadline is not None and self.conn.their_state in RECEIVING:
+        deadline = self._request_deadline
+        if deadline is not None and self._receiving:
             remaining = deadline.when() - self.loop.time()
             if remaining > SHUTDOWN_RECEIVE_S:
                 deadline.cancel()

@@ -7,7 +7,7 @@ import socket
 from uvicorn.config import Config
 from uvicorn.server import ServerState
 
-from serve.connection import DeadlineH11Protocol
+from serve.connection import DeadlineProtocol
 
 
 async def app(scope, receive, send) -> None:  # never called: no request is sent
@@ -18,7 +18,7 @@ def test_connections_have_nagle_off_even_on_a_socket_handed_over_without_its_pro
     # `serve http --workers N`: uvicorn hands each worker the listening socket through fromfd, which
     # leaves its proto 0, so asyncio does not turn Nagle off; every small answer then waited ~40 ms
     # for the client's delayed ACK (measured: 20 requests/s at one client, 300 with Nagle off)
-    config = Config(app=app, http=DeadlineH11Protocol, log_level="warning")
+    config = Config(app=app, http=DeadlineProtocol, log_level="warning")
     config.load()
 
     async def scenario() -> int:
@@ -31,7 +31,7 @@ def test_connections_have_nagle_off_even_on_a_socket_handed_over_without_its_pro
         assert handed.proto == 0
         made: asyncio.Future[asyncio.Transport] = loop.create_future()
 
-        class Recording(DeadlineH11Protocol):
+        class Recording(DeadlineProtocol):
             def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
                 super().connection_made(transport)
                 made.set_result(transport)

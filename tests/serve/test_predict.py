@@ -214,7 +214,7 @@ def imported_modules(nodes) -> set[str]:
 def test_serve_source_imports_only_the_serving_stack() -> None:
     base = {"onnxruntime", "numpy", "PIL", "click", "serve", "__future__"} | set(sys.stdlib_module_names)
     optional = {"pillow_heif"}  # the heif extra, imported only when a HEIF file comes
-    http_extra = {"fastapi", "starlette", "uvicorn", "h11", "prometheus_client"}
+    http_extra = {"fastapi", "starlette", "uvicorn", "httptools", "prometheus_client", "orjson"}
     grpc_extra = {"grpc", "google"}  # grpcio, protobuf: `serve http --grpc-port` only
     server_modules = {"server.py", "batching.py", "protocol.py", "connection.py",  # the HTTP server: the http extra
                       "grpc_server.py", "inference_pb2.py", "inference_pb2_grpc.py"}  # and gRPC beside it
