@@ -400,7 +400,7 @@ async def infer(request: Request) -> Response:
 class InferRoute(Route):
     """The inference routes: plain Starlette routes, since FastAPI's request handling (parameter and
     dependency solving, its response wrapping) cost a fifth of a small request's time and none of it
-    is used here (BENCHMARKS.md, "the hot path"). Like FastAPI's routes, they put themselves in the
+    is used here (README.md, "The hot path"). Like FastAPI's routes, they put themselves in the
     scope, where /metrics finds the route a request took."""
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
@@ -534,7 +534,7 @@ class Counted:
 
     A plain ASGI middleware, not Starlette's ``BaseHTTPMiddleware``: that one runs every request
     through a task group and memory streams, which cost more than the rest of a small inference
-    request's handling (BENCHMARKS.md, "the hot path")."""
+    request's handling (README.md, "The hot path")."""
 
     def __init__(self, app: ASGIApp, config: ServerConfig, metrics: Metrics) -> None:
         self.app, self.config, self.metrics = app, config, metrics
