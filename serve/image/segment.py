@@ -19,6 +19,7 @@ Glyphs come left to right.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -95,7 +96,10 @@ def find_glyphs(ink: np.ndarray) -> list[Glyph]:
     labels, count = label(mask)
     if count == 0:
         return []
-    groups = digit_groups(candidate_parts(components(labels, count), mask.shape, small))
+    parts = candidate_parts(components(labels, count), mask.shape, small, lambda part: along_frame(part, labels))
+    if not parts:
+        return []
+    groups = digit_groups(parts)
     median_height = sorted(g.box.height for g in groups)[len(groups) // 2]
     glyphs = []
     for group in groups:
@@ -114,16 +118,38 @@ def find_glyphs(ink: np.ndarray) -> list[Glyph]:
     return glyphs
 
 
-def candidate_parts(parts: list[Part], shape: tuple[int, int], small: bool) -> list[Part]:
+def candidate_parts(parts: list[Part], shape: tuple[int, int], small: bool,
+                    runs_along_frame: Callable[[Part], bool] = lambda part: False) -> list[Part]:
     """The components that may be (parts of) digits: no line remains, slivers, specks or frame cuts."""
     parts = [p for p in parts if not is_line_or_edge(p, shape) and not is_dash(p)] or parts
     inside = [p for p in parts if not touches_frame(p.box, shape)]
     if inside and not small:  # a mark cut by the frame (a desk's edge, a sheet's corner, a neighbour's
         parts = inside  # digit) cannot be read, and is not what the photo is of
+    elif not small:  # only marks cut by the frame: a digit the frame crops, unless the mark runs along it
+        parts = [p for p in parts if not runs_along_frame(p)]
+        if not parts:
+            return []
     parts = drop_specks(parts)
     if len(parts) > MAX_PARTS:  # noise or texture: the largest marks are the only candidates worth the time
         parts = sorted(parts, key=lambda p: p.area, reverse=True)[:MAX_PARTS]
     return parts
+
+
+ALONG_FRAME = 0.4  # a mark touching the frame over this share of its length runs along the frame ...
+ACROSS_FRAME = 0.25  # ... when it is also at most this deep into the frame
+
+
+def along_frame(part: Part, labels: np.ndarray) -> bool:
+    """Whether ``part`` lies along an edge of the frame, touching it over much of its length, like a
+    strip of desk beside a sheet, a sheet's edge or a shadow's rim; the frame cuts a digit it crops
+    across its strokes, touching it over a few stroke widths (or runs along a whole side of a
+    tightly cropped one, which then fills the frame)."""
+    h, w = labels.shape
+    b, ids = part.box, part.labels
+    narrow, low = b.width <= ACROSS_FRAME * w, b.height <= ACROSS_FRAME * h
+    sides = ((labels[:, 0], b.height, narrow), (labels[:, -1], b.height, narrow),
+             (labels[0], b.width, low), (labels[-1], b.width, low))
+    return any(shallow and np.isin(edge, ids).sum() >= ALONG_FRAME * length for edge, length, shallow in sides)
 
 
 def digit_groups(parts: list[Part]) -> list[Part]:

@@ -302,6 +302,33 @@ def test_a_mark_off_the_digits_row_is_not_one_of_them() -> None:
     assert [g.box for g in find_glyphs(ink)] == [Box(250, 300, 80, 120), Box(380, 320, 4, 100)]
 
 
+def test_a_strip_along_the_frame_with_nothing_inside_is_no_digit() -> None:
+    # a blank sheet photographed with a wedge of desk at its side: the wedge's rim is all the ink
+    # there is, touching the frame's right edge down half its height (a "1" to the model)
+    ink = np.zeros((1024, 683), np.float32)
+    for y in range(573):
+        width = max(2, 59 - y // 10)
+        ink[y, 683 - width:683 - width + 4] = 1.0  # the rim, slanting down to the edge
+        if y % 2:
+            ink[y, 679:] = 1.0  # and the rim along the edge, broken (under half of it touches)
+    assert find_glyphs(ink) == []
+
+
+def test_a_digit_the_frame_crops_is_still_read() -> None:
+    # nothing inside the frame: a "7" cut by the right edge (its bar runs off the frame) and one
+    # cut by the bottom edge; the frame crosses their strokes, it does not run along them
+    for cut in ("right", "bottom"):
+        ink = np.zeros((1000, 800), np.float32)
+        if cut == "right":
+            ink[400:412, 700:800] = 1.0  # the bar, cut by the right edge
+            ink[400:560, 760:772] = 1.0  # the stem
+        else:
+            ink[880:892, 300:400] = 1.0
+            ink[880:1000, 388:400] = 1.0  # the stem, cut by the bottom edge
+        glyphs = find_glyphs(ink)
+        assert len(glyphs) == 1, cut
+
+
 @pytest.mark.parametrize("ink_colour, canvas_colour", [((0.15, 0.45, 0.15), (0.37, 0.40, 0.95)),  # green on blue
                                                        ((0.93, 0.80, 0.93), (0.82, 0.70, 0.35))])  # pink on mustard
 def test_a_fat_marker_on_a_one_colour_canvas_is_solid_ink(ink_colour, canvas_colour) -> None:
