@@ -317,4 +317,20 @@ def split_wide(part: Part, mask: np.ndarray, median_height: int) -> list[Part] |
     cuts.append(b.width)
     pieces = [Part(part.labels, Box(b.x + x0, b.y, x1 - x0, b.height), part.area)
               for x0, x1 in zip(cuts, cuts[1:]) if x1 - x0 >= 2]
+    slants = [slant(mask[p.box.y:p.box.bottom, p.box.x:p.box.right]) for p in pieces]
+    if any(left * right < -MEETING_STROKES ** 2 and min(abs(left), abs(right)) > MEETING_STROKES
+           for left, right in zip(slants, slants[1:])):
+        return None  # two straight strokes slanting towards each other (a V, a check mark): one shape
     return pieces if len(pieces) > 1 else None
+
+
+MEETING_STROKES = 0.6  # |correlation of x and y| of a piece's ink from which it is a slanted straight stroke
+
+
+def slant(ink: np.ndarray) -> float:
+    """The correlation of x and y over ``ink``'s pixels (y down): near +1 for a straight stroke like
+    a backslash, near -1 like a slash, near 0 for a digit's loops and curves or an upright stroke."""
+    ys, xs = np.nonzero(ink)
+    if len(xs) < 3 or xs.std() == 0 or ys.std() == 0:
+        return 0.0
+    return float(np.corrcoef(xs, ys)[0, 1])

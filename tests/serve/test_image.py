@@ -329,6 +329,21 @@ def test_a_digit_the_frame_crops_is_still_read() -> None:
         assert len(glyphs) == 1, cut
 
 
+@pytest.mark.parametrize("shape", ["V", "check"])
+def test_strokes_meeting_at_a_point_are_not_cut_into_touching_digits(shape) -> None:
+    # wider than a digit, so a cut is considered; cut at the vertex, each half is a slanted
+    # straight stroke that the model reads as a sure 1 ("11" for a tick or a V)
+    ink = np.zeros((400, 500), np.float32)
+    left, right = ((100, 100), (220, 300)), ((220, 300), (400, 60)) if shape == "check" else ((220, 300), (340, 100))
+    for (x0, y0), (x1, y1) in (left, right):
+        for t in np.linspace(0, 1, 400):
+            x, y = round(x0 + t * (x1 - x0)), round(y0 + t * (y1 - y0))
+            ink[y - 6:y + 6, x - 6:x + 6] = 1.0
+    glyphs = find_glyphs(ink)
+    assert len(glyphs) == 1 and glyphs[0].box.width > 1.1 * glyphs[0].box.height
+    assert glyphs[0].pieces is None
+
+
 @pytest.mark.parametrize("ink_colour, canvas_colour", [((0.15, 0.45, 0.15), (0.37, 0.40, 0.95)),  # green on blue
                                                        ((0.93, 0.80, 0.93), (0.82, 0.70, 0.35))])  # pink on mustard
 def test_a_fat_marker_on_a_one_colour_canvas_is_solid_ink(ink_colour, canvas_colour) -> None:
