@@ -8,8 +8,8 @@ every request ``request_timeout_s`` from its first byte to its last, then closes
 seconds, not the whole grace period; requests already received finish as before.
 
 It builds on uvicorn's httptools protocol (llhttp, in C), not its h11 one (pure Python): for a small
-inference request, parsing HTTP with h11 cost about a fifth of the server's time (BENCHMARKS.md,
-"the hot path").
+inference request, parsing HTTP with h11 cost about a fifth of the server's time (README.md, "The
+hot path").
 """
 from __future__ import annotations
 

@@ -50,7 +50,7 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], 
             raise ProtocolError(f"{HEADER_LENGTH} {n} is outside the body of {len(body)} bytes")
         json_part, binary = body[:n], body[n:]
     try:
-        document = orjson.loads(json_part)  # strict JSON: NaN, integers past 64 bits, bad UTF-8 are refused
+        document = orjson.loads(json_part)  # strict JSON: NaN, numbers beyond float range, bad UTF-8 are refused
     except orjson.JSONDecodeError as exc:
         raise ProtocolError(f"malformed JSON: {str(exc)[:200]}") from None
     if not isinstance(document, dict):

@@ -691,6 +691,9 @@ def read_until_closed(sock: socket.socket) -> bytes:
 def test_slow_clients_get_408_and_are_disconnected_and_leavers_are_quiet(model_path: Path) -> None:
     process, port = start_server(model_path, "--request-timeout", "1")
     try:
+        with socket.create_connection(("127.0.0.1", port)) as first_byte:  # the deadline runs from the first byte
+            first_byte.sendall(b"P")
+            assert read_until_closed(first_byte).startswith(b"HTTP/1.1 408")
         with socket.create_connection(("127.0.0.1", port)) as headers_only:  # slowloris: headers never end
             headers_only.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: 1")
             assert read_until_closed(headers_only).startswith(b"HTTP/1.1 408")
@@ -715,7 +718,7 @@ def test_slow_clients_get_408_and_are_disconnected_and_leavers_are_quiet(model_p
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=30)
     assert "Traceback" not in stderr, stderr
-    assert stderr.count("took over 1 s to arrive") == 2, stderr
+    assert stderr.count("took over 1 s to arrive") == 3, stderr
 
 
 @pytest.mark.slow
