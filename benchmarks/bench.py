@@ -295,7 +295,8 @@ def bench_cold_start(models: dict[str, Path], smoke: bool) -> dict:
 
 
 def bench_http(models: dict[str, Path], smoke: bool) -> dict:
-    """Requests/s and latency of `serve http` on loopback, dynamic batching on (64 images, 2 ms) and off."""
+    """Requests/s and latency of `serve http` on loopback, dynamic batching on (the defaults: up to 64
+    images, no wait window) and off (``--max-batch 1``)."""
     import http.client
     import socket
     from concurrent.futures import ThreadPoolExecutor
@@ -314,7 +315,7 @@ def bench_http(models: dict[str, Path], smoke: bool) -> dict:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         server = subprocess.Popen([sys.executable, "-m", "serve", "http", "--model", str(models["folded"]),
-                                   "--port", str(port), "--max-batch", str(max_batch), "--max-delay-ms", "2"],
+                                   "--port", str(port), "--max-batch", str(max_batch)],
                                   cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             for _ in range(300):
