@@ -38,7 +38,7 @@ browser:
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
-# Every tier (what CI runs): about 8 minutes on 2 cores (541 tests).
+# Every tier (what CI runs): about 7 minutes on 2 cores (548 tests).
 test: $(STAMP) browser lint
 	$(BIN)/python -m pytest -m ""
 
