@@ -34,8 +34,6 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-# The batching window of the figures in README.md, given explicitly: `serve http`'s default became 0 (no
-# window) after they were measured, and the window sets the pace at one client.
 
 
 def free_port() -> int:

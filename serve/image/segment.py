@@ -19,7 +19,6 @@ Glyphs come left to right.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -96,7 +95,7 @@ def find_glyphs(ink: np.ndarray) -> list[Glyph]:
     labels, count = label(mask)
     if count == 0:
         return []
-    parts = candidate_parts(components(labels, count), mask.shape, small, lambda part: along_frame(part, labels))
+    parts = candidate_parts(components(labels, count), labels, small)
     if not parts:
         return []
     groups = digit_groups(parts)
@@ -118,15 +117,16 @@ def find_glyphs(ink: np.ndarray) -> list[Glyph]:
     return glyphs
 
 
-def candidate_parts(parts: list[Part], shape: tuple[int, int], small: bool,
-                    runs_along_frame: Callable[[Part], bool] = lambda part: False) -> list[Part]:
-    """The components that may be (parts of) digits: no line remains, slivers, specks or frame cuts."""
+def candidate_parts(parts: list[Part], labels: np.ndarray, small: bool) -> list[Part]:
+    """The components (of ``labels``) that may be (parts of) digits: no line remains, slivers, specks
+    or frame cuts."""
+    shape = labels.shape
     parts = [p for p in parts if not is_line_or_edge(p, shape) and not is_dash(p)] or parts
     inside = [p for p in parts if not touches_frame(p.box, shape)]
     if inside and not small:  # a mark cut by the frame (a desk's edge, a sheet's corner, a neighbour's
         parts = inside  # digit) cannot be read, and is not what the photo is of
     elif not small:  # only marks cut by the frame: a digit the frame crops, unless the mark runs along it
-        parts = [p for p in parts if not runs_along_frame(p)]
+        parts = [p for p in parts if not along_frame(p, labels)]
         if not parts:
             return []
     parts = drop_specks(parts)
@@ -318,7 +318,7 @@ def split_wide(part: Part, mask: np.ndarray, median_height: int) -> list[Part] |
     pieces = [Part(part.labels, Box(b.x + x0, b.y, x1 - x0, b.height), part.area)
               for x0, x1 in zip(cuts, cuts[1:]) if x1 - x0 >= 2]
     slants = [slant(mask[p.box.y:p.box.bottom, p.box.x:p.box.right]) for p in pieces]
-    if any(left * right < -MEETING_STROKES ** 2 and min(abs(left), abs(right)) > MEETING_STROKES
+    if any(left * right < 0 and min(abs(left), abs(right)) > MEETING_STROKES
            for left, right in zip(slants, slants[1:])):
         return None  # two straight strokes slanting towards each other (a V, a check mark): one shape
     return pieces if len(pieces) > 1 else None
