@@ -303,14 +303,16 @@ def test_a_mark_off_the_digits_row_is_not_one_of_them() -> None:
 
 
 def test_a_strip_along_the_frame_with_nothing_inside_is_no_digit() -> None:
-    # a blank sheet photographed with a wedge of desk at its side: the wedge's rim is all the ink
-    # there is, touching the frame's right edge down half its height (a "1" to the model)
+    # a blank sheet photographed with a wedge of desk at its side: the wedge is all the ink there is,
+    # one mark along the frame's right edge, touching it over much of its height (a "1" to the model)
     ink = np.zeros((1024, 683), np.float32)
     for y in range(573):
-        width = max(2, 59 - y // 10)
-        ink[y, 683 - width:683 - width + 4] = 1.0  # the rim, slanting down to the edge
-        if y % 2:
-            ink[y, 679:] = 1.0  # and the rim along the edge, broken (under half of it touches)
+        x = 683 - 59 + y * 59 // 573  # the sheet's edge, slanting down to the frame's
+        ink[y, x:x + 18] = 1.0
+        if y < 200:
+            ink[y, x:] = 1.0  # the desk beyond it, up to the frame
+    labels, count = label(ink > 0)
+    assert count == 1 and (labels[:, -1] > 0).sum() > 0.4 * 573
     assert find_glyphs(ink) == []
 
 
@@ -334,7 +336,8 @@ def test_strokes_meeting_at_a_point_are_not_cut_into_touching_digits(shape) -> N
     # wider than a digit, so a cut is considered; cut at the vertex, each half is a slanted
     # straight stroke that the model reads as a sure 1 ("11" for a tick or a V)
     ink = np.zeros((400, 500), np.float32)
-    left, right = ((100, 100), (220, 300)), ((220, 300), (400, 60)) if shape == "check" else ((220, 300), (340, 100))
+    left = ((100, 100), (220, 300))  # down to the vertex, then up: long for a tick, as long for a V
+    right = ((220, 300), (400, 60)) if shape == "check" else ((220, 300), (340, 100))
     for (x0, y0), (x1, y1) in (left, right):
         for t in np.linspace(0, 1, 400):
             x, y = round(x0 + t * (x1 - x0)), round(y0 + t * (y1 - y0))
