@@ -35,8 +35,8 @@ from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageFont, ImageOps
 
 from pipeline.errors import PipelineError
 
-CONDITIONS = ("mnist-28", "canvas", "photo", "ruled", "specks", "colour", "thick-thin", "writers", "typeset",
-              "numbers", "not-digits", "big")
+CONDITIONS = ("mnist-28", "canvas", "photo", "ruled", "specks", "colour", "thick-thin", "writers", "small",
+              "typeset", "numbers", "not-digits", "big")
 DEFAULT_PER_CONDITION = 100
 BIG_MAX = 3  # 48-megapixel photos are slow to make: at most this many
 BIG_SIZE = (8000, 6000)
@@ -1296,6 +1296,39 @@ def make_writers(split: Split, rng: np.random.Generator) -> tuple[bytes, str, st
     return data, ext, where, label
 
 
+SMALL_HEIGHT = (8.0, 22.0)  # px: a digit in a thumbnail, a downscaled screenshot, a far or low-resolution shot
+
+
+def make_small(split: Split, rng: np.random.Generator) -> tuple[bytes, str, str, str]:
+    """A digit only 8-22 px tall: drawn at four times the size and shrunk with the whole image (so its
+    edges are grey, as a camera or a downscale leaves them), on paper or a screen, sometimes blurred
+    and JPEG-compressed; or the 28x28 digit itself shrunk, as a thumbnail of a small image."""
+    digit, label = _digit(split, rng)
+    height = _logu(rng, *SMALL_HEIGHT)
+    kind = _pick(rng, ["screen", "photo", "thumbnail"], p=[0.35, 0.4, 0.25])
+    if kind == "thumbnail":  # the whole 28x28 image shrunk: the digit is about 0.7 of it
+        side = max(8, round(height / 0.7))
+        small = np.asarray(Image.fromarray(255 - digit).resize((side, side), Image.Resampling.BILINEAR))
+        sheet = np.full((side + 2 * 12, side + 2 * 12), 255, np.uint8)
+        sheet[12:12 + side, 12:12 + side] = small
+        return _encode(Image.fromarray(sheet), "PNG"), "png", f"thumbnail-h{height:.0f}", label
+    w, h = (round(height * _u(rng, 2.5, 8)) for _ in range(2))
+    mark = digit_mark(digit, pen=None if rng.random() < 0.5 else _u(rng, 0.07, 0.15), label=label)
+    layer = _place(mark, rng, (4 * w, 4 * h), 4 * height)
+    layer = _resize_f(layer, (w, h), Image.Resampling.BOX)
+    if kind == "screen":
+        darkest = _u(rng, 0.0, 0.3)
+        return _encode(_to_l(1 - layer * (1 - darkest)), "PNG"), "png", f"screen-h{height:.0f}", label
+    paper, ink = np.array(_paper_colour(rng), np.float32), np.array(pick_ink(rng).colour, np.float32)
+    rgb = paper[None, None] - layer[..., None] * (paper - ink)[None, None]
+    rgb = rgb + rng.normal(0, _u(rng, 1, 6), rgb.shape)
+    image = Image.fromarray(np.clip(rgb + 0.5, 0, 255).astype(np.uint8))
+    if rng.random() < 0.5:
+        image = image.filter(ImageFilter.GaussianBlur(_u(rng, 0.3, 0.8)))
+    data, ext = _phone_jpeg(image, rng, quality=(70, 92), rotate=0.0)
+    return data, ext, f"photo-h{height:.0f}", label
+
+
 def _flat_text_image(mask: np.ndarray, rng: np.random.Generator, dark_ok: bool = True
                      ) -> tuple[Image.Image, np.ndarray, np.ndarray, np.ndarray]:
     """Typeset ink on a flat background with margins: (RGB image, fg, bg, coverage layer)."""
@@ -1497,6 +1530,7 @@ def make_big(split: Split, rng: np.random.Generator) -> tuple[bytes, str, str, s
 MAKERS: dict[str, Callable[[Split, np.random.Generator], tuple[bytes, str, str, str | None]]] = {
     "mnist-28": make_mnist28, "canvas": make_canvas, "photo": make_photo, "ruled": make_ruled,
     "specks": make_specks, "colour": make_colour, "thick-thin": make_thick_thin, "writers": make_writers,
+    "small": make_small,
     "typeset": make_typeset, "numbers": make_numbers, "not-digits": make_not_digits, "big": make_big,
 }
 
@@ -1579,6 +1613,9 @@ def group_of(condition: str, variant: str) -> str:
     if condition == "photo":
         long = max(int(v) for v in variant.split("x"))
         return "640-1000 px" if long < 1000 else "1000-2000 px" if long < 2000 else "2000-3000 px"
+    if condition == "small":
+        height = int(variant.rsplit("-h", 1)[1])
+        return "8-12 px" if height < 12 else "12-16 px" if height < 16 else "16-22 px"
     if condition == "thick-thin":
         width = float(variant.rsplit("-w", 1)[1])
         return next(label for limit, label in ((0.02, "0-2% (hairline)"), (0.05, "2-5% (thin)"), (0.1, "5-10%"),

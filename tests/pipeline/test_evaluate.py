@@ -99,6 +99,8 @@ def claimed_size_ok(item: ev.Item, size: tuple[int, int]) -> bool:
         return {"canvas": canvas, "photo": photo, "scan": scan}[variant.split("-")[0]]
     if item.condition == "numbers":
         return photo if "photo" in variant else 240 <= w <= 900 and h >= 70
+    if item.condition == "small":
+        return 20 <= min(w, h) and max(w, h) <= 8 * ev.SMALL_HEIGHT[1] + 1
     if item.condition == "big":
         return (w, h) in ((8000, 6000), (6000, 8000))
     return min(w, h) >= 8  # typeset, not-digits: any size a file can have
@@ -157,6 +159,20 @@ def test_phone_photos_stored_sideways_come_upright_with_exif() -> None:
         upright = ImageOps.exif_transpose(decode(data)).convert("L")
         assert upright.size == (300, 200)
         assert np.asarray(upright)[:30, :30].mean() < 60 and np.asarray(upright)[-30:, -30:].mean() > 200
+
+
+def test_small_digits_are_as_small_as_claimed(sample_dataset: Dataset) -> None:
+    heights = []
+    for item in ev.generate(sample_dataset, 16, 0, ("small",)):
+        gray = np.asarray(ImageOps.exif_transpose(decode(item.data)).convert("L"), np.float32)
+        paper = float(np.median(gray))
+        rows = np.flatnonzero((gray < paper - 0.4 * (paper - gray.min())).any(axis=1))
+        claimed = int(item.variant.rsplit("-h", 1)[1])
+        height = int(rows[-1] - rows[0] + 1)
+        # a wide digit (a 2 shrunk as a thumbnail) is shorter than its box; nothing is taller
+        assert 0.5 * claimed - 2 <= height <= claimed + 2, (item.name, height)
+        heights.append(height)
+    assert min(heights) < 12 and max(heights) > 16
 
 
 def test_coloured_ink_and_paper_differ_in_hue_not_brightness() -> None:
