@@ -21,6 +21,7 @@ SMALL_SIDE = 64  # images up to this size: one global background level
 LOW_SIDE = 128  # the background is estimated on a copy this small (longer side)
 MEDIAN_SIDE = 64  # and its first, median estimate on one smaller still
 MEDIAN_FRACTION = 0.25  # median window, as a fraction of the low copy's longer side
+DESK_MARGIN = 4  # px of the low copy: the band beside a desk where its edge still shows in the contrast
 FLAT_SPREAD = 0.04  # a border whose colour varies less than this (2nd to 98th percentile) is one colour
 POLARITY_SIDE = 512  # the ink's side is judged on a copy at most this large
 FLAT_MAJORITY_TOLERANCE = 0.1  # ... and the background when most of the frame is within this of it
@@ -95,18 +96,13 @@ def without_desk(ink: np.ndarray, low_background: np.ndarray) -> np.ndarray:
     A mark reaching from the desk onto the sheet (its edge) stays, for the segmentation to drop as
     cut by the frame; a region off the paper's colour that does not reach the edge (a small sheet on
     a large desk, which then has the majority colour) is not a desk."""
-    brightness = low_background @ LUMA
-    reference = float(np.median(brightness))
-    on_paper = (hue_distance(low_background) < PAPER_TOLERANCE) \
-        & (brightness >= 0.5 * reference) & (brightness <= 2.0 * reference)
-    regions, count = label(~on_paper)
-    at_edge = np.unique(border(regions))
-    if count == 0 or not at_edge.any():
+    low_desk = desk_of(low_background)
+    if not low_desk.any():
         return ink
     h, w = ink.shape
-    rows = np.minimum(np.arange(h) * regions.shape[0] // h, regions.shape[0] - 1)
-    cols = np.minimum(np.arange(w) * regions.shape[1] // w, regions.shape[1] - 1)
-    desk = np.isin(regions, at_edge[at_edge > 0])[rows][:, cols]
+    rows = np.minimum(np.arange(h) * low_desk.shape[0] // h, low_desk.shape[0] - 1)
+    cols = np.minimum(np.arange(w) * low_desk.shape[1] // w, low_desk.shape[1] - 1)
+    desk = low_desk[rows][:, cols]
     marks, n = label(ink > 0)
     on_desk = np.bincount(marks[desk], minlength=n + 1) >= 0.5 * np.bincount(marks.ravel(), minlength=n + 1)
     on_desk[0] = False
@@ -114,6 +110,18 @@ def without_desk(ink: np.ndarray, low_background: np.ndarray) -> np.ndarray:
     if not kept.any():
         raise NoDigitFound(NO_INK)
     return kept
+
+
+def desk_of(background: np.ndarray) -> np.ndarray:
+    """bool, ``background``'s shape: where the background is not the paper's hue or not within half
+    to twice its brightness, in a region reaching the frame's edge (a desk around the sheet)."""
+    brightness = background @ LUMA
+    reference = float(np.median(brightness))
+    on_paper = (hue_distance(background) < PAPER_TOLERANCE) \
+        & (brightness >= 0.5 * reference) & (brightness <= 2.0 * reference)
+    regions, count = label(~on_paper)
+    at_edge = np.unique(border(regions))
+    return np.isin(regions, at_edge[at_edge > 0])
 
 
 def flat_background(rgb: np.ndarray) -> np.ndarray | None:
@@ -170,10 +178,19 @@ def paper_colour(low: np.ndarray, dark_ink: bool) -> np.ndarray:
     # Second pass: the paper is the pixels that are not ink; ink pixels get the mean of the paper
     # around them (a window wider than a fat stroke), so strokes do not darken the paper.
     diff = contrast(low, median, dark_ink)
-    paper = (diff < max(MIN_CONTRAST, 0.5 * float(diff.max()))).astype(np.float32)
+    paper = (diff < max(MIN_CONTRAST, 0.5 * sheet_peak(diff, median))).astype(np.float32)
     near, near_weight = paper_mean(low, paper, 1)
     wide, wide_weight = paper_mean(low, paper, int(MEDIAN_FRACTION * LOW_SIDE) // 3)
     return np.where(near_weight > 0.2, near, np.where(wide_weight > 1e-3, wide, median))
+
+
+def sheet_peak(diff: np.ndarray, background: np.ndarray) -> float:
+    """The strongest contrast on the sheet, DESK_MARGIN px or more from a desk around it. The sheet's
+    edge against a dark desk stands out far more than a faint digit (the median background lags
+    behind it); as the bar for "not paper" it would make a faint fat stroke's middle paper, and
+    hollow the stroke out."""
+    near_desk = box_mean(desk_of(background).astype(np.float32), DESK_MARGIN) > 0
+    return float(diff[~near_desk].max()) if not near_desk.all() else float(diff.max())
 
 
 def paper_mean(low: np.ndarray, paper: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:

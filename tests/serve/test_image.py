@@ -293,6 +293,17 @@ def test_a_faint_digit_beside_a_dark_desk_is_found(digit) -> None:
     assert_one_glyph_on_the_digit(rgb)
 
 
+def test_a_faint_fat_stroke_beside_a_dark_desk_stays_solid() -> None:
+    # a broad felt tip of contrast ~0.25: measured against the desk's edge, which stands out far
+    # more, its middle would count as paper and only its outline would be ink
+    rgb = paper(H, W)
+    rgb[250:700, 300:360] *= 0.75
+    rgb[:, 700:] = np.array([0.05, 0.04, 0.04], np.float32)
+    ink = ink_map(to_rgb(decode_image(rgb_bytes(rgb, "JPEG", quality=90)).image))
+    middle = ink[270:680, 325:335]
+    assert (middle > 0).mean() > 0.95, (middle > 0).mean()
+
+
 def test_a_mark_off_the_digits_row_is_not_one_of_them() -> None:
     ink = np.zeros((800, 600), np.float32)
     ink[300:420, 250:262] = ink[300:420, 318:330] = 1.0  # a "0" 120 px tall
