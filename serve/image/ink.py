@@ -11,6 +11,8 @@ thumbnails) keep the simple global rule, which reproduces MNIST fields exactly.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 from PIL import Image, ImageFilter
 
@@ -21,6 +23,7 @@ SMALL_SIDE = 64  # images up to this size: one global background level
 LOW_SIDE = 128  # the background is estimated on a copy this small (longer side)
 MEDIAN_SIDE = 64  # and its first, median estimate on one smaller still
 MEDIAN_FRACTION = 0.25  # median window, as a fraction of the low copy's longer side
+STROKE_REACH = 6  # px of the low copy: a stroke up to twice this wide stands above the paper on both sides
 DESK_MARGIN = 4  # px of the low copy: the band beside a desk where its edge still shows in the contrast
 FLAT_SPREAD = 0.04  # a border whose colour varies less than this (2nd to 98th percentile) is one colour
 POLARITY_SIDE = 512  # the ink's side is judged on a copy at most this large
@@ -177,20 +180,62 @@ def paper_colour(low: np.ndarray, dark_ink: bool) -> np.ndarray:
     median = resize_channels(median, (low.shape[1], low.shape[0]), Image.Resampling.BILINEAR)
     # Second pass: the paper is the pixels that are not ink; ink pixels get the mean of the paper
     # around them (a window wider than a fat stroke), so strokes do not darken the paper.
-    diff = contrast(low, median, dark_ink)
-    paper = (diff < max(MIN_CONTRAST, 0.5 * sheet_peak(diff, median))).astype(np.float32)
+    paper = (~ink_on_sheet(contrast(low, median, dark_ink), median)).astype(np.float32)
     near, near_weight = paper_mean(low, paper, 1)
     wide, wide_weight = paper_mean(low, paper, int(MEDIAN_FRACTION * LOW_SIDE) // 3)
     return np.where(near_weight > 0.2, near, np.where(wide_weight > 1e-3, wide, median))
 
 
-def sheet_peak(diff: np.ndarray, background: np.ndarray) -> float:
-    """The strongest contrast on the sheet, DESK_MARGIN px or more from a desk around it. The sheet's
-    edge against a dark desk stands out far more than a faint digit (the median background lags
-    behind it); as the bar for "not paper" it would make a faint fat stroke's middle paper, and
-    hollow the stroke out."""
-    near_desk = box_mean(desk_of(background).astype(np.float32), DESK_MARGIN) > 0
-    return float(diff[~near_desk].max()) if not near_desk.all() else float(diff.max())
+def ink_on_sheet(diff: np.ndarray, median: np.ndarray) -> np.ndarray:
+    """bool: the pixels of the low copy that are ink, not paper, by their contrast ``diff`` to the
+    ``median`` background: at least half the strongest ink on the sheet, or a stroke that stands
+    above the paper on both sides. The strongest ink is looked for away from a desk and the sheet's
+    edges, where the median lags behind the step and the contrast is far above a faint digit's; a
+    faint fat stroke below that half would count as paper, and only its outline would be ink. The
+    second rule finds such strokes (2 px or wider here, so not paper lines; not cut by the frame, so
+    not a sheet's edge), and lets a shadow pass: across a shadow's edge the paper is as dark on one side."""
+    noise = noise_level(diff)
+    edges = desk_of(median) | (background_steps(median) >= noise)
+    sheet = ~(box_mean(edges.astype(np.float32), DESK_MARGIN) > 0)
+    peak = float(diff[sheet].max()) if sheet.any() else float(diff.max())
+    strokes = off_frame(two_wide(sheet & (ridge(diff, STROKE_REACH) >= noise)))
+    return (diff >= max(MIN_CONTRAST, 0.5 * peak)) | strokes
+
+
+def background_steps(background: np.ndarray, reach: int = 2) -> np.ndarray:
+    """How much the background's brightness changes across each pixel (``reach`` px to either side,
+    the most of four directions), relative to its brightness: high at a sheet's edge."""
+    level = background @ LUMA
+    best = np.zeros(level.shape, np.float32)
+    for before, after in across(level, reach):
+        np.maximum(best, np.abs(after - before), out=best)
+    return best / np.maximum(level, 0.15)
+
+
+def two_wide(mask: np.ndarray) -> np.ndarray:
+    """The parts of ``mask`` at least 2 px wide every way (an opening by a 2x2 square): a paper line
+    is 1 px wide at the low copy's scale."""
+    core = mask[:-1, :-1] & mask[1:, :-1] & mask[:-1, 1:] & mask[1:, 1:]
+    grown = np.zeros_like(mask)
+    for dy in (0, 1):
+        for dx in (0, 1):
+            grown[dy:dy + core.shape[0], dx:dx + core.shape[1]] |= core
+    return grown
+
+
+def off_frame(mask: np.ndarray) -> np.ndarray:
+    """``mask`` without its regions that touch the frame's edge."""
+    regions, count = label(mask)
+    at_frame = np.unique(border(regions))
+    return mask & ~np.isin(regions, at_frame[at_frame > 0])
+
+
+def noise_level(contrast: np.ndarray) -> float:
+    """NOISE_SIGMAS robust deviations above the typical contrast (at least MIN_CONTRAST): what ink
+    must stand above."""
+    centre = float(np.median(contrast))
+    sigma = 1.4826 * float(np.median(np.abs(contrast - centre))) + 1e-4
+    return max(centre + NOISE_SIGMAS * sigma, MIN_CONTRAST)
 
 
 def paper_mean(low: np.ndarray, paper: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:
@@ -220,9 +265,7 @@ def threshold_ink(raw: np.ndarray, gray: np.ndarray, dark_ink: bool = True) -> n
     """Keep what stands clearly above the background noise and a fraction of the strongest ink not cut
     by the frame; remove paper lines, or on plain paper let faint ink bridge a stroke's gaps; scale
     typical strokes to 1."""
-    centre = float(np.median(raw))
-    sigma = 1.4826 * float(np.median(np.abs(raw - centre))) + 1e-4
-    noise_cut = max(centre + NOISE_SIGMAS * sigma, MIN_CONTRAST)
+    noise_cut = noise_level(raw)
     smooth = box_mean(raw, 1)
     peak = inner_peak(smooth, noise_cut)
     cut = max(noise_cut, PEAK_FRACTION * peak)
@@ -251,15 +294,7 @@ def inner_peak(smooth: np.ndarray, noise_cut: float) -> float:
     far stronger than a pencil digit, and would otherwise set the threshold above it."""
     strongest = float(smooth.max())
     # traced well below any threshold the peak could set, so a desk or an edge is one region
-    above = smooth >= max(noise_cut, PEAK_FRACTION ** 2 * strongest)
-    labels, count = label(above)
-    if count == 0:
-        return strongest
-    at_frame = np.unique(border(labels))
-    inner = np.ones(count + 1, bool)
-    inner[at_frame] = False
-    inner[0] = False
-    inside = inner[labels]
+    inside = off_frame(smooth >= max(noise_cut, PEAK_FRACTION ** 2 * strongest))
     return float(smooth[inside].max()) if inside.any() else strongest
 
 
@@ -287,14 +322,20 @@ def ridge(level: np.ndarray, reach: int = RIDGE_REACH) -> np.ndarray:
     the direction (of four) where it stands out most. A faint gap in a thin stroke is darker than the
     paper on both sides across the stroke; the rim a sharp shadow's edge leaves in the contrast is not
     (across the edge, the shadowed paper is as dark)."""
-    padded = np.pad(level, reach, mode="edge")
-    h, w = level.shape
     best = np.full(level.shape, -np.inf, np.float32)
-    for dy, dx in ((0, 1), (1, 0), (1, 1), (1, -1)):
-        before = padded[reach - dy * reach:reach - dy * reach + h, reach - dx * reach:reach - dx * reach + w]
-        after = padded[reach + dy * reach:reach + dy * reach + h, reach + dx * reach:reach + dx * reach + w]
+    for before, after in across(level, reach):
         np.maximum(best, level - np.maximum(before, after), out=best)
     return best
+
+
+def across(level: np.ndarray, reach: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """For each of four directions (across rows, columns and both diagonals), ``level`` seen ``reach``
+    px before and after every pixel (the frame's edge repeated beyond it)."""
+    padded = np.pad(level, reach, mode="edge")
+    h, w = level.shape
+    for dy, dx in ((0, 1), (1, 0), (1, 1), (1, -1)):
+        yield (padded[reach - dy * reach:reach - dy * reach + h, reach - dx * reach:reach - dx * reach + w],
+               padded[reach + dy * reach:reach + dy * reach + h, reach + dx * reach:reach + dx * reach + w])
 
 
 def hollow_stroke_interiors(mask: np.ndarray, gray: np.ndarray) -> np.ndarray:

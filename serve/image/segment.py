@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from serve.image.lines import thin_only
 from serve.image.morph import label
 from serve.image.normalize import BOX_THRESHOLD
 
@@ -45,6 +46,8 @@ JOIN_GAP = 0.15  # neighbours closer than this (fraction of their height) ...
 JOIN_ASPECT = 1.0  # ... whose union is at most this wide for its height may be one digit
 ROW_OVERLAP = 0.5  # a digit shares at least this much of its height with the main glyph's rows
 MAX_PARTS = 64  # bounds the work on noisy images
+THREAD = 0.004  # what a missed paper line leaves is at most this thick (of the frame's longer side, >= 2 px) ...
+RESCUED = 4  # ... in the largest marks cut by the frame, which are looked at for digits it ties to the edge
 SMALL_FRAME = 64  # frames up to this size (MNIST-form inputs, thumbnails) keep marks that touch the edge
 
 
@@ -123,6 +126,9 @@ def candidate_parts(parts: list[Part], labels: np.ndarray, small: bool) -> list[
     shape = labels.shape
     parts = [p for p in parts if not is_line_or_edge(p, shape) and not is_dash(p)] or parts
     inside = [p for p in parts if not touches_frame(p.box, shape)]
+    if inside and not small:  # marks inside: a missed paper line may tie more of them to the frame
+        cut = sorted((p for p in parts if touches_frame(p.box, shape)), key=lambda p: p.area, reverse=True)
+        inside += [piece for p in cut[:RESCUED] for piece in untied(p, labels)]
     if inside and not small:  # a mark cut by the frame (a desk's edge, a sheet's corner, a neighbour's
         parts = inside  # digit) cannot be read, and is not what the photo is of
     elif not small:  # only marks cut by the frame: a digit the frame crops, unless the mark runs along it
@@ -137,6 +143,27 @@ def candidate_parts(parts: list[Part], labels: np.ndarray, small: bool) -> list[
 
 ALONG_FRAME = 0.4  # a mark touching the frame over this share of its length runs along the frame ...
 ACROSS_FRAME = 0.25  # ... when it is also at most this deep into the frame
+
+
+def untied(part: Part, labels: np.ndarray) -> list[Part]:
+    """The thick pieces of a mark cut by the frame that the frame does not cut once the mark's thin
+    threads are gone: a paper line the line finder missed (bent by the lens, broken up) runs off the
+    sheet and ties the digits it touches to the frame's edge. ``labels`` gets the pieces' labels."""
+    h, w = labels.shape
+    b = part.box
+    window = labels[b.y:b.bottom, b.x:b.right]
+    own = np.isin(window, part.labels)
+    thick = own & ~thin_only(own, max(2, round(THREAD * max(h, w))))
+    pieces, count = label(thick)
+    found, next_label = [], int(labels.max()) + 1
+    for piece in components(pieces, count):
+        box = Box(b.x + piece.box.x, b.y + piece.box.y, piece.box.width, piece.box.height)
+        if touches_frame(box, (h, w)):
+            continue
+        window[pieces == piece.labels[0]] = next_label
+        found.append(Part([next_label], box, piece.area))
+        next_label += 1
+    return found
 
 
 def along_frame(part: Part, labels: np.ndarray) -> bool:

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from serve.image.decode import decode_image, to_rgb
-from serve.image.ink import LUMA, NoDigitFound, ink_map
+from serve.image.ink import LOW_SIDE, LUMA, NoDigitFound, ink_map, paper_colour, shrink
 from serve.image.lines import find_lines, without_lines
 from serve.image.morph import label, runs_at_least
 from serve.image.normalize import MAX_PASSES, normalize_stroke, stroke_width
@@ -302,6 +302,31 @@ def test_a_faint_fat_stroke_beside_a_dark_desk_stays_solid() -> None:
     ink = ink_map(to_rgb(decode_image(rgb_bytes(rgb, "JPEG", quality=90)).image))
     middle = ink[270:680, 325:335]
     assert (middle > 0).mean() > 0.95, (middle > 0).mean()
+
+
+def test_a_faint_fat_stroke_beside_a_black_one_is_not_paper() -> None:
+    # a broad grey felt tip (contrast 0.4) beside a black marker stroke: half the black one's contrast
+    # is above the grey one's, which must still not be taken for paper when the background is
+    # estimated (its outline alone would be ink, and a broken outline is not filled in)
+    rgb = paper(H, W)
+    rgb[250:700, 200:260] *= 0.6
+    rgb[250:700, 500:560] = 0.05
+    low = shrink(rgb, LOW_SIDE)
+    scale = low.shape[0] / H
+    background = paper_colour(low, dark_ink=True)
+    under_grey = background[int(475 * scale), int(230 * scale)]
+    beside = rgb[475, 150]  # the paper left of the grey stroke
+    assert np.abs(under_grey - beside).max() < 0.1, (under_grey, beside)  # the stroke itself is 0.37 darker
+
+
+def test_digits_a_missed_paper_line_ties_to_the_frame_are_found() -> None:
+    ink = np.zeros((800, 1000), np.float32)
+    for left in (300, 500):  # two "0"s 160 px tall, strokes 16 px wide
+        ink[300:460, left:left + 16] = ink[300:460, left + 84:left + 100] = 1.0
+        ink[300:316, left:left + 100] = ink[444:460, left:left + 100] = 1.0
+    ink[380:382, 400:1000] = 0.6  # a line's remains, 2 px thick, from the first 0 through the second off the frame
+    boxes = [g.box for g in find_glyphs(ink)]
+    assert boxes == [Box(300, 300, 100, 160), Box(500, 300, 100, 160)], boxes
 
 
 def test_a_mark_off_the_digits_row_is_not_one_of_them() -> None:
