@@ -226,6 +226,7 @@ def without_strays(reads: list[tuple[DigitRead, bool]], min_confidence: float) -
     return [(r, is_top) for r, is_top in reads if belongs(r, is_top)]
 
 
+HAIRLINE = 0.05  # neighbours this close (of their height) were one mark that a removed paper line cut
 SURE_WHOLE = 0.9  # a wide glyph read as one digit this surely is not cut; its pieces must be this sure
 
 
@@ -247,12 +248,15 @@ def prefer_pieces(whole: tuple[DigitRead, bool], pieces: list[tuple[DigitRead, b
 
 def prefer_joined(joined: tuple[DigitRead, bool], left: tuple[DigitRead, bool], right: tuple[DigitRead, bool],
                   min_confidence: float) -> bool:
-    """Read two close neighbours as one digit only when they are not both sure digits apart and the
-    joined one is a digit, more surely than the weaker of the two."""
+    """Read two close neighbours as one digit only when they are not both sure digits apart (unless a
+    hairline apart: a 4 a removed paper line cut down the middle reads as two sure 1s) and the joined
+    one is a digit, more surely than the weaker of the two."""
     def sureness(read: tuple[DigitRead, bool]) -> float:
         return read[0].probability if read[1] else 0.0
 
-    if min(sureness(left), sureness(right)) >= max(SURE_WHOLE, min_confidence):
+    union = left[0].box.union(right[0].box)
+    hairline = right[0].box.x - left[0].box.right <= HAIRLINE * union.height
+    if min(sureness(left), sureness(right)) >= max(SURE_WHOLE, min_confidence) and not hairline:
         return False
     return joined[1] and joined[0].probability >= min_confidence and \
         joined[0].probability > min(sureness(left), sureness(right))

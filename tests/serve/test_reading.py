@@ -109,10 +109,10 @@ def test_a_cut_with_an_unsure_or_non_digit_piece_is_not_taken() -> None:
     assert letter.not_a_digit
 
 
-def close_pair() -> Page:
-    """Two close glyphs (fields 0 and 1) and the two as one (field 2)."""
-    return Page("j.png", np.zeros((3, 28, 28), np.float32), [Box(0, 0, 20, 60), Box(24, 0, 20, 60), Box(0, 0, 44, 60)],
-                joins={0: 2})
+def close_pair(gap: int = 4) -> Page:
+    """Two close glyphs (fields 0 and 1), ``gap`` px apart, and the two as one (field 2)."""
+    return Page("j.png", np.zeros((3, 28, 28), np.float32),
+                [Box(0, 0, 20, 60), Box(20 + gap, 0, 20, 60), Box(0, 0, 40 + gap, 60)], joins={0: 2})
 
 
 def test_two_halves_of_a_cut_digit_are_read_as_one() -> None:
@@ -123,6 +123,14 @@ def test_two_halves_of_a_cut_digit_are_read_as_one() -> None:
 def test_two_sure_digits_close_together_stay_two() -> None:
     reading = interpret(close_pair(), probs({1: 0.99}, {1: 0.98}, {4: 0.999}), LABELS, REJECT, 0.5)
     assert reading.text == "11"
+
+
+def test_two_sure_halves_a_hairline_apart_are_one_digit_when_it_is_sure() -> None:
+    # a 4 that a removed paper line cut down the middle reads as two sure 1s: 2 px apart, it is one mark
+    reading = interpret(close_pair(gap=2), probs({1: 0.99}, {1: 0.98}, {4: 0.995}), LABELS, REJECT, 0.5)
+    assert reading.text == "4"
+    unsure = interpret(close_pair(gap=2), probs({1: 0.99}, {1: 0.98}, {4: 0.4}), LABELS, REJECT, 0.5)
+    assert unsure.text == "11"
 
 
 def boxed_page(*boxes: Box) -> Page:
