@@ -275,6 +275,9 @@ def test_help_documents_the_options() -> None:
         assert option in result.output, option
     default = next(p.default for p in cli.commands["evaluate"].params if p.name == "per_condition")
     assert default == ev.DEFAULT_PER_CONDITION
+    # the help names every condition, in order (it is written out so that --help does not import numpy)
+    listed = re.search(r"several\):(.*?)\. Default", " ".join(result.output.split())).group(1)
+    assert [c.strip() for c in listed.split(",")] == list(ev.CONDITIONS)
 
 
 def test_bad_model_or_condition_is_one_line(tmp_path: Path) -> None:
