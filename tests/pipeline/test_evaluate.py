@@ -276,8 +276,8 @@ def test_help_documents_the_options() -> None:
     default = next(p.default for p in cli.commands["evaluate"].params if p.name == "per_condition")
     assert default == ev.DEFAULT_PER_CONDITION
     # the help names every condition, in order (it is written out so that --help does not import numpy)
-    listed = re.search(r"several\):(.*?)\. Default", " ".join(result.output.split())).group(1)
-    assert [c.strip() for c in listed.split(",")] == list(ev.CONDITIONS)
+    listed = re.search(r"several\):(.*?)\. Default", " ".join(result.output.split()))
+    assert listed is not None and [c.strip() for c in listed.group(1).split(",")] == list(ev.CONDITIONS)
 
 
 def test_bad_model_or_condition_is_one_line(tmp_path: Path) -> None:
