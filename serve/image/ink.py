@@ -95,13 +95,15 @@ def hue_distance(low: np.ndarray) -> np.ndarray:
 def without_desk(ink: np.ndarray, low_background: np.ndarray) -> np.ndarray:
     """``ink`` without the marks that lie mostly off the sheet: where the background is not the
     paper's hue or not within half to twice its brightness, in a region reaching the frame's edge (a
-    desk around the sheet, whose grain and shadows stand out like ink and can outweigh a thin digit).
-    A mark reaching from the desk onto the sheet (its edge) stays, for the segmentation to drop as
-    cut by the frame; a region off the paper's colour that does not reach the edge (a small sheet on
-    a large desk, which then has the majority colour) is not a desk."""
+    desk around the sheet, whose grain and shadows stand out like ink and can outweigh a thin digit),
+    or within DESK_MARGIN // 2 px of the low copy beside it (the sheet's rim, where the background
+    estimate lags behind the edge). A mark reaching from the desk well onto the sheet stays, for the
+    segmentation to drop as cut by the frame; a region off the paper's colour that does not reach the
+    edge (a small sheet on a large desk, which then has the majority colour) is not a desk."""
     low_desk = desk_of(low_background)
     if not low_desk.any():
         return ink
+    low_desk = box_mean(low_desk.astype(np.float32), DESK_MARGIN // 2) > 0
     h, w = ink.shape
     rows = np.minimum(np.arange(h) * low_desk.shape[0] // h, low_desk.shape[0] - 1)
     cols = np.minimum(np.arange(w) * low_desk.shape[1] // w, low_desk.shape[1] - 1)

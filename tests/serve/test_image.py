@@ -293,6 +293,19 @@ def test_a_faint_digit_beside_a_dark_desk_is_found(digit) -> None:
     assert_one_glyph_on_the_digit(rgb)
 
 
+def test_marks_on_the_sheets_edge_beside_a_desk_are_not_ink(digit) -> None:
+    # the rim of a sheet along a dark desk leaves blobs just inside the sheet, bolder than a pencil
+    # digit's fragments: they are the desk's edge, not marks on the paper
+    sheet = put_ink(paper(H, W), digit * 0.5, TOP, LEFT)
+    rgb = np.ones_like(sheet) * np.array([0.3, 0.2, 0.12], np.float32)
+    rgb[100:, :] = sheet[100:, :]
+    for x in (150, 260, 520):
+        rgb[103:111, x:x + 40] = rgb[0, 0]
+    ink = ink_map(to_rgb(decode_image(rgb_bytes(rgb, "JPEG", quality=90)).image))
+    assert (ink[100:125] > 0).sum() < 100  # of the 3 x 320 px the blobs cover
+    assert ink[TOP:TOP + SIZE, LEFT:LEFT + SIZE].max() > 0.5
+
+
 def test_a_faint_fat_stroke_beside_a_dark_desk_stays_solid() -> None:
     # a broad felt tip of contrast ~0.25: measured against the desk's edge, which stands out far
     # more, its middle would count as paper and only its outline would be ink
