@@ -126,11 +126,11 @@ def candidate_parts(parts: list[Part], labels: np.ndarray, small: bool) -> list[
     shape = labels.shape
     parts = [p for p in parts if not is_line_or_edge(p, shape) and not is_dash(p)] or parts
     inside = [p for p in parts if not touches_frame(p.box, shape)]
-    if inside and not small:  # marks inside: a missed paper line may tie more of them to the frame
-        cut = sorted((p for p in parts if touches_frame(p.box, shape)), key=lambda p: p.area, reverse=True)
-        inside += [piece for p in cut[:RESCUED] for piece in untied(p, labels)]
     if inside and not small:  # a mark cut by the frame (a desk's edge, a sheet's corner, a neighbour's
-        parts = inside  # digit) cannot be read, and is not what the photo is of
+        # digit) cannot be read, and is not what the photo is of; but a missed paper line may tie
+        # more of the marks inside to the frame
+        cut = sorted((p for p in parts if touches_frame(p.box, shape)), key=lambda p: p.area, reverse=True)
+        parts = inside + [piece for p in cut[:RESCUED] for piece in untied(p, labels)]
     elif not small:  # only marks cut by the frame: a digit the frame crops, unless the mark runs along it
         parts = [p for p in parts if not along_frame(p, labels)]
         if not parts:
@@ -147,8 +147,9 @@ ACROSS_FRAME = 0.25  # ... when it is also at most this deep into the frame
 
 def untied(part: Part, labels: np.ndarray) -> list[Part]:
     """The thick pieces of a mark cut by the frame that the frame does not cut once the mark's thin
-    threads are gone: a paper line the line finder missed (bent by the lens, broken up) runs off the
-    sheet and ties the digits it touches to the frame's edge. ``labels`` gets the pieces' labels."""
+    threads (at most THREAD tall: a ruled line's remains) are gone: a paper line the line finder
+    missed (bent by the lens, broken up) runs off the sheet and ties the digits it touches to the
+    frame's edge. ``labels`` gets the pieces' labels."""
     h, w = labels.shape
     b = part.box
     window = labels[b.y:b.bottom, b.x:b.right]
