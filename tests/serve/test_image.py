@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from serve.image.decode import decode_image, to_rgb
-from serve.image.ink import LOW_SIDE, LUMA, NoDigitFound, ink_map, paper_colour, shrink
+from serve.image.ink import LOW_SIDE, LUMA, NoDigitFound, ink_map, off_frame, paper_colour, shrink, two_wide
 from serve.image.lines import find_lines, without_lines
 from serve.image.morph import label, runs_at_least
 from serve.image.normalize import MAX_PASSES, normalize_stroke, stroke_width
@@ -330,6 +330,16 @@ def test_a_faint_fat_stroke_beside_a_black_one_is_not_paper() -> None:
     under_grey = background[int(475 * scale), int(230 * scale)]
     beside = rgb[475, 150]  # the paper left of the grey stroke
     assert np.abs(under_grey - beside).max() < 0.1, (under_grey, beside)  # the stroke itself is 0.37 darker
+
+
+def test_strokes_for_the_background_estimate_are_two_wide_and_not_cut_by_the_frame() -> None:
+    mask = np.zeros((40, 40), bool)
+    mask[5, 3:30] = True  # a paper line, 1 px at the low copy's scale
+    mask[10:30, 10:12] = True  # a stroke 2 px wide
+    mask[20:40, 30:34] = True  # a sheet's edge running off the frame
+    wide = two_wide(mask)
+    assert not wide[5].any() and wide[10:30, 10:12].all()
+    assert off_frame(wide)[10:30, 10:12].all() and not off_frame(wide)[:, 30:34].any()
 
 
 def test_digits_a_missed_paper_line_ties_to_the_frame_are_found() -> None:
