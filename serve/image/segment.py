@@ -3,7 +3,8 @@
 - Specks and dust are judged against the largest mark, not the frame: a component far smaller than
   the main marks is dropped.
 - Long thin marks (paper line remains, shadow rims) are dropped, and so are marks cut by the frame
-  when others are not (a desk or a sheet's edge at the border of a photo).
+  when others are not (a desk or a sheet's edge at the border of a photo); with nothing inside, a
+  mark along the frame or thinly across it (a strip of desk, a sheet's edge) is no digit either.
 - Glyphs much shorter or taller than the tallest solid (not sliver-thin) glyph are dropped: the
   digits of a number stand about alike; and so are glyphs off the row of the glyph with the most ink
   (a number is written on a line).
@@ -132,7 +133,7 @@ def candidate_parts(parts: list[Part], labels: np.ndarray, small: bool) -> list[
         cut = sorted((p for p in parts if touches_frame(p.box, shape)), key=lambda p: p.area, reverse=True)
         parts = inside + [piece for p in cut[:RESCUED] for piece in untied(p, labels)]
     elif not small:  # only marks cut by the frame: a digit the frame crops, unless the mark runs along it
-        parts = [p for p in parts if not along_frame(p, labels)]
+        parts = [p for p in parts if not along_frame(p, labels) and not crosses_frame(p, labels.shape)]
         if not parts:
             return []
     parts = drop_specks(parts)
@@ -143,6 +144,8 @@ def candidate_parts(parts: list[Part], labels: np.ndarray, small: bool) -> list[
 
 ALONG_FRAME = 0.4  # a mark touching the frame over this share of its length runs along the frame ...
 ACROSS_FRAME = 0.25  # ... when it is also at most this deep into the frame
+CROSSING_THICKNESS = 0.04  # a narrow mark from one edge of the frame to the opposite one, on average at most
+# this thick for its length, is an edge or a line across the photo: a 1 cropped that tightly is thicker
 
 
 def untied(part: Part, labels: np.ndarray) -> list[Part]:
@@ -178,6 +181,21 @@ def along_frame(part: Part, labels: np.ndarray) -> bool:
     sides = ((labels[:, 0], b.height, narrow), (labels[:, -1], b.height, narrow),
              (labels[0], b.width, low), (labels[-1], b.width, low))
     return any(shallow and np.isin(edge, ids).sum() >= ALONG_FRAME * length for edge, length, shallow in sides)
+
+
+def crosses_frame(part: Part, shape: tuple[int, int]) -> bool:
+    """Whether ``part`` runs from one edge of the frame to the opposite one, narrow and thin: a
+    sheet's edge or its shadow crossing a photo, not a digit (which the frame would have to crop at
+    both ends, and whose strokes are thicker for their length)."""
+    h, w = shape
+    b = part.box
+    if b.y == 0 and b.bottom >= h:
+        span, narrow = b.height, b.width <= ACROSS_FRAME * w
+    elif b.x == 0 and b.right >= w:
+        span, narrow = b.width, b.height <= ACROSS_FRAME * h
+    else:
+        return False
+    return narrow and part.area / span < CROSSING_THICKNESS * span
 
 
 def digit_groups(parts: list[Part]) -> list[Part]:

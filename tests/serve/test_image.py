@@ -378,6 +378,25 @@ def test_a_strip_along_the_frame_with_nothing_inside_is_no_digit() -> None:
     assert find_glyphs(ink) == []
 
 
+def test_a_thin_mark_across_the_frame_with_nothing_inside_is_no_digit() -> None:
+    # an empty ruled sheet photographed by its edge: the shadow between sheet and desk runs from the
+    # top of the photo to its bottom, 22 px thick on average for 1024 px (it was read as a sure "1")
+    ink = np.zeros((1024, 768), np.float32)
+    for y in range(1024):
+        x = 641 + (y // 128) % 2 * 8  # a ragged edge
+        ink[y, x:x + 22] = 1.0
+    assert find_glyphs(ink) == []
+
+
+def test_a_one_cropped_at_both_ends_is_still_read() -> None:
+    # a tightly cropped 1 touches the top and the bottom of the frame too, but its stroke is thick
+    # for its length (1/8 of it here; MNIST's 1s are thicker still)
+    ink = np.zeros((400, 300), np.float32)
+    ink[:, 140:190] = 1.0
+    glyphs = find_glyphs(ink)
+    assert len(glyphs) == 1 and glyphs[0].box.height == 400
+
+
 def test_a_digit_the_frame_crops_is_still_read() -> None:
     # nothing inside the frame: a "7" cut by the right edge (its bar runs off the frame) and one
     # cut by the bottom edge; the frame crosses their strokes, it does not run along them
