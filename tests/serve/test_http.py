@@ -522,6 +522,53 @@ def test_cors_only_for_the_origins_given(model, client) -> None:
     assert "access-control-allow-origin" not in client.get("/v2", headers={"Origin": "https://app.example"}).headers
 
 
+def test_inference_answered_ahead_of_fastapi_matches_the_routes(model, client, digits) -> None:
+    # inference requests skip FastAPI's middleware stack (serve.server.ServingApp); with CORS on they
+    # take the routes. Both ways give the same answers, refusals and metrics labels.
+    assert client.app.direct_infer is not None
+    origin = {"Origin": "https://app.example"}
+    config = ServerConfig(max_delay_ms=1, cors_origins=("https://app.example",))
+    requests = [("/v2/models/digits/infer", fp32_request(digits[0][:3])),
+                ("/v2/models/digits/versions/1/infer", fp32_request(digits[0][3:4])),
+                ("/v2/models/digits/versions/7/infer", fp32_request(digits[0][3:4])),
+                ("/v2/models/cats/infer", fp32_request(digits[0][3:4])),
+                ("/v2/models/digits/infer", {"inputs": "image"})]
+    with TestClient(create_app(config, model=model)) as routed:
+        assert routed.app.direct_infer is None
+        for path, document in requests:
+            direct, via_routes = client.post(path, json=document), routed.post(path, json=document, headers=origin)
+            assert (direct.status_code, direct.json()) == (via_routes.status_code, via_routes.json()), path
+            assert via_routes.headers["access-control-allow-origin"] == "https://app.example"
+        assert routed.get("/v2/models/digits/infer").status_code == 405
+        metrics = routed.get("/metrics").text
+    assert client.get("/v2/models/digits/infer").status_code == 405  # only POST is answered ahead
+    assert client.post("/v2/models/digits/infer/x", json=requests[0][1]).status_code == 404
+    for text in (metrics, client.get("/metrics").text):
+        assert 'endpoint="/v2/models/{name}/versions/{version}/infer",status="200"' in text
+        assert 'endpoint="/v2/models/{name}/infer",status="404"' in text
+
+
+def test_inference_takes_fastapis_path_while_its_telemetry_is_on(model, digits, monkeypatch) -> None:
+    class Telemetry:  # stands in for FastAPI's OpenTelemetry instrumentation, configured by a user
+        def __init__(self) -> None:
+            self.traced: list[str] = []
+
+        def enabled(self) -> bool:
+            return True
+
+        async def __call__(self, app, scope, receive, send, **_) -> None:
+            self.traced.append(scope["path"])
+            await app(scope, receive, send)
+
+    app = create_app(ServerConfig(max_delay_ms=1), model=model)
+    if not hasattr(app, "_native_telemetry"):
+        pytest.fail("FastAPI no longer has _native_telemetry: check how ServingApp keeps its spans")
+    monkeypatch.setattr(app, "_native_telemetry", Telemetry())
+    with TestClient(app) as traced:
+        assert traced.post("/v2/models/digits/infer", json=fp32_request(digits[0][:1])).status_code == 200
+    assert app._native_telemetry.traced == ["/v2/models/digits/infer"]
+
+
 def test_the_page_is_self_contained(client) -> None:
     page = client.get("/")
     assert page.status_code == 200 and "<canvas" in page.text and "/predict" in page.text
