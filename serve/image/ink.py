@@ -17,13 +17,15 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from serve.image.lines import find_lines, without_lines
-from serve.image.morph import box_mean, label, resize_channels
+from serve.image.morph import LUMA, border, box_mean, label, resize_channels
+from serve.image.sheet import find_sheet, sheet_interior
 
 SMALL_SIDE = 64  # images up to this size: one global background level
 LOW_SIDE = 128  # the background is estimated on a copy this small (longer side)
 MEDIAN_SIDE = 64  # and its first, median estimate on one smaller still
 MEDIAN_FRACTION = 0.25  # median window, as a fraction of the low copy's longer side
 STROKE_REACH = 6  # px of the low copy: a stroke up to twice this wide stands above the paper on both sides
+SHEET_REACH = 8  # px of the low copy: the desk around a sheet takes the colour of the sheet this near
 DESK_MARGIN = 4  # px of the low copy: the band beside a desk where its edge still shows in the contrast
 FLAT_SPREAD = 0.04  # a border whose colour varies less than this (2nd to 98th percentile) is one colour
 POLARITY_SIDE = 512  # the ink's side is judged on a copy at most this large
@@ -38,7 +40,6 @@ DARK_PAPER = 0.3  # a photo whose median grey is below this is light ink on a da
 PAPER_SHARE = 0.3  # a photo in which less than this share of the frame has the paper's colour has no paper
 PAPER_TOLERANCE = 0.05  # ... within this of its median chromaticity (r, g, b over their sum)
 FAINT = 0.5  # paper lines are looked for at this fraction of the ink threshold, where they are unbroken
-LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
 
 NO_INK = "no ink found"
@@ -49,16 +50,52 @@ class NoDigitFound(ValueError):
     """The image has nothing to read: blank, faint noise, or no paper to write on (its message says which)."""
 
 
-def border(gray: np.ndarray) -> np.ndarray:
-    return np.concatenate([gray[0], gray[-1], gray[1:-1, 0], gray[1:-1, -1]])
-
-
 def ink_map(rgb: np.ndarray) -> np.ndarray:
     """float32 [H, W] ink, white on black, strongest strokes near 1, background exactly 0."""
     gray = luminance(rgb)
     if max(gray.shape) <= SMALL_SIDE:
         return global_ink(gray)
     flat = flat_background(rgb)
+    # a sheet lying on a desk is photographed: a one-colour border is a canvas's or a clean scan's
+    sheet = find_sheet(shrink(rgb, LOW_SIDE)) if flat is None else None
+    if sheet is not None:
+        ink = sheet_ink(rgb, sheet)
+        if ink is not None:
+            return ink
+    return frame_ink(rgb, gray, flat)
+
+
+def sheet_ink(rgb: np.ndarray, sheet: np.ndarray) -> np.ndarray | None:
+    """The ink on a ``sheet`` lying on a desk (serve/image/sheet.py; a mask of the low copy): read as
+    if the sheet filled the frame, from the sheet's bounding box with the desk around it painted in
+    the paper's colour. None when there is none (then the whole frame is read as usual)."""
+    h, w = rgb.shape[:2]
+    inner = sheet_interior(sheet)
+    if not inner.any():
+        return None
+    rows = np.minimum(np.arange(h) * inner.shape[0] // h, inner.shape[0] - 1)
+    cols = np.minimum(np.arange(w) * inner.shape[1] // w, inner.shape[1] - 1)
+    ys, xs = np.nonzero(inner[rows].any(axis=1)), np.nonzero(inner[:, cols].any(axis=0))
+    y0, y1, x0, x1 = int(ys[0][0]), int(ys[0][-1]) + 1, int(xs[0][0]), int(xs[0][-1]) + 1
+    on_sheet = inner[rows[y0:y1]][:, cols[x0:x1]]
+    crop = rgb[y0:y1, x0:x1].copy()
+    # the desk painted in the colour of the sheet nearest to it, so no edge is left where they meet
+    low = shrink(rgb, LOW_SIDE)
+    near, weight = paper_mean(low, inner.astype(np.float32), SHEET_REACH)
+    colour = np.where(weight > 1e-3, near, np.median(low[inner], axis=0)).astype(np.float32)
+    crop[~on_sheet] = colour[rows[y0:y1]][:, cols[x0:x1]][~on_sheet]
+    try:
+        crop_ink = frame_ink(crop, luminance(crop), flat_background(crop))
+    except NoDigitFound:
+        return None
+    ink = np.zeros((h, w), np.float32)
+    ink[y0:y1, x0:x1] = np.where(on_sheet, crop_ink, 0.0)
+    return ink
+
+
+def frame_ink(rgb: np.ndarray, gray: np.ndarray, flat: np.ndarray | None) -> np.ndarray:
+    """The ink of a frame that is all paper (or paper and some desk at its edges), whose ``flat``
+    background colour (flat_background) is given."""
     if flat is None:
         return photo_ink(rgb, gray)
     # a canvas or a clean scan: one colour, even under the fattest marker stroke

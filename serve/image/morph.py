@@ -4,6 +4,13 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R BT.601 grey from RGB
+
+
+def border(a: np.ndarray) -> np.ndarray:
+    """The values along the edge of the frame ``a``, each pixel once."""
+    return np.concatenate([a[0], a[-1], a[1:-1, 0], a[1:-1, -1]])
+
 
 def box_mean(a: np.ndarray, radius: int) -> np.ndarray:
     """Mean over the (2r+1)^2 window around each pixel, windows clipped at the edges (integral image)."""

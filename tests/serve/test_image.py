@@ -9,11 +9,12 @@ import pytest
 from PIL import Image
 
 from serve.image.decode import decode_image, to_rgb
-from serve.image.ink import LOW_SIDE, LUMA, NoDigitFound, ink_map, off_frame, paper_colour, shrink, two_wide
+from serve.image.ink import LOW_SIDE, NoDigitFound, ink_map, off_frame, paper_colour, shrink, two_wide
 from serve.image.lines import find_lines, without_lines
-from serve.image.morph import label, runs_at_least
+from serve.image.morph import LUMA, label, runs_at_least
 from serve.image.normalize import MAX_PASSES, normalize_stroke, stroke_width
 from serve.image.segment import Box, find_glyphs
+from serve.image.sheet import find_sheet, smallest_rectangle
 from serve.reading import prepare_page
 from tests.serve.images import number_strokes, paper, put_ink, rgb_bytes, upscale_digit, written
 
@@ -59,6 +60,77 @@ def test_a_sheet_on_a_darker_desk(digit) -> None:
     rgb = np.ones_like(sheet) * np.array([0.35, 0.25, 0.18], np.float32)
     rgb[80:920, 100:720] = sheet[80:920, 100:720]
     assert_one_glyph_on_the_digit(rgb)
+
+
+NOTE = SIZE + 140  # a square note with the digit in it, lying on a desk of DESK px
+DESK = (1500, 1200)
+NOTE_AT = (600, 300)  # the note's top left on the desk (before it is turned about the frame's centre)
+
+
+def note_on_desk(digit: np.ndarray, note_colour: tuple[float, float, float], desk_colour: tuple[float, float, float],
+                 turn: float = 12.0) -> np.ndarray:
+    """A photo of a sticky note lying whole on a desk that is most of the frame: the note (the digit
+    in its middle) turned by ``turn`` degrees, the desk grainy, a little light fall-off."""
+    h, w = DESK
+    note = put_ink(paper(NOTE, NOTE, note_colour), digit, 70, 70)
+    layers = np.zeros((h, w, 4), np.float32)
+    layers[NOTE_AT[0]:NOTE_AT[0] + NOTE, NOTE_AT[1]:NOTE_AT[1] + NOTE] = np.concatenate(
+        [np.ones((NOTE, NOTE, 1), np.float32), note], axis=2)
+    cover, *channels = (np.asarray(Image.fromarray(np.ascontiguousarray(layers[..., c]), "F").rotate(
+        turn, Image.Resampling.BILINEAR), np.float32) for c in range(4))
+    rng = np.random.default_rng(3)
+    desk = paper(h, w, desk_colour, rng) + rng.normal(0, 0.03, (h, w, 1)).astype(np.float32)
+    rgb = desk * (1 - cover[..., None]) + np.stack(channels, axis=2) * cover[..., None]
+    yy, xx = np.mgrid[0:h, 0:w]
+    return rgb * (1 - 0.2 * np.hypot((yy - h / 2) / h, (xx - w / 2) / w))[..., None].astype(np.float32)
+
+
+@pytest.mark.parametrize("note_colour, desk_colour", [((0.98, 0.93, 0.5), (0.12, 0.12, 0.14)),  # yellow on black
+                                                      ((0.95, 0.95, 0.93), (0.45, 0.3, 0.18)),  # white on wood
+                                                      ((0.72, 0.9, 0.98), (0.5, 0.5, 0.48))])  # blue on grey
+def test_a_note_lying_whole_on_a_desk_is_read_as_if_it_filled_the_frame(digit, note_colour, desk_colour) -> None:
+    # the desk is most of the frame: against it, the note was one huge light "stroke" (a dark
+    # desk), or its edges were marks that outweighed the digit
+    rgb = note_on_desk(digit, note_colour, desk_colour)
+    sheet = find_sheet(shrink(rgb, LOW_SIDE))
+    assert sheet is not None
+    assert abs(float(sheet.mean()) - NOTE ** 2 / (DESK[0] * DESK[1])) < 0.03
+    assert not sheet[0].any() and not sheet[-1].any() and not sheet[:, 0].any() and not sheet[:, -1].any()
+    boxes = glyph_boxes(rgb)
+    assert len(boxes) == 1, boxes
+    # the digit, turned with the note about the frame's centre: within the note's own box
+    box = boxes[0]
+    assert NOTE_AT[1] - 60 < box.x and box.right < NOTE_AT[1] + NOTE + 60, box
+    assert NOTE_AT[0] - 60 < box.y and box.bottom < NOTE_AT[0] + NOTE + 60 and box.height > 0.4 * SIZE, box
+
+
+@pytest.mark.parametrize("case", ["light 0 on a dark board", "a band of light on a page", "a page in shadow"])
+def test_what_is_not_a_sheet_on_a_desk(case: str) -> None:
+    rng = np.random.default_rng(5)
+    yy, xx = np.mgrid[0:H, 0:W]
+    if case == "light 0 on a dark board":  # bright, solid, brighter than its surroundings: but an oval
+        rgb = paper(H, W, (0.15, 0.17, 0.15), rng) + rng.normal(0, 0.03, (H, W, 1)).astype(np.float32)
+        ring = np.hypot((yy - 500) / 300, (xx - 400) / 200)
+        rgb[ring < 1.0] = 0.9
+        rgb[ring < 0.55] = 0.15
+    elif case == "a band of light on a page":  # a bright strip, darker page all around it
+        rgb = paper(H, W, rng=rng) * 0.6
+        rgb[100:900, 80:230] /= 0.6
+    else:  # the lit part of a page, cut off by a shadow's edge: it runs off the frame
+        rgb = paper(H, W, rng=rng)
+        rgb[:450] *= 0.55
+    assert find_sheet(shrink(rgb, LOW_SIDE)) is None
+
+
+def test_the_smallest_rectangle_around_a_turned_square_and_an_oval() -> None:
+    turn = np.radians(30)
+    square = np.array([[np.cos(turn + k * np.pi / 2), np.sin(turn + k * np.pi / 2)] for k in range(4)]) * 10
+    area, aspect = smallest_rectangle(square)
+    assert area == pytest.approx(200.0) and aspect == pytest.approx(1.0)  # side 10 * sqrt(2)
+    t = np.linspace(0, 2 * np.pi, 200, endpoint=False)
+    oval = np.stack([30 * np.cos(t), 10 * np.sin(t)], axis=1)
+    area, aspect = smallest_rectangle(oval)
+    assert area == pytest.approx(60 * 20, rel=0.01) and aspect == pytest.approx(3.0, rel=0.01)
 
 
 @pytest.mark.parametrize("desk", ["dark", "wood"])
