@@ -35,7 +35,7 @@ from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageFont, ImageOps
 
 from pipeline.errors import PipelineError
 
-CONDITIONS = ("mnist-28", "canvas", "photo", "ruled", "specks", "colour", "thick-thin", "writers", "small",
+CONDITIONS = ("mnist-28", "canvas", "photo", "note", "ruled", "specks", "colour", "thick-thin", "writers", "small",
               "typeset", "numbers", "not-digits", "big")
 DEFAULT_PER_CONDITION = 100
 BIG_MAX = 3  # 48-megapixel photos are slow to make: at most this many
@@ -46,7 +46,7 @@ BATCH_PAGES = 48
 
 # The goals of the issue, and the conditions each is measured on here.
 GOALS = (
-    ("photographed single digits", ("photo", "ruled", "big"), "accuracy", 0.95),
+    ("photographed single digits", ("photo", "note", "ruled", "big"), "accuracy", 0.95),
     ("handwriting of other writers", ("writers",), "accuracy", 0.95),
     ("typeset digits", ("typeset",), "accuracy", 0.99),
     ("numbers of 2-4 digits, exact", ("numbers",), "accuracy", 0.90),
@@ -923,6 +923,7 @@ class PhotoPlan:
     mark_height: float = 0.3  # as a fraction of the frame's shorter side
     desk: bool | None = None  # None: by chance
     shadow: bool | None = None
+    whole_sheet: bool = False  # the sheet lies whole in the frame, desk all around (a note, a card)
 
 
 def photograph(mark: Mark | None, rng: np.random.Generator, plan: PhotoPlan, max_internal: int = 1800
@@ -937,7 +938,9 @@ def photograph(mark: Mark | None, rng: np.random.Generator, plan: PhotoPlan, max
     W, H = max(16, round(W0 * k)), max(16, round(H0 * k))
     S = min(W, H)
     desk_sides: list[str] = []
-    if plan.desk if plan.desk is not None else rng.random() < 0.35:
+    if plan.whole_sheet:
+        desk_sides = ["left", "right", "top", "bottom"]
+    elif plan.desk if plan.desk is not None else rng.random() < 0.35:
         sides = ["left", "right", "top", "bottom"]
         desk_sides = [sides[int(rng.integers(4))]]
         if rng.random() < 0.4:
@@ -946,7 +949,8 @@ def photograph(mark: Mark | None, rng: np.random.Generator, plan: PhotoPlan, max
             desk_sides.append(other[int(rng.integers(2))])
     edge = {}
     for side, extent in (("left", W), ("right", W), ("top", H), ("bottom", H)):
-        inset = _u(rng, 0.04, 0.18) * extent if side in desk_sides else -_u(rng, 0.06, 0.2) * S
+        inset = _u(rng, *NOTE_INSET if plan.whole_sheet else (0.04, 0.18)) * extent if side in desk_sides \
+            else -_u(rng, 0.06, 0.2) * S
         edge[side] = inset
     quad = np.array([[edge["left"], edge["top"]], [W - edge["right"], edge["top"]],
                      [W - edge["right"], H - edge["bottom"]], [edge["left"], H - edge["bottom"]]], float)
@@ -976,8 +980,11 @@ def photograph(mark: Mark | None, rng: np.random.Generator, plan: PhotoPlan, max
             mw = mh * mark.aspect
             if mw > 0.8 * W:
                 mh, mw = 0.8 * W / mark.aspect, 0.8 * W
-            cx = W / 2 + _u(rng, -0.22, 0.22) * W
-            cy = H / 2 + _u(rng, -0.22, 0.22) * H
+            if plan.whole_sheet:  # somewhere on the sheet, not on the desk
+                cx, cy = _apply_perspective(to_frame, _u(rng, 0.3, 0.7) * ws, _u(rng, 0.3, 0.7) * hs)
+            else:
+                cx = W / 2 + _u(rng, -0.22, 0.22) * W
+                cy = H / 2 + _u(rng, -0.22, 0.22) * H
             sx, sy = _apply_perspective(to_sheet, cx, cy)
             top = _apply_perspective(to_sheet, cx, cy - mh / 2)
             bottom = _apply_perspective(to_sheet, cx, cy + mh / 2)
@@ -1198,6 +1205,22 @@ def make_photo(split: Split, rng: np.random.Generator) -> tuple[bytes, str, str,
     plan = _photo_plan(rng, ink=ink)
     data, ext = _phone_jpeg(photograph(handwriting(digit, label, rng, ink), rng, plan), rng)
     return data, ext, f"{plan.size[0]}x{plan.size[1]}", label
+
+
+NOTE_INSET = (0.12, 0.32)  # the desk between a note (or card) and each side of the frame, of the frame
+NOTE_COLOURS = ((252, 238, 130), (255, 205, 215), (185, 230, 250), (205, 245, 190), (255, 190, 120),
+                (250, 250, 244), (238, 236, 228))  # sticky notes, then white and off-white cards
+
+
+def make_note(split: Split, rng: np.random.Generator) -> tuple[bytes, str, str, str]:
+    """A digit on a sticky note or an index card lying whole on a desk, photographed from above."""
+    digit, label = _digit(split, rng)
+    ink = pick_ink(rng, ("black", "blue", "pencil"))
+    colour = NOTE_COLOURS[int(rng.integers(len(NOTE_COLOURS)))]
+    plan = PhotoPlan(size=_photo_size(rng), paper=Paper(colour=colour), ink=ink, whole_sheet=True,
+                     mark_height=_u(rng, 0.15, 0.35))
+    data, ext = _phone_jpeg(photograph(handwriting(digit, label, rng, ink), rng, plan), rng)
+    return data, ext, "card" if colour in NOTE_COLOURS[-2:] else "sticky-note", label
 
 
 def make_ruled(split: Split, rng: np.random.Generator) -> tuple[bytes, str, str, str]:
@@ -1528,7 +1551,7 @@ def make_big(split: Split, rng: np.random.Generator) -> tuple[bytes, str, str, s
 
 
 MAKERS: dict[str, Callable[[Split, np.random.Generator], tuple[bytes, str, str, str | None]]] = {
-    "mnist-28": make_mnist28, "canvas": make_canvas, "photo": make_photo, "ruled": make_ruled,
+    "mnist-28": make_mnist28, "canvas": make_canvas, "photo": make_photo, "note": make_note, "ruled": make_ruled,
     "specks": make_specks, "colour": make_colour, "thick-thin": make_thick_thin, "writers": make_writers,
     "small": make_small,
     "typeset": make_typeset, "numbers": make_numbers, "not-digits": make_not_digits, "big": make_big,
