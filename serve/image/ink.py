@@ -4,7 +4,9 @@ A canvas export or a clean scan has one background colour, its border's: that co
 background everywhere, however fat the strokes. Paper in a photo is rarely one colour: shadows,
 light fall-off, vignetting and a darker desk around the sheet all change the background across the
 frame, so there the background is estimated locally (a median over neighbourhoods much larger than
-a stroke, then a mean of the pixels that are not ink) and ink is what differs from it. Contrast is
+a stroke, then a mean of the pixels that are not ink) and ink is what differs from it. A sheet lying
+whole on a desk that fills most of the frame (a sticky note, a card) is found first
+(serve/image/sheet.py) and read as if it filled the frame. Contrast is
 taken per colour channel, so blue ink on yellow paper of the same brightness is still ink. Ruled and
 squared paper lines (long, thin, straight) are removed. Small images (28x28 MNIST-form inputs and
 thumbnails) keep the simple global rule, which reproduces MNIST fields exactly.
@@ -18,7 +20,7 @@ from PIL import Image, ImageFilter
 
 from serve.image.lines import find_lines, without_lines
 from serve.image.morph import LUMA, border, box_mean, label, resize_channels
-from serve.image.sheet import find_sheet, sheet_interior
+from serve.image.sheet import eroded, find_sheet, sheet_interior
 
 SMALL_SIDE = 64  # images up to this size: one global background level
 LOW_SIDE = 128  # the background is estimated on a copy this small (longer side)
@@ -26,6 +28,7 @@ MEDIAN_SIDE = 64  # and its first, median estimate on one smaller still
 MEDIAN_FRACTION = 0.25  # median window, as a fraction of the low copy's longer side
 STROKE_REACH = 6  # px of the low copy: a stroke up to twice this wide stands above the paper on both sides
 SHEET_REACH = 8  # px of the low copy: the desk around a sheet takes the colour of the sheet this near
+RIM_BAND = 2  # px of the low copy: the band along a sheet's edge where the edge and the desk's shade show
 DESK_MARGIN = 4  # px of the low copy: the band beside a desk where its edge still shows in the contrast
 FLAT_SPREAD = 0.04  # a border whose colour varies less than this (2nd to 98th percentile) is one colour
 POLARITY_SIDE = 512  # the ink's side is judged on a copy at most this large
@@ -57,18 +60,20 @@ def ink_map(rgb: np.ndarray) -> np.ndarray:
         return global_ink(gray)
     flat = flat_background(rgb)
     # a sheet lying on a desk is photographed: a one-colour border is a canvas's or a clean scan's
-    sheet = find_sheet(shrink(rgb, LOW_SIDE)) if flat is None else None
-    if sheet is not None:
-        ink = sheet_ink(rgb, sheet)
+    if flat is None:
+        low = shrink(rgb, LOW_SIDE)
+        sheet = find_sheet(low)
+        ink = sheet_ink(rgb, low, sheet) if sheet is not None else None
         if ink is not None:
             return ink
     return frame_ink(rgb, gray, flat)
 
 
-def sheet_ink(rgb: np.ndarray, sheet: np.ndarray) -> np.ndarray | None:
-    """The ink on a ``sheet`` lying on a desk (serve/image/sheet.py; a mask of the low copy): read as
-    if the sheet filled the frame, from the sheet's bounding box with the desk around it painted in
-    the paper's colour. None when there is none (then the whole frame is read as usual)."""
+def sheet_ink(rgb: np.ndarray, low: np.ndarray, sheet: np.ndarray) -> np.ndarray | None:
+    """The ink on a ``sheet`` lying on a desk (serve/image/sheet.py; a mask of ``low``, the low copy):
+    read as if the sheet filled the frame, from the sheet's bounding box with the desk around it
+    painted in the paper's colour; marks on the sheet's rim (its edge, the desk's shade beside it) are
+    not ink. None when there is none (then the whole frame is read as usual)."""
     h, w = rgb.shape[:2]
     inner = sheet_interior(sheet)
     if not inner.any():
@@ -77,19 +82,28 @@ def sheet_ink(rgb: np.ndarray, sheet: np.ndarray) -> np.ndarray | None:
     cols = np.minimum(np.arange(w) * inner.shape[1] // w, inner.shape[1] - 1)
     ys, xs = np.nonzero(inner[rows].any(axis=1)), np.nonzero(inner[:, cols].any(axis=0))
     y0, y1, x0, x1 = int(ys[0][0]), int(ys[0][-1]) + 1, int(xs[0][0]), int(xs[0][-1]) + 1
-    on_sheet = inner[rows[y0:y1]][:, cols[x0:x1]]
+    rows, cols = rows[y0:y1], cols[x0:x1]
+    on_sheet = inner[rows][:, cols]
     crop = rgb[y0:y1, x0:x1].copy()
     # the desk painted in the colour of the sheet nearest to it, so no edge is left where they meet
-    low = shrink(rgb, LOW_SIDE)
     near, weight = paper_mean(low, inner.astype(np.float32), SHEET_REACH)
     colour = np.where(weight > 1e-3, near, np.median(low[inner], axis=0)).astype(np.float32)
-    crop[~on_sheet] = colour[rows[y0:y1]][:, cols[x0:x1]][~on_sheet]
+    crop[~on_sheet] = colour[rows][:, cols][~on_sheet]
     try:
-        crop_ink = frame_ink(crop, luminance(crop), flat_background(crop))
+        # a photo still, though its border is now one colour: no canvas rule (which would take the
+        # sheet's lit parts for light ink, against the paint)
+        crop_ink = np.where(on_sheet, photo_ink(crop, luminance(crop)), 0.0)
     except NoDigitFound:
         return None
+    marks, count = label(crop_ink > 0)
+    rim = (inner & ~eroded(inner, RIM_BAND))[rows][:, cols]
+    on_rim = np.bincount(marks[rim], minlength=count + 1) >= 0.5 * np.bincount(marks.ravel(), minlength=count + 1)
+    on_rim[0] = False
+    crop_ink[on_rim[marks]] = 0.0  # marks mostly on the rim: a digit near the edge just touches it
+    if not crop_ink.any():
+        return None
     ink = np.zeros((h, w), np.float32)
-    ink[y0:y1, x0:x1] = np.where(on_sheet, crop_ink, 0.0)
+    ink[y0:y1, x0:x1] = crop_ink
     return ink
 
 

@@ -86,10 +86,15 @@ def ring(mask: np.ndarray, reach: tuple[int, int]) -> np.ndarray:
     return grown[1] & ~grown[0]
 
 
+def chromaticity(low: np.ndarray) -> np.ndarray:
+    """r, g, b over their sum: a colour's hue and saturation, whatever its brightness."""
+    return low / np.maximum(low.sum(axis=2, keepdims=True), 1e-3)
+
+
 def with_its_shade(low: np.ndarray, level: np.ndarray, lit: np.ndarray) -> np.ndarray:
     """``lit`` and the region joined to it of its hue (chromaticity within HUE of its median) and at
     least SHADE of its brightness."""
-    chroma = low / np.maximum(low.sum(axis=2, keepdims=True), 1e-3)
+    chroma = chromaticity(low)
     alike = np.abs(chroma - np.median(chroma[lit], axis=0)).max(axis=2) < HUE
     alike &= level >= SHADE * float(np.median(level[lit]))
     regions, _ = label(opened(alike | lit))
@@ -99,8 +104,7 @@ def with_its_shade(low: np.ndarray, level: np.ndarray, lit: np.ndarray) -> np.nd
 
 def opened(mask: np.ndarray, radius: int = 1) -> np.ndarray:
     """``mask`` opened by a (2r+1)-square: a bright streak of the desk no longer ties to the sheet."""
-    core = box_mean(mask.astype(np.float32), radius) > 1.0 - 1e-6
-    return box_mean(core.astype(np.float32), radius) > 0
+    return box_mean(eroded(mask, radius).astype(np.float32), radius) > 0
 
 
 def pixel_corners(mask: np.ndarray) -> np.ndarray:
@@ -158,7 +162,12 @@ def convex_hull(points: np.ndarray) -> np.ndarray:
 
 def sheet_interior(sheet: np.ndarray) -> np.ndarray:
     """The sheet without its rim (RIM px of the low copy), where its edge against the desk still shows."""
-    return box_mean(sheet.astype(np.float32), RIM) > 1.0 - 1e-6
+    return eroded(sheet, RIM)
+
+
+def eroded(mask: np.ndarray, radius: int) -> np.ndarray:
+    """``mask`` eroded by a (2r+1)-square."""
+    return box_mean(mask.astype(np.float32), radius) > 1.0 - 1e-6
 
 
 def otsu_threshold(level: np.ndarray, bins: int = 64) -> float:

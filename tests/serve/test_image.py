@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from serve.image.decode import decode_image, to_rgb
-from serve.image.ink import LOW_SIDE, NoDigitFound, ink_map, off_frame, paper_colour, shrink, two_wide
+from serve.image.ink import LOW_SIDE, NoDigitFound, ink_map, off_frame, paper_colour, sheet_ink, shrink, two_wide
 from serve.image.lines import find_lines, without_lines
 from serve.image.morph import LUMA, label, runs_at_least
 from serve.image.normalize import MAX_PASSES, normalize_stroke, stroke_width
@@ -68,11 +68,11 @@ NOTE_AT = (600, 300)  # the note's top left on the desk (before it is turned abo
 
 
 def note_on_desk(digit: np.ndarray, note_colour: tuple[float, float, float], desk_colour: tuple[float, float, float],
-                 turn: float = 12.0) -> np.ndarray:
+                 turn: float = 12.0, digit_top: int = 70) -> np.ndarray:
     """A photo of a sticky note lying whole on a desk that is most of the frame: the note (the digit
-    in its middle) turned by ``turn`` degrees, the desk grainy, a little light fall-off."""
+    ``digit_top`` px from its top) turned by ``turn`` degrees, the desk grainy, a little light fall-off."""
     h, w = DESK
-    note = put_ink(paper(NOTE, NOTE, note_colour), digit, 70, 70)
+    note = put_ink(paper(NOTE, NOTE, note_colour), digit, digit_top, 70)
     layers = np.zeros((h, w, 4), np.float32)
     layers[NOTE_AT[0]:NOTE_AT[0] + NOTE, NOTE_AT[1]:NOTE_AT[1] + NOTE] = np.concatenate(
         [np.ones((NOTE, NOTE, 1), np.float32), note], axis=2)
@@ -102,6 +102,27 @@ def test_a_note_lying_whole_on_a_desk_is_read_as_if_it_filled_the_frame(digit, n
     box = boxes[0]
     assert NOTE_AT[1] - 60 < box.x and box.right < NOTE_AT[1] + NOTE + 60, box
     assert NOTE_AT[0] - 60 < box.y and box.bottom < NOTE_AT[0] + NOTE + 60 and box.height > 0.4 * SIZE, box
+
+
+def test_marks_along_a_notes_edge_are_not_ink_and_a_digit_near_it_is(digit) -> None:
+    # the desk's shade along a note's edge, or the edge itself, leaves a sliver of "ink" on the
+    # sheet's rim (beside a 4, it was read as 14); a digit written near the edge reaches into that
+    # band, but mostly lies inside it
+    h, w = 1280, 1024  # the low copy is 128 x 102: 10 px of it a pixel of the low copy
+    sheet = np.zeros((128, 102), bool)
+    sheet[30:100, 20:80] = True  # the note, in the low copy; its interior starts 2 px in
+    sheet[90:100, 10:20] = True  # a corner further out (a turned note): the crop reaches past the rim
+    rgb = paper(h, w, (0.12, 0.12, 0.14))
+    rgb[300:1000, 200:800] = paper(700, 600, (0.98, 0.93, 0.5))
+    rgb[900:1000, 100:200] = paper(100, 100, (0.98, 0.93, 0.5))
+    rgb[450:750, 222:234] *= 0.3  # the sliver, in the interior's outermost 2 px (220-240)
+    ink_top = int(np.flatnonzero(digit.max(axis=1) > 0.5)[0])
+    put_ink(rgb, digit[ink_top:], 330, 350)  # the digit's top in the band along the top (320-340)
+    ink = sheet_ink(rgb, shrink(rgb, LOW_SIDE), sheet)
+    assert ink is not None
+    glyphs = find_glyphs(ink)
+    assert len(glyphs) == 1 and glyphs[0].box.x > 300 and glyphs[0].box.height > 0.4 * SIZE, \
+        [g.box for g in glyphs]
 
 
 @pytest.mark.parametrize("case", ["light 0 on a dark board", "a band of light on a page", "a page in shadow"])
