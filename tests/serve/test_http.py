@@ -23,7 +23,7 @@ from PIL import Image
 import serve.server
 from serve.protocol import HEADER_LENGTH
 from serve.model import DigitModel
-from serve.server import CONFIG_ENV, ServerConfig, create_app
+from serve.server import CONFIG_ENV, ServerConfig, ServingApp, create_app
 from tests.serve.conftest import start_server
 from tests.serve.images import encode, number_strokes, written
 
@@ -525,7 +525,7 @@ def test_cors_only_for_the_origins_given(model, client) -> None:
 def test_inference_answered_ahead_of_fastapi_matches_the_routes(model, client, digits) -> None:
     # inference requests skip FastAPI's middleware stack (serve.server.ServingApp); with CORS on they
     # take the routes. Both ways give the same answers, refusals and metrics labels.
-    assert client.app.direct_infer is not None
+    assert cast(ServingApp, client.app).direct_infer is not None
     origin = {"Origin": "https://app.example"}
     config = ServerConfig(max_delay_ms=1, cors_origins=("https://app.example",))
     requests = [("/v2/models/digits/infer", fp32_request(digits[0][:3])),
@@ -533,8 +533,9 @@ def test_inference_answered_ahead_of_fastapi_matches_the_routes(model, client, d
                 ("/v2/models/digits/versions/7/infer", fp32_request(digits[0][3:4])),
                 ("/v2/models/cats/infer", fp32_request(digits[0][3:4])),
                 ("/v2/models/digits/infer", {"inputs": "image"})]
-    with TestClient(create_app(config, model=model)) as routed:
-        assert routed.app.direct_infer is None
+    routed_app = create_app(config, model=model)
+    with TestClient(routed_app) as routed:
+        assert routed_app.direct_infer is None
         for path, document in requests:
             direct, via_routes = client.post(path, json=document), routed.post(path, json=document, headers=origin)
             assert (direct.status_code, direct.json()) == (via_routes.status_code, via_routes.json()), path
@@ -563,10 +564,11 @@ def test_inference_takes_fastapis_path_while_its_telemetry_is_on(model, digits, 
     app = create_app(ServerConfig(max_delay_ms=1), model=model)
     if not hasattr(app, "_native_telemetry"):
         pytest.fail("FastAPI no longer has _native_telemetry: check how ServingApp keeps its spans")
-    monkeypatch.setattr(app, "_native_telemetry", Telemetry())
+    telemetry = Telemetry()
+    monkeypatch.setattr(app, "_native_telemetry", telemetry)
     with TestClient(app) as traced:
         assert traced.post("/v2/models/digits/infer", json=fp32_request(digits[0][:1])).status_code == 200
-    assert app._native_telemetry.traced == ["/v2/models/digits/infer"]
+    assert telemetry.traced == ["/v2/models/digits/infer"]
 
 
 def test_the_page_is_self_contained(client) -> None:
