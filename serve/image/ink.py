@@ -73,7 +73,8 @@ def sheet_ink(rgb: np.ndarray, low: np.ndarray, sheet: np.ndarray) -> np.ndarray
     """The ink on a ``sheet`` lying on a desk (serve/image/sheet.py; a mask of ``low``, the low copy):
     read as if the sheet filled the frame, from the sheet's bounding box with the desk around it
     painted in the paper's colour; marks on the sheet's rim (its edge, the desk's shade beside it) are
-    not ink. None when there is none (then the whole frame is read as usual)."""
+    not ink. NoDigitFound for a blank sheet (a blank note is no digit, whatever the desk around it
+    holds); None when the sheet is too small to have an inside (then the frame is read as usual)."""
     h, w = rgb.shape[:2]
     inner = sheet_interior(sheet)
     if not inner.any():
@@ -89,19 +90,16 @@ def sheet_ink(rgb: np.ndarray, low: np.ndarray, sheet: np.ndarray) -> np.ndarray
     near, weight = paper_mean(low, inner.astype(np.float32), SHEET_REACH)
     colour = np.where(weight > 1e-3, near, np.median(low[inner], axis=0)).astype(np.float32)
     crop[~on_sheet] = colour[rows][:, cols][~on_sheet]
-    try:
-        # a photo still, though its border is now one colour: no canvas rule (which would take the
-        # sheet's lit parts for light ink, against the paint)
-        crop_ink = np.where(on_sheet, photo_ink(crop, luminance(crop)), 0.0)
-    except NoDigitFound:
-        return None
+    # a photo still, though its border is now one colour: no canvas rule (which would take the
+    # sheet's lit parts for light ink, against the paint); a blank note raises NoDigitFound
+    crop_ink = np.where(on_sheet, photo_ink(crop, luminance(crop)), 0.0)
     marks, count = label(crop_ink > 0)
     rim = (inner & ~eroded(inner, RIM_BAND))[rows][:, cols]
     on_rim = np.bincount(marks[rim], minlength=count + 1) >= 0.5 * np.bincount(marks.ravel(), minlength=count + 1)
     on_rim[0] = False
     crop_ink[on_rim[marks]] = 0.0  # marks mostly on the rim: a digit near the edge just touches it
     if not crop_ink.any():
-        return None
+        raise NoDigitFound(NO_INK)
     ink = np.zeros((h, w), np.float32)
     ink[y0:y1, x0:x1] = crop_ink
     return ink

@@ -104,6 +104,14 @@ def test_a_note_lying_whole_on_a_desk_is_read_as_if_it_filled_the_frame(digit, n
     assert NOTE_AT[0] - 60 < box.y and box.bottom < NOTE_AT[0] + NOTE + 60 and box.height > 0.4 * SIZE, box
 
 
+def test_a_blank_note_on_a_desk_has_no_ink(digit) -> None:
+    # read as a whole frame, the note itself stands out from a dark desk like a huge stroke
+    rgb = note_on_desk(np.zeros_like(digit), (0.98, 0.93, 0.5), (0.12, 0.12, 0.14))
+    assert find_sheet(shrink(rgb, LOW_SIDE)) is not None
+    with pytest.raises(NoDigitFound, match="no ink found"):
+        ink_map(rgb)
+
+
 def test_marks_along_a_notes_edge_are_not_ink_and_a_digit_near_it_is(digit) -> None:
     # the desk's shade along a note's edge, or the edge itself, leaves a sliver of "ink" on the
     # sheet's rim (beside a 4, it was read as 14); a digit written near the edge reaches into that
