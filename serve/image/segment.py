@@ -49,6 +49,7 @@ ROW_OVERLAP = 0.5  # a digit shares at least this much of its height with the ma
 MAX_PARTS = 64  # bounds the work on noisy images
 THREAD = 0.004  # what a missed paper line leaves is at most this thick (of the frame's longer side, >= 2 px) ...
 RESCUED = 4  # ... in the largest marks cut by the frame, which are looked at for digits it ties to the edge
+TINY = 0.015  # of the frame's longer side: no digit is smaller (thumbnails have small frames: SMALL_FRAME)
 SMALL_FRAME = 64  # frames up to this size (MNIST-form inputs, thumbnails) keep marks that touch the edge
 
 
@@ -103,6 +104,10 @@ def find_glyphs(ink: np.ndarray) -> list[Glyph]:
     if not parts:
         return []
     groups = digit_groups(parts)
+    if not small:  # a mark far smaller than any digit in a photo is dust, however alone it is
+        groups = [g for g in groups if max(g.box.height, g.box.width) >= TINY * max(ink.shape)]
+        if not groups:
+            return []
     median_height = sorted(g.box.height for g in groups)[len(groups) // 2]
     glyphs = []
     for group in groups:
@@ -133,7 +138,8 @@ def candidate_parts(parts: list[Part], labels: np.ndarray, small: bool) -> list[
         cut = sorted((p for p in parts if touches_frame(p.box, shape)), key=lambda p: p.area, reverse=True)
         parts = inside + [piece for p in cut[:RESCUED] for piece in untied(p, labels)]
     elif not small:  # only marks cut by the frame: a digit the frame crops, unless the mark runs along it
-        parts = [p for p in parts if not along_frame(p, labels) and not crosses_frame(p, labels.shape)]
+        parts = [p for p in parts if not along_frame(p, labels) and not crosses_frame(p, labels.shape)
+                 and not hairline(p)]
         if not parts:
             return []
     parts = drop_specks(parts)
@@ -144,6 +150,7 @@ def candidate_parts(parts: list[Part], labels: np.ndarray, small: bool) -> list[
 
 ALONG_FRAME = 0.4  # a mark touching the frame over this share of its length runs along the frame ...
 ACROSS_FRAME = 0.25  # ... when it is also at most this deep into the frame
+HAIRLINE = 0.012  # with nothing inside the frame, a mark it cuts this thin for its length is a paper line's remains
 CROSSING_THICKNESS = 0.04  # a narrow mark from one edge of the frame to the opposite one, on average at most
 # this thick for its length, is an edge or a line across the photo: a 1 cropped that tightly is thicker
 
@@ -196,6 +203,13 @@ def crosses_frame(part: Part, shape: tuple[int, int]) -> bool:
     else:
         return False
     return narrow and part.area / span < CROSSING_THICKNESS * span
+
+
+def hairline(part: Part) -> bool:
+    """Whether ``part`` is on average thinner than HAIRLINE of its length: what a paper line the line
+    finder missed leaves, where the frame cuts it (a digit's stroke is thicker for its length)."""
+    length = float(np.hypot(part.box.width, part.box.height))
+    return part.area / length < HAIRLINE * length
 
 
 def digit_groups(parts: list[Part]) -> list[Part]:

@@ -489,6 +489,32 @@ def test_a_thin_mark_across_the_frame_with_nothing_inside_is_no_digit() -> None:
     assert find_glyphs(ink) == []
 
 
+def test_a_hairline_the_frame_cuts_with_nothing_inside_is_no_digit() -> None:
+    # what the line finder left of a tilted red margin line: 2 px thin, 387 px long, from the top
+    # edge (it was read as a sure "1"); a pen's 1 the frame cuts is thicker for its length
+    ink = np.zeros((1024, 768), np.float32)
+    for y in range(387):
+        x = 40 - y * 40 // 387
+        ink[y, x:x + 2] = 1.0
+    assert find_glyphs(ink) == []
+    ink[:, :60] = 0.0
+    ink[:387, 300:312] = 1.0  # 12 px for 387: 3% of its length
+    assert len(find_glyphs(ink)) == 1
+
+
+def test_a_speck_far_smaller_than_any_digit_is_no_digit_even_alone() -> None:
+    # an 8-px speck on an empty 1024-px photo of squared paper was read as a "1"; thumbnails
+    # (frames up to 64 px) keep their small marks
+    ink = np.zeros((1024, 768), np.float32)
+    ink[500:508, 300:301] = 1.0
+    assert find_glyphs(ink) == []
+    ink[500:525, 300:304] = 1.0  # 25 px: a small digit, 2.4% of the frame
+    assert len(find_glyphs(ink)) == 1
+    thumbnail = np.zeros((48, 48), np.float32)
+    thumbnail[20:28, 24:25] = 1.0
+    assert len(find_glyphs(thumbnail)) == 1
+
+
 def test_a_one_cropped_at_both_ends_is_still_read() -> None:
     # a tightly cropped 1 touches the top and the bottom of the frame too, but its stroke is thick
     # for its length (1/8 of it here; MNIST's 1s are thicker still)
