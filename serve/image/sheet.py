@@ -5,9 +5,8 @@ and the sheet itself stands out from it as one huge "stroke" (a light sheet on a
 edges cut the digit off from the frame. So the sheet is looked for first, on the low copy: the
 largest bright region, taken with all it encloses (its convex hull: ink, a shadow's bite), that is
 of a sheet's size and shape (a quadrilateral, seen in perspective), mostly paper, clearly brighter
-than what surrounds it, and inside the frame. A sheet running off
-the frame on more sides (the usual photo of a page, a desk at one or two edges) is left to the
-general rule, which handles it.
+than what surrounds it across a sharp edge, and inside the frame. A sheet running off the frame (the
+usual photo of a page, a desk at one or two edges) is left to the general rule, which handles it.
 """
 from __future__ import annotations
 
