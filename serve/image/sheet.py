@@ -17,8 +17,11 @@ from serve.image.morph import LUMA, border, box_mean, label
 
 SHEET_AREA = (0.03, 0.9)  # of the frame, the sheet with its ink
 ON_FRAME = 0.02  # the sheet touches at most this share of the frame's border (a corner cut off) ...
+ON_ONE_SIDE = 0.3  # ... or, on a far darker desk, this much (it runs off one side of the frame) ...
+DARK_DESK = 0.55  # ... "far darker": at most this fraction of the sheet's brightness
 RECTANGLE_FILL = 0.88  # ... its convex hull fills this much of the smallest rectangle around it, at any
 # angle (a sheet in perspective does; an ellipse fills pi/4 = 0.79: a fat light 0 on a dark canvas is no sheet) ...
+CUT_RECTANGLE_FILL = 0.84  # ... (0.84 for one the frame cuts: a turned quadrilateral cut off is a pentagon) ...
 ASPECT = 3.0  # ... is at most this elongated (a bright band of light on a page is a strip) ...
 PAPER_FILL = 0.7  # ... and is at least this much paper, the rest its ink and shadows ...
 STEP = 0.12  # ... and is brighter than the desk by at least this much (grey levels, 0-1)
@@ -62,14 +65,21 @@ def sheet_above(low: np.ndarray, level: np.ndarray, threshold: float) -> np.ndar
 
 
 def is_sheet(level: np.ndarray, paper: np.ndarray, sheet: np.ndarray, hull: np.ndarray) -> bool:
-    """Whether ``paper`` in its convex ``hull`` (``sheet``, as a mask) looks like a sheet on a desk."""
-    if not SHEET_AREA[0] <= float(sheet.mean()) <= SHEET_AREA[1] or float(border(sheet).mean()) > ON_FRAME:
+    """Whether ``paper`` in its convex ``hull`` (``sheet``, as a mask) looks like a sheet on a desk. It
+    may run off one side of the frame when the desk is far darker: the lit part of a page half in
+    shadow runs off the frame too, but a shadow takes less than half the light (its hue is no guide:
+    a shadow on coloured paper shifts it)."""
+    on_frame = float(border(sheet).mean())
+    if not SHEET_AREA[0] <= float(sheet.mean()) <= SHEET_AREA[1] or on_frame > ON_ONE_SIDE:
+        return False
+    inside, outside = float(np.median(level[paper])), float(np.median(level[~sheet]))
+    if on_frame > ON_FRAME and outside > DARK_DESK * inside:
         return False
     rectangle, aspect = smallest_rectangle(hull)
-    if polygon_area(hull) < RECTANGLE_FILL * rectangle or aspect > ASPECT or paper.sum() < PAPER_FILL * sheet.sum():
+    fill = RECTANGLE_FILL if on_frame <= ON_FRAME else CUT_RECTANGLE_FILL
+    if polygon_area(hull) < fill * rectangle or aspect > ASPECT or paper.sum() < PAPER_FILL * sheet.sum():
         return False
-    inside = float(np.median(level[paper]))
-    if inside - float(np.median(level[~sheet])) < STEP:
+    if inside - outside < STEP:
         return False
     # a sheet's edge is sharp: a little way out the desk is as dark as further out; the edge of the
     # light on a page (a shadow's, a bright band's) is a gradual step, still half lit there

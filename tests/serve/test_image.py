@@ -133,7 +133,17 @@ def test_marks_along_a_notes_edge_are_not_ink_and_a_digit_near_it_is(digit) -> N
         [g.box for g in glyphs]
 
 
-@pytest.mark.parametrize("case", ["light 0 on a dark board", "a band of light on a page", "a page in shadow"])
+def test_a_note_running_off_one_side_of_the_frame_on_a_dark_desk_is_read(digit) -> None:
+    # held over a note, the phone cuts off its bottom: desk on three sides, most of the frame
+    rgb = note_on_desk(digit, (0.95, 0.95, 0.93), (0.12, 0.12, 0.14), turn=8.0)[:NOTE_AT[0] + NOTE - 80]
+    sheet = find_sheet(shrink(rgb, LOW_SIDE))
+    assert sheet is not None and sheet[-1].any() and not sheet[0].any()
+    boxes = glyph_boxes(rgb)
+    assert len(boxes) == 1 and boxes[0].height > 0.4 * SIZE, boxes
+
+
+@pytest.mark.parametrize("case", ["light 0 on a dark board", "a band of light on a page", "a page in shadow",
+                                  "the lit part of a page, off one side"])
 def test_what_is_not_a_sheet_on_a_desk(case: str) -> None:
     rng = np.random.default_rng(5)
     yy, xx = np.mgrid[0:H, 0:W]
@@ -145,9 +155,12 @@ def test_what_is_not_a_sheet_on_a_desk(case: str) -> None:
     elif case == "a band of light on a page":  # a bright strip, darker page all around it
         rgb = paper(H, W, rng=rng) * 0.6
         rgb[100:900, 80:230] /= 0.6
-    else:  # the lit part of a page, cut off by a shadow's edge: it runs off the frame
+    elif case == "a page in shadow":  # the lit part of a page, cut off by a shadow's edge: it runs off the frame
         rgb = paper(H, W, rng=rng)
         rgb[:450] *= 0.55
+    else:  # lit through a window: a bright patch running off the bottom, the rest of the page in shade
+        rgb = paper(H, W, rng=rng) * 0.6
+        rgb[500:, 200:600] /= 0.6
     assert find_sheet(shrink(rgb, LOW_SIDE)) is None
 
 
