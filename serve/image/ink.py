@@ -79,8 +79,7 @@ def sheet_ink(rgb: np.ndarray, low: np.ndarray, sheet: np.ndarray) -> np.ndarray
     inner = sheet_interior(sheet)
     if not inner.any():
         return None
-    rows = np.minimum(np.arange(h) * inner.shape[0] // h, inner.shape[0] - 1)
-    cols = np.minimum(np.arange(w) * inner.shape[1] // w, inner.shape[1] - 1)
+    rows, cols = low_pixel_of(inner.shape, (h, w))
     ys, xs = np.nonzero(inner[rows].any(axis=1)), np.nonzero(inner[:, cols].any(axis=0))
     y0, y1, x0, x1 = int(ys[0][0]), int(ys[0][-1]) + 1, int(xs[0][0]), int(xs[0][-1]) + 1
     rows, cols = rows[y0:y1], cols[x0:x1]
@@ -103,6 +102,13 @@ def sheet_ink(rgb: np.ndarray, low: np.ndarray, sheet: np.ndarray) -> np.ndarray
     ink = np.zeros((h, w), np.float32)
     ink[y0:y1, x0:x1] = crop_ink
     return ink
+
+
+def low_pixel_of(low_shape: tuple[int, ...], shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """For each row and each column of a frame of ``shape``, the row and column of its copy of
+    ``low_shape`` it falls in: ``low[rows][:, cols]`` is the low copy at the frame's size."""
+    (h, w), (low_h, low_w) = shape, low_shape[:2]
+    return (np.minimum(np.arange(h) * low_h // h, low_h - 1), np.minimum(np.arange(w) * low_w // w, low_w - 1))
 
 
 def frame_ink(rgb: np.ndarray, gray: np.ndarray, flat: np.ndarray | None) -> np.ndarray:
@@ -154,8 +160,7 @@ def without_desk(ink: np.ndarray, low_background: np.ndarray) -> np.ndarray:
         return ink
     low_desk = box_mean(low_desk.astype(np.float32), DESK_MARGIN // 2) > 0
     h, w = ink.shape
-    rows = np.minimum(np.arange(h) * low_desk.shape[0] // h, low_desk.shape[0] - 1)
-    cols = np.minimum(np.arange(w) * low_desk.shape[1] // w, low_desk.shape[1] - 1)
+    rows, cols = low_pixel_of(low_desk.shape, (h, w))
     desk = low_desk[rows][:, cols]
     marks, n = label(ink > 0)
     on_desk = np.bincount(marks[desk], minlength=n + 1) >= 0.5 * np.bincount(marks.ravel(), minlength=n + 1)
