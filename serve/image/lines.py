@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from serve.image.morph import runs_at_least
+from serve.image.morph import label, runs_at_least
 
 SPAN = 0.5  # a line covers at least this fraction of the frame
 GAP_FILL = 0.7  # of every window along it (faint lines break up in the threshold)
 TILTS_DEG = tuple(t / 2 for t in range(-16, 17))  # half-degree steps: a thin line missed by one degree breaks up
 THIN = 0.012  # a line is at most this thick (fraction of the frame's longer side, plus 2 px)
+WALL_LENGTH, WALL_LEAN = 3, 0.3  # a box's wall is at least this many line widths long, leaning at most this much,
+WALL_WIDTH = 2.0  # and at most this many times as thick as the lines on average,
+WALL_BEND, WALL_BEND_PX = 0.03, 1.5  # and straight: no row's centre further than this (of its length, or px)
+# from a straight line
 
 
 def find_lines(faint: np.ndarray) -> tuple[np.ndarray, int]:
@@ -25,7 +29,9 @@ def find_lines(faint: np.ndarray) -> tuple[np.ndarray, int]:
     blocks = faint[:h - h % factor, :w - w % factor].reshape(h // factor, factor, w // factor, factor)
     small = np.any(blocks, axis=(1, 3))
     thickness = int(THIN * max(small.shape)) + 2
-    found = horizontal_lines(small, thickness) | horizontal_lines(small.T, thickness).T
+    rules = horizontal_lines(small, thickness)
+    found = rules | horizontal_lines(small.T, thickness).T
+    found |= walls(small & ~found, rules, thickness)
     lines = np.zeros_like(faint)
     if found.any():
         lines[:h - h % factor, :w - w % factor] = np.repeat(np.repeat(found, factor, axis=0), factor, axis=1)
@@ -79,6 +85,66 @@ def horizontal_lines(mask: np.ndarray, thickness: int) -> np.ndarray:
         found[src[ys, xs], xs] = True
     # bridge the gaps where thick strokes or other lines cross (set aside above)
     return found | (mask & near(found, 1, 1, thickness) & near(found, 1, -1, thickness))
+
+
+def walls(rest: np.ndarray, rules: np.ndarray, thickness: int) -> np.ndarray:
+    """Thin, straight, nearly upright marks in ``rest`` that run from one found line (``rules``) down to
+    another, no thicker than the lines, two or more of them: the walls of a form's boxes or a table's
+    dividers, too short to be found as lines themselves. A digit's stroke between two lines is thicker
+    than the print, bends, or stands alone."""
+    found = np.zeros_like(rest)
+    if not rules.any():
+        return found
+    starts = rules.copy()
+    starts[1:] &= ~rules[:-1]
+    widest = max(2.0, WALL_WIDTH * rules.sum() / starts.sum())  # the lines' own thickness, and a little more
+    labels, count = label(rest)
+    parts = components_of(labels, count)
+    candidates = [k for k, (top, bottom, left, right, area) in parts.items()
+                  if bottom - top + 1 >= WALL_LENGTH * thickness and area <= widest * (bottom - top + 1)
+                  and right - left + 1 <= thickness + (bottom - top + 1) * WALL_LEAN
+                  and between_lines(rules, top, bottom, left, right, thickness)]
+    walls_found = [k for k in candidates if straight(labels == k, thickness)]
+    if len(walls_found) >= 2:
+        found = np.isin(labels, walls_found)
+    return found
+
+
+def components_of(labels: np.ndarray, count: int) -> dict[int, tuple[int, int, int, int, int]]:
+    """Each label's (top, bottom, left, right, area)."""
+    ys, xs = np.nonzero(labels)
+    own = labels[ys, xs]
+    top, bottom = np.full(count + 1, labels.shape[0]), np.zeros(count + 1, np.int64)
+    np.minimum.at(top, own, ys)
+    np.maximum.at(bottom, own, ys)
+    left, right = np.full(count + 1, labels.shape[1]), np.zeros(count + 1, np.int64)
+    np.minimum.at(left, own, xs)
+    np.maximum.at(right, own, xs)
+    area = np.bincount(own, minlength=count + 1)
+    return {k: (int(top[k]), int(bottom[k]), int(left[k]), int(right[k]), int(area[k])) for k in range(1, count + 1)}
+
+
+def between_lines(rules: np.ndarray, top: int, bottom: int, left: int, right: int, thickness: int) -> bool:
+    """Whether a line passes near both ends of the mark (at a corner, level with the end; and a line
+    may stop a little short of the corner)."""
+    columns = slice(max(0, left - thickness), right + 1 + thickness)
+    return all(rules[max(0, end - thickness):end + thickness + 1, columns].any() for end in (top, bottom))
+
+
+def straight(mask: np.ndarray, ends: int = 0) -> bool:
+    """Whether the mark's row centres keep to a straight line (least squares, leaving out ``ends`` rows
+    at each end, where what is left of the lines' rims joins a box's corner): print does, a pen's
+    stroke bends."""
+    ys, xs = np.nonzero(mask)
+    rows = np.bincount(ys - ys.min())
+    centres = np.bincount(ys - ys.min(), weights=xs) / np.maximum(rows, 1)
+    y = np.flatnonzero(rows > 0)
+    ends = min(ends, len(rows) // 5)
+    y = y[(y >= ends) & (y < len(rows) - ends)]
+    if len(y) < 3:
+        return False
+    fit = np.polyval(np.polyfit(y, centres[y], 1), y)
+    return float(np.abs(centres[y] - fit).max()) <= max(WALL_BEND_PX, WALL_BEND * len(rows))
 
 
 def may_hold_a_line(sheared_rows: np.ndarray, h: int, least: int) -> bool:

@@ -51,6 +51,10 @@ THREAD = 0.004  # what a missed paper line leaves is at most this thick (of the 
 RESCUED = 4  # ... in the largest marks cut by the frame, which are looked at for digits it ties to the edge
 TINY = 0.015  # of the frame's longer side: no digit is smaller (thumbnails have small frames: SMALL_FRAME)
 SMALL_FRAME = 64  # frames up to this size (MNIST-form inputs, thumbnails) keep marks that touch the edge
+BLOB_FILL, BLOB_ASPECT = 0.6, 1.6  # a mark with no hole filling this much of its box, at most this far from
+# square, is a blob (a punched hole, a stain, a pen's blot), not strokes: a digit's strokes fill far less
+FRAMED = 0.35  # a mark inside another's box, at least this tall (of the other), and surrounded by it ...
+RAYS, OPEN_RAYS = 16, 3  # ... (met by all but this many of this many rays from its centre) is what a box or ring frames
 
 
 @dataclass(frozen=True)
@@ -143,6 +147,9 @@ def candidate_parts(parts: list[Part], labels: np.ndarray, small: bool) -> list[
         if not parts:
             return []
     parts = drop_specks(parts)
+    if not small:
+        parts = [p for p in parts if not is_blob(p, labels) or within_another(p, parts)] or parts
+        parts = without_frames(parts, labels)
     if len(parts) > MAX_PARTS:  # noise or texture: the largest marks are the only candidates worth the time
         parts = sorted(parts, key=lambda p: p.area, reverse=True)[:MAX_PARTS]
     return parts
@@ -304,6 +311,65 @@ def drop_specks(parts: list[Part]) -> list[Part]:
     shapes = sorted(big, key=lambda p: p.area, reverse=True)[:SHAPES]
     kept = {id(p) for p in big}
     return [p for p in parts if id(p) in kept or any(inside(p.box, s.box) for s in shapes)]
+
+
+def own_mask(part: Part, labels: np.ndarray) -> np.ndarray:
+    b = part.box
+    return np.isin(labels[b.y:b.bottom, b.x:b.right], part.labels)
+
+
+def holes(mask: np.ndarray) -> np.ndarray:
+    """The background pixels of ``mask`` that are enclosed by it (not connected to its box's edge)."""
+    padded = np.pad(~mask, 1, constant_values=True)
+    background, _ = label(padded)  # 8-connected: a loop closed only at a diagonal step counts as open
+    outside = background == background[0, 0]
+    return ~outside[1:-1, 1:-1] & ~mask
+
+
+def is_blob(part: Part, labels: np.ndarray) -> bool:
+    """A filled, roughly round or square mark with no hole: a punched hole showing the desk, a stain,
+    a blot. A digit's strokes are thin for its size; a heavy 0 or 8 keeps its holes. (Inside another
+    mark a blob stays: a smiley's eyes.)"""
+    b = part.box
+    if not 1 / BLOB_ASPECT <= b.width / b.height <= BLOB_ASPECT or part.area < BLOB_FILL * b.width * b.height:
+        return False
+    return not holes(own_mask(part, labels)).any()
+
+
+def within_another(part: Part, parts: list[Part]) -> bool:
+    return any(inside(part.box, other.box) for other in parts)
+
+
+def without_frames(parts: list[Part], labels: np.ndarray) -> list[Part]:
+    """Marks that surround another mark of about a digit's size are frames (a printed box, a ring drawn
+    around a digit, a canvas's border), not digits: a digit's loop holds nothing as large. Smaller
+    marks inside (a dot in a circle, a smiley's eyes) leave the shape as it is."""
+    if len(parts) < 2:
+        return parts
+    frames = set()
+    for outer in sorted(parts, key=lambda p: p.area, reverse=True)[:SHAPES]:
+        b = outer.box
+        mask = own_mask(outer, labels)
+        for p in parts:
+            if p is not outer and inside(p.box, b) and p.box.height >= FRAMED * b.height and \
+                    surrounds(mask, p.box.y - b.y + p.box.height / 2, p.box.x - b.x + p.box.width / 2):
+                frames.add(id(outer))
+                break
+    return [p for p in parts if id(p) not in frames] or parts
+
+
+def surrounds(mask: np.ndarray, y: float, x: float) -> bool:
+    """Whether ``mask`` lies around the point (y, x) of its box: rays from it in RAYS directions meet the
+    mask in all but a few (a ring drawn around a digit is often left open)."""
+    h, w = mask.shape
+    steps = np.arange(max(h, w) * 1.5)
+    met = 0
+    for angle in np.linspace(0, 2 * np.pi, RAYS, endpoint=False):
+        ys = np.round(y + steps * np.sin(angle)).astype(np.int64)
+        xs = np.round(x + steps * np.cos(angle)).astype(np.int64)
+        within = (ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)
+        met += bool(mask[ys[within], xs[within]].any())
+    return met >= RAYS - OPEN_RAYS
 
 
 def inside(inner: Box, outer: Box) -> bool:

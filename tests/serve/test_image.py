@@ -647,3 +647,77 @@ def test_a_paper_line_remnant_far_below_a_digit_is_not_stacked_onto_it() -> None
     ink[900:910, 230:310] = ink[902:912, 312:330] = 1.0  # two short pieces of a line, below it
     glyphs = find_glyphs(ink)
     assert [g.box for g in glyphs] == [Box(250, 200, 80, 150)]
+
+
+def test_punched_holes_beside_the_digit_are_not_digits() -> None:
+    # a notebook page's holes show the desk: filled dark disks with more ink than a thin pen's digit,
+    # which had made them the "main" mark and put the digit off their row
+    rgb = np.asarray(written(number_strokes("7", 400, 450, 120, 0), (W, H), pen=6), np.float32) / 255
+    yy, xx = np.mgrid[0:H, 0:W]
+    for cy in (150, 860):
+        rgb[np.hypot(yy - cy, xx - 60) < 40] = (0.12, 0.1, 0.09)
+    boxes = glyph_boxes(rgb)
+    assert len(boxes) == 1 and 390 <= boxes[0].x <= 410 and boxes[0].height > 100, boxes
+
+
+def test_a_heavy_zero_keeps_its_hole_and_is_not_a_blob() -> None:
+    yy, xx = np.mgrid[0:600, 0:600]
+    r = np.hypot((yy - 300) / 1.3, xx - 300)
+    ink = ((r > 60) & (r < 140)).astype(np.float32)  # fills 64% of its box: only its hole tells it from a blot
+    ink[150:450, 500:520] = 1.0  # and a 1 beside it
+    boxes = [g.box for g in find_glyphs(ink)]
+    assert len(boxes) == 2 and boxes[0].x < 200 and boxes[0].height > 300, boxes
+
+
+def ring_around(ink: np.ndarray, cy: int, cx: int, ry: int, rx: int, gap_deg: float = 0.0, pen: int = 8) -> None:
+    yy, xx = np.mgrid[0:ink.shape[0], 0:ink.shape[1]]
+    r = np.hypot((yy - cy) / ry, (xx - cx) / rx)
+    angle = np.degrees(np.arctan2(yy - cy, xx - cx)) % 360
+    ink[(np.abs(r - 1) * min(ry, rx) < pen / 2) & (angle >= gap_deg)] = 1.0
+
+
+@pytest.mark.parametrize("frame", ["ring", "open ring", "box"])
+def test_a_ring_or_box_drawn_around_a_digit_is_not_read(digit, frame: str) -> None:
+    ink = np.zeros((H, W), np.float32)
+    ink[TOP:TOP + SIZE, LEFT:LEFT + SIZE] = digit
+    centre_y, centre_x = TOP + SIZE // 2, LEFT + SIZE // 2
+    if frame == "box":
+        top, bottom, left, right = TOP - 40, TOP + SIZE + 40, LEFT - 40, LEFT + SIZE + 40
+        ink[top:bottom, left:left + 6] = ink[top:bottom, right - 6:right] = 1
+        ink[top:top + 6, left:right] = ink[bottom - 6:bottom, left:right] = 1
+    else:  # circled, as people mark an answer; often not closed
+        gap = 40.0 if frame == "open ring" else 0.0
+        ring_around(ink, centre_y, centre_x, SIZE // 2 + 60, SIZE // 2 + 40, gap_deg=gap)
+    glyphs = find_glyphs(ink)
+    assert len(glyphs) == 1 and glyphs[0].box.height < SIZE, [g.box for g in glyphs]
+
+
+def test_a_small_mark_inside_a_ring_leaves_the_ring_a_shape() -> None:
+    # a circle with a dot in it is no 0 and no framed digit: the dot is far smaller than a digit
+    ink = np.zeros((600, 600), np.float32)
+    ring_around(ink, 300, 300, 150, 150)
+    ink[290:310, 290:310] = 1.0
+    assert [g.box for g in find_glyphs(ink)] == [Box(146, 146, 309, 309)]
+
+
+def test_the_walls_of_a_form_s_boxes_are_paper_lines(sample_dataset) -> None:
+    # a comb of printed boxes across the form: its top and bottom are found as lines; the walls between
+    # them, too short to be lines, had each been read as a confident 1
+    rgb = paper(H, W)
+    top, bottom, pitch = 400, 600, 180
+    rgb[top:top + 3, 60:783] = rgb[bottom:bottom + 3, 60:783] = 0.2
+    for x in range(60, 783, pitch):
+        rgb[top:bottom + 3, x:x + 3] = 0.2
+    put_ink(rgb, upscale_digit(sample_dataset.test_images[1], 160), 420, 250)
+    boxes = glyph_boxes(rgb)
+    assert len(boxes) == 1 and 250 <= boxes[0].x and boxes[0].right <= 410 and boxes[0].height > 80, boxes
+
+
+def test_a_pen_s_one_between_two_ruled_lines_is_not_a_wall() -> None:
+    # a 1 written from one line to the next is a stroke thicker than the print: it stays
+    page = written(number_strokes("1", 300, 205, 190, 0), (800, 600), pen=14)
+    rgb = np.asarray(page, np.float32) / 255
+    for y in range(200, 600, 200):
+        rgb[y:y + 3] = (0.55, 0.65, 0.9)
+    boxes = glyph_boxes(rgb)
+    assert len(boxes) == 1 and boxes[0].height > 150, boxes
