@@ -8,7 +8,8 @@ measured is what ``serve predict`` answers. Each item is generated from its own 
 ``per_condition`` is or how many processes make it.
 
 Conditions (see ``CONDITIONS``): the 28x28 digits themselves, user-style canvases, phone photos of
-digits written on plain, ruled and squared paper, clean scans with dust, coloured ink on coloured
+digits written on plain, ruled and squared paper, on notes lying on a desk, in a form's printed boxes,
+circled, or on a notebook page with punched holes, clean scans with dust, coloured ink on coloured
 paper of about the same brightness, strokes from a hairline pen to a fat marker, distorted "other
 writers", typeset digits in the fonts shipped inside matplotlib (never used for training), numbers of
 2-4 digits, things that must be refused, and a few 48-megapixel photos.
@@ -35,8 +36,8 @@ from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageFont, ImageOps
 
 from pipeline.errors import PipelineError
 
-CONDITIONS = ("mnist-28", "canvas", "photo", "note", "ruled", "specks", "colour", "thick-thin", "writers", "small",
-              "typeset", "numbers", "not-digits", "big")
+CONDITIONS = ("mnist-28", "canvas", "photo", "note", "ruled", "framed", "specks", "colour", "thick-thin", "writers",
+              "small", "typeset", "numbers", "not-digits", "big")
 DEFAULT_PER_CONDITION = 100
 BIG_MAX = 3  # 48-megapixel photos are slow to make: at most this many
 BIG_SIZE = (8000, 6000)
@@ -46,7 +47,7 @@ BATCH_PAGES = 48
 
 # The goals of the issue, and the conditions each is measured on here.
 GOALS = (
-    ("photographed single digits", ("photo", "note", "ruled", "big"), "accuracy", 0.95),
+    ("photographed single digits", ("photo", "note", "ruled", "framed", "big"), "accuracy", 0.95),
     ("handwriting of other writers", ("writers",), "accuracy", 0.95),
     ("typeset digits", ("typeset",), "accuracy", 0.99),
     ("numbers of 2-4 digits, exact", ("numbers",), "accuracy", 0.90),
@@ -915,6 +916,10 @@ def _camera(scene: Image.Image, rng: np.random.Generator, paper_level: float, sh
     return ImageChops.add(image, Image.merge("RGB", (grain_img, grain_img, grain_img)), 1.0, -128)
 
 
+# draws on a sheet, given the mark's box on it (x, y, width, height), the mark's ink and the item's generator
+Decoration = Callable[[Image.Image, tuple[float, float, float, float], InkStyle, np.random.Generator], None]
+
+
 @dataclass
 class PhotoPlan:
     size: tuple[int, int]
@@ -924,6 +929,8 @@ class PhotoPlan:
     desk: bool | None = None  # None: by chance
     shadow: bool | None = None
     whole_sheet: bool = False  # the sheet lies whole in the frame, desk all around (a note, a card)
+    # drawn on the sheet before the mark, given the sheet and the mark's box on it (x, y, width, height)
+    around: Decoration | None = None
 
 
 def photograph(mark: Mark | None, rng: np.random.Generator, plan: PhotoPlan, max_internal: int = 1800
@@ -1006,6 +1013,8 @@ def photograph(mark: Mark | None, rng: np.random.Generator, plan: PhotoPlan, max
         else:
             raise RuntimeError("could not place the mark")  # never seen; a bug if it happens
         mask = mark.render(sheet_h)
+        if plan.around is not None:
+            plan.around(sheet, (sx - mask.shape[1] / 2, y0, mask.shape[1], mask.shape[0]), ink, rng)
         _ink_onto(sheet, mask, (int(round(sx - mask.shape[1] / 2)), int(round(y0))), ink, rng)
 
     frame = sheet.transform((W, H), Image.Transform.PERSPECTIVE, to_sheet, Image.Resampling.BILINEAR)
@@ -1232,6 +1241,71 @@ def make_ruled(split: Split, rng: np.random.Generator) -> tuple[bytes, str, str,
         if plan.size[1] > plan.size[0] else paper.spacing * _u(rng, 1.4, 3.2)
     data, ext = _phone_jpeg(photograph(handwriting(digit, label, rng, ink), rng, plan), rng)
     return data, ext, paper.kind, label
+
+
+def make_framed(split: Split, rng: np.random.Generator) -> tuple[bytes, str, str, str]:
+    """A digit photographed in a form's printed box (alone or one of a comb of boxes), circled in ink
+    (the ring often left open), or on a notebook page whose punched holes show the desk."""
+    digit, label = _digit(split, rng)
+    ink = pick_ink(rng, ("black", "blue", "pencil"))
+    kind = _pick(rng, ["box", "comb", "ring", "holes"])
+    around: dict[str, Decoration] = {"box": functools.partial(_printed_boxes, comb=False),
+                                     "comb": functools.partial(_printed_boxes, comb=True),
+                                     "ring": _ring_around, "holes": _punched_holes}
+    paper = _ruled_paper(rng) if kind == "holes" and rng.random() < 0.7 else Paper()
+    plan = PhotoPlan(size=_photo_size(rng), paper=paper, ink=ink, mark_height=_u(rng, 0.12, 0.3),
+                     around=around[kind], desk=False)
+    data, ext = _phone_jpeg(photograph(handwriting(digit, label, rng, ink), rng, plan), rng)
+    return data, ext, kind, label
+
+
+def _printed_boxes(sheet: Image.Image, mark: tuple[float, float, float, float], ink: InkStyle,
+                   rng: np.random.Generator, comb: bool) -> None:
+    """A printed box around the mark, or a comb of 3-6 boxes (a code, a date) with the mark in one."""
+    x, y, w, h = mark
+    side = h * _u(rng, 1.3, 1.7)
+    width = max(side * _u(rng, 0.8, 1.2), w * 1.25)
+    left = x + w / 2 - width / 2 + _u(rng, -0.08, 0.08) * width
+    top = y + h / 2 - side / 2 + _u(rng, -0.06, 0.06) * side
+    boxes, at = (int(rng.integers(3, 7)), 0) if comb else (1, 0)
+    if comb:
+        at = int(rng.integers(boxes))
+    grey = int(rng.integers(20, 110))
+    lw = max(1, round(sheet.height * _u(rng, 0.0015, 0.003)))
+    draw = ImageDraw.Draw(sheet)
+    x0 = left - at * width
+    draw.rectangle((x0, top, x0 + boxes * width, top + side), outline=(grey,) * 3, width=lw)
+    for k in range(1, boxes):
+        draw.line([(x0 + k * width, top), (x0 + k * width, top + side)], fill=(grey,) * 3, width=lw)
+
+
+def _ring_around(sheet: Image.Image, mark: tuple[float, float, float, float], ink: InkStyle,
+                 rng: np.random.Generator) -> None:
+    """A ring drawn in the digit's ink around it, as an answer is marked; often left open."""
+    x, y, w, h = mark
+    cx, cy = x + w / 2, y + h / 2
+    ry, rx = h * _u(rng, 0.7, 0.9), max(w, 0.6 * h) * _u(rng, 0.75, 1.0)
+    start = _u(rng, 0, 360)
+    gap = _u(rng, 0, 50) if rng.random() < 0.6 else 0.0
+    pen = max(2, round(h * _u(rng, 0.04, 0.08)))
+    ImageDraw.Draw(sheet).arc((cx - rx, cy - ry, cx + rx, cy + ry), start, start + 360 - gap, fill=ink.colour,
+                              width=pen)
+
+
+def _punched_holes(sheet: Image.Image, mark: tuple[float, float, float, float], ink: InkStyle,
+                   rng: np.random.Generator) -> None:
+    """A notebook page's punched holes down its margin, left of the digit, showing a dark desk through
+    them (the photo crops the page's edges, so they are put where the frame shows them)."""
+    w, h = sheet.size
+    x, _, _, mark_h = mark
+    r = h * _u(rng, 0.02, 0.035)
+    cx = min(_u(rng, 0.15, 0.25) * w, x - _u(rng, 1.0, 3.0) * mark_h)
+    if cx < 2 * r:
+        return
+    colour = _pick(rng, [(40, 32, 28), (70, 50, 35), (25, 28, 30), (60, 62, 66)])
+    draw = ImageDraw.Draw(sheet)
+    for cy in np.arange(h * _u(rng, 0.1, 0.3), h, h * _u(rng, 0.2, 0.3)):
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=colour)
 
 
 def make_specks(split: Split, rng: np.random.Generator) -> tuple[bytes, str, str, str]:
@@ -1552,8 +1626,8 @@ def make_big(split: Split, rng: np.random.Generator) -> tuple[bytes, str, str, s
 
 MAKERS: dict[str, Callable[[Split, np.random.Generator], tuple[bytes, str, str, str | None]]] = {
     "mnist-28": make_mnist28, "canvas": make_canvas, "photo": make_photo, "note": make_note, "ruled": make_ruled,
-    "specks": make_specks, "colour": make_colour, "thick-thin": make_thick_thin, "writers": make_writers,
-    "small": make_small,
+    "framed": make_framed, "specks": make_specks, "colour": make_colour, "thick-thin": make_thick_thin,
+    "writers": make_writers, "small": make_small,
     "typeset": make_typeset, "numbers": make_numbers, "not-digits": make_not_digits, "big": make_big,
 }
 

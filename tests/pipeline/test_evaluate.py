@@ -89,7 +89,7 @@ def claimed_size_ok(item: ev.Item, size: tuple[int, int]) -> bool:
         return (w, h) == (28, 28)
     if item.condition == "canvas":
         return canvas
-    if item.condition in ("photo", "note", "ruled"):
+    if item.condition in ("photo", "note", "ruled", "framed"):
         return photo
     if item.condition == "specks":
         return scan
