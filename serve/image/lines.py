@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from serve.image.morph import label, runs_at_least
+from serve.image.morph import extents, label, runs_at_least
 
 SPAN = 0.5  # a line covers at least this fraction of the frame
 GAP_FILL = 0.7  # of every window along it (faint lines break up in the threshold)
@@ -99,29 +99,14 @@ def walls(rest: np.ndarray, rules: np.ndarray, thickness: int) -> np.ndarray:
     starts[1:] &= ~rules[:-1]
     widest = max(2.0, WALL_WIDTH * rules.sum() / starts.sum())  # the lines' own thickness, and a little more
     labels, count = label(rest)
-    parts = components_of(labels, count)
-    candidates = [k for k, (top, bottom, left, right, area) in parts.items()
-                  if bottom - top + 1 >= WALL_LENGTH * thickness and area <= widest * (bottom - top + 1)
+    candidates = [k for k, (top, bottom, left, right, area) in enumerate(extents(labels, count))
+                  if k > 0 and bottom - top + 1 >= WALL_LENGTH * thickness and area <= widest * (bottom - top + 1)
                   and right - left + 1 <= thickness + (bottom - top + 1) * WALL_LEAN
                   and between_lines(rules, top, bottom, left, right, thickness)]
     walls_found = [k for k in candidates if straight(labels == k, thickness)]
     if len(walls_found) >= 2:
         found = np.isin(labels, walls_found)
     return found
-
-
-def components_of(labels: np.ndarray, count: int) -> dict[int, tuple[int, int, int, int, int]]:
-    """Each label's (top, bottom, left, right, area)."""
-    ys, xs = np.nonzero(labels)
-    own = labels[ys, xs]
-    top, bottom = np.full(count + 1, labels.shape[0]), np.zeros(count + 1, np.int64)
-    np.minimum.at(top, own, ys)
-    np.maximum.at(bottom, own, ys)
-    left, right = np.full(count + 1, labels.shape[1]), np.zeros(count + 1, np.int64)
-    np.minimum.at(left, own, xs)
-    np.maximum.at(right, own, xs)
-    area = np.bincount(own, minlength=count + 1)
-    return {k: (int(top[k]), int(bottom[k]), int(left[k]), int(right[k]), int(area[k])) for k in range(1, count + 1)}
 
 
 def between_lines(rules: np.ndarray, top: int, bottom: int, left: int, right: int, thickness: int) -> bool:

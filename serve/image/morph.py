@@ -49,6 +49,21 @@ def runs_at_least(mask: np.ndarray, length: int, fill: float = 1.0) -> np.ndarra
     return ((c[:, hi] - c[:, lo]) > 0) & mask
 
 
+def extents(labels: np.ndarray, count: int) -> np.ndarray:
+    """Each component's top, bottom, left and right (inclusive) and area: int64 [count + 1, 5], row k for
+    label k (row 0 unused)."""
+    ys, xs = np.nonzero(labels)
+    own = labels[ys, xs]
+    out = np.zeros((count + 1, 5), np.int64)
+    out[:, 0], out[:, 2] = labels.shape[0], labels.shape[1]
+    np.minimum.at(out[:, 0], own, ys)
+    np.maximum.at(out[:, 1], own, ys)
+    np.minimum.at(out[:, 2], own, xs)
+    np.maximum.at(out[:, 3], own, xs)
+    out[:, 4] = np.bincount(own, minlength=count + 1)
+    return out
+
+
 def label(mask: np.ndarray) -> tuple[np.ndarray, int]:
     """8-connected components of a boolean mask: int32 labels (0 background, 1..n) and n.
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from serve.image.lines import thin_only
-from serve.image.morph import label
+from serve.image.morph import border, extents, label
 from serve.image.normalize import BOX_THRESHOLD
 
 SPECK = 0.2  # components smaller than this fraction of the largest one's height (and width) are specks
@@ -265,25 +265,13 @@ def may_be_one(left: Box, right: Box) -> bool:
 
 def cut_out(part: Part, labels: np.ndarray, ink: np.ndarray) -> Glyph | None:
     b = part.box
-    own = np.isin(labels[b.y:b.bottom, b.x:b.right], part.labels)
-    crop = np.where(own, ink[b.y:b.bottom, b.x:b.right], 0.0)
+    crop = np.where(own_mask(part, labels), ink[b.y:b.bottom, b.x:b.right], 0.0)
     return Glyph(crop.astype(np.float32), b) if crop.max(initial=0) > 0 else None
 
 
 def components(labels: np.ndarray, count: int) -> list[Part]:
-    ys, xs = np.nonzero(labels)
-    lab = labels[ys, xs]
-    area = np.bincount(lab, minlength=count + 1)
-    top = np.full(count + 1, labels.shape[0])
-    np.minimum.at(top, lab, ys)
-    bottom = np.zeros(count + 1, np.int64)
-    np.maximum.at(bottom, lab, ys)
-    left = np.full(count + 1, labels.shape[1])
-    np.minimum.at(left, lab, xs)
-    right = np.zeros(count + 1, np.int64)
-    np.maximum.at(right, lab, xs)
-    return [Part([k], Box(int(left[k]), int(top[k]), int(right[k] - left[k] + 1), int(bottom[k] - top[k] + 1)),
-                 int(area[k])) for k in range(1, count + 1)]
+    return [Part([k], Box(int(left), int(top), int(right - left + 1), int(bottom - top + 1)), int(area))
+            for k, (top, bottom, left, right, area) in enumerate(extents(labels, count)) if k > 0]
 
 
 def touches_frame(box: Box, shape: tuple[int, int]) -> bool:
@@ -319,11 +307,10 @@ def own_mask(part: Part, labels: np.ndarray) -> np.ndarray:
 
 
 def holes(mask: np.ndarray) -> np.ndarray:
-    """The background pixels of ``mask`` that are enclosed by it (not connected to its box's edge)."""
-    padded = np.pad(~mask, 1, constant_values=True)
-    background, _ = label(padded)  # 8-connected: a loop closed only at a diagonal step counts as open
-    outside = background == background[0, 0]
-    return ~outside[1:-1, 1:-1] & ~mask
+    """The background pixels of ``mask`` that it encloses (not connected to its box's edge; 8-connected,
+    so a loop closed only at a diagonal step counts as open)."""
+    regions, _ = label(~mask)
+    return (regions > 0) & ~np.isin(regions, border(regions))
 
 
 def is_blob(part: Part, labels: np.ndarray) -> bool:
