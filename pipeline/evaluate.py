@@ -1267,9 +1267,8 @@ def _printed_boxes(sheet: Image.Image, mark: tuple[float, float, float, float], 
     width = max(side * _u(rng, 0.8, 1.2), w * 1.25)
     left = x + w / 2 - width / 2 + _u(rng, -0.08, 0.08) * width
     top = y + h / 2 - side / 2 + _u(rng, -0.06, 0.06) * side
-    boxes, at = (int(rng.integers(3, 7)), 0) if comb else (1, 0)
-    if comb:
-        at = int(rng.integers(boxes))
+    boxes = int(rng.integers(3, 7)) if comb else 1
+    at = int(rng.integers(boxes)) if comb else 0  # the box the mark is in
     grey = int(rng.integers(20, 110))
     lw = max(1, round(sheet.height * _u(rng, 0.0015, 0.003)))
     draw = ImageDraw.Draw(sheet)
