@@ -713,9 +713,11 @@ def test_the_walls_of_a_form_s_boxes_are_paper_lines(sample_dataset) -> None:
     assert len(boxes) == 1 and 250 <= boxes[0].x and boxes[0].right <= 410 and boxes[0].height > 80, boxes
 
 
-def test_a_pen_s_one_between_two_ruled_lines_is_not_a_wall() -> None:
-    # a 1 written from one line to the next is a stroke thicker than the print: it stays
-    page = written(number_strokes("1", 300, 205, 190, 0), (800, 600), pen=14)
+@pytest.mark.parametrize("pen", [14, 3])
+def test_a_pen_s_one_between_two_ruled_lines_is_not_a_wall(pen: int) -> None:
+    # a 1 written from one line to the next is a stroke thicker than the print, or, as thin as the
+    # print and as straight, a lone one (a form's walls come two or more): it stays
+    page = written(number_strokes("1", 300, 205, 190, 0), (800, 600), pen=pen)
     rgb = np.asarray(page, np.float32) / 255
     for y in range(200, 600, 200):
         rgb[y:y + 3] = (0.55, 0.65, 0.9)
