@@ -99,11 +99,11 @@ def walls(rest: np.ndarray, rules: np.ndarray, thickness: int) -> np.ndarray:
     starts[1:] &= ~rules[:-1]
     widest = max(2.0, WALL_WIDTH * rules.sum() / starts.sum())  # the lines' own thickness, and a little more
     labels, count = label(rest)
-    candidates = [k for k, (top, bottom, left, right, area) in enumerate(extents(labels, count))
-                  if k > 0 and bottom - top + 1 >= WALL_LENGTH * thickness and area <= widest * (bottom - top + 1)
-                  and right - left + 1 <= thickness + (bottom - top + 1) * WALL_LEAN
-                  and between_lines(rules, top, bottom, left, right, thickness)]
-    walls_found = [k for k in candidates if straight(labels == k, thickness)]
+    walls_found = [k for k, (top, bottom, left, right, area) in enumerate(extents(labels, count))
+                   if k > 0 and bottom - top + 1 >= WALL_LENGTH * thickness and area <= widest * (bottom - top + 1)
+                   and right - left + 1 <= thickness + (bottom - top + 1) * WALL_LEAN
+                   and between_lines(rules, top, bottom, left, right, thickness)
+                   and straight(labels[top:bottom + 1, left:right + 1] == k, thickness)]
     if len(walls_found) >= 2:
         found = np.isin(labels, walls_found)
     return found

@@ -147,11 +147,11 @@ def candidate_parts(parts: list[Part], labels: np.ndarray, small: bool) -> list[
         if not parts:
             return []
     parts = drop_specks(parts)
+    if len(parts) > MAX_PARTS:  # noise or texture: the largest marks are the only candidates worth the time
+        parts = sorted(parts, key=lambda p: p.area, reverse=True)[:MAX_PARTS]
     if not small:
         parts = [p for p in parts if not is_blob(p, labels) or within_another(p, parts)] or parts
         parts = without_frames(parts, labels)
-    if len(parts) > MAX_PARTS:  # noise or texture: the largest marks are the only candidates worth the time
-        parts = sorted(parts, key=lambda p: p.area, reverse=True)[:MAX_PARTS]
     return parts
 
 

@@ -723,3 +723,21 @@ def test_a_pen_s_one_between_two_ruled_lines_is_not_a_wall(pen: int) -> None:
         rgb[y:y + 3] = (0.55, 0.65, 0.9)
     boxes = glyph_boxes(rgb)
     assert len(boxes) == 1 and boxes[0].height > 150, boxes
+
+
+def test_judging_blobs_and_frames_in_noise_is_bounded_work(monkeypatch) -> None:
+    # a noisy frame has tens of thousands of marks; only the MAX_PARTS largest are judged (judging every
+    # one took 100 s for this frame)
+    import serve.image.segment as segment
+
+    calls = []
+    original = segment.holes
+
+    def counted_holes(mask: np.ndarray) -> np.ndarray:
+        calls.append(mask.shape)
+        return original(mask)
+
+    monkeypatch.setattr(segment, "holes", counted_holes)
+    ink = (np.random.default_rng(0).random((1200, 1600)) < 0.02).astype(np.float32)
+    find_glyphs(ink)
+    assert 0 < len(calls) <= segment.MAX_PARTS
