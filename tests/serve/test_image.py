@@ -700,17 +700,27 @@ def test_a_small_mark_inside_a_ring_leaves_the_ring_a_shape() -> None:
     assert [g.box for g in find_glyphs(ink)] == [Box(146, 146, 309, 309)]
 
 
-def test_the_walls_of_a_form_s_boxes_are_paper_lines(sample_dataset) -> None:
-    # a comb of printed boxes across the form: its top and bottom are found as lines; the walls between
-    # them, too short to be lines, had each been read as a confident 1
+def comb_of_boxes() -> np.ndarray:
     rgb = paper(H, W)
     top, bottom, pitch = 400, 600, 180
     rgb[top:top + 3, 60:783] = rgb[bottom:bottom + 3, 60:783] = 0.2
     for x in range(60, 783, pitch):
         rgb[top:bottom + 3, x:x + 3] = 0.2
-    put_ink(rgb, upscale_digit(sample_dataset.test_images[1], 160), 420, 250)
+    return rgb
+
+
+def test_the_walls_of_a_form_s_boxes_are_paper_lines(sample_dataset) -> None:
+    # a comb of printed boxes across the form: its top and bottom are found as lines; the walls between
+    # them, too short to be lines, had each been read as a confident 1
+    rgb = put_ink(comb_of_boxes(), upscale_digit(sample_dataset.test_images[1], 160), 420, 250)
     boxes = glyph_boxes(rgb)
     assert len(boxes) == 1 and 250 <= boxes[0].x and boxes[0].right <= 410 and boxes[0].height > 80, boxes
+
+
+def test_an_empty_comb_of_boxes_has_no_ink() -> None:
+    # left empty, the form's boxes had been read as 11111 at 1.00
+    page = prepare_page(rgb_bytes(comb_of_boxes(), "JPEG", quality=90), "form.jpg")
+    assert page.glyphs == 0 and page.refusal is not None and page.refusal.startswith("no ink")
 
 
 @pytest.mark.parametrize("pen", [14, 3])
