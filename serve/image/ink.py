@@ -92,11 +92,8 @@ def sheet_ink(rgb: np.ndarray, low: np.ndarray, sheet: np.ndarray) -> np.ndarray
     # a photo still, though its border is now one colour: no canvas rule (which would take the
     # sheet's lit parts for light ink, against the paint); a blank note raises NoDigitFound
     crop_ink = np.where(on_sheet, photo_ink(crop, luminance(crop)), 0.0)
-    marks, count = label(crop_ink > 0)
     rim = (inner & ~eroded(inner, RIM_BAND))[rows][:, cols]
-    on_rim = np.bincount(marks[rim], minlength=count + 1) >= 0.5 * np.bincount(marks.ravel(), minlength=count + 1)
-    on_rim[0] = False
-    crop_ink[on_rim[marks]] = 0.0  # marks mostly on the rim: a digit near the edge just touches it
+    crop_ink[mostly_on(crop_ink > 0, rim)] = 0.0  # a digit near the sheet's edge just touches the rim
     if not crop_ink.any():
         raise NoDigitFound(NO_INK)
     ink = np.zeros((h, w), np.float32)
@@ -109,6 +106,14 @@ def low_pixel_of(low_shape: tuple[int, ...], shape: tuple[int, int]) -> tuple[np
     ``low_shape`` it falls in: ``low[rows][:, cols]`` is the low copy at the frame's size."""
     (h, w), (low_h, low_w) = shape, low_shape[:2]
     return (np.minimum(np.arange(h) * low_h // h, low_h - 1), np.minimum(np.arange(w) * low_w // w, low_w - 1))
+
+
+def mostly_on(mask: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """The pixels of the marks (components of ``mask``) that lie at least half on ``region``."""
+    marks, count = label(mask)
+    on_region = np.bincount(marks[region], minlength=count + 1) >= 0.5 * np.bincount(marks.ravel(), minlength=count + 1)
+    on_region[0] = False
+    return on_region[marks]
 
 
 def frame_ink(rgb: np.ndarray, gray: np.ndarray, flat: np.ndarray | None) -> np.ndarray:
@@ -161,11 +166,7 @@ def without_desk(ink: np.ndarray, low_background: np.ndarray) -> np.ndarray:
     low_desk = box_mean(low_desk.astype(np.float32), DESK_MARGIN // 2) > 0
     h, w = ink.shape
     rows, cols = low_pixel_of(low_desk.shape, (h, w))
-    desk = low_desk[rows][:, cols]
-    marks, n = label(ink > 0)
-    on_desk = np.bincount(marks[desk], minlength=n + 1) >= 0.5 * np.bincount(marks.ravel(), minlength=n + 1)
-    on_desk[0] = False
-    kept = np.where(on_desk[marks], 0.0, ink).astype(np.float32)
+    kept = np.where(mostly_on(ink > 0, low_desk[rows][:, cols]), 0.0, ink).astype(np.float32)
     if not kept.any():
         raise NoDigitFound(NO_INK)
     return kept

@@ -170,7 +170,7 @@ def untied(part: Part, labels: np.ndarray) -> list[Part]:
     h, w = labels.shape
     b = part.box
     window = labels[b.y:b.bottom, b.x:b.right]
-    own = np.isin(window, part.labels)
+    own = own_mask(part, labels)
     thick = own & ~thin_only(own, max(2, round(THREAD * max(h, w))))
     pieces, count = label(thick)
     found, next_label = [], int(labels.max()) + 1
@@ -336,12 +336,12 @@ def without_frames(parts: list[Part], labels: np.ndarray) -> list[Part]:
     frames = set()
     for outer in sorted(parts, key=lambda p: p.area, reverse=True)[:SHAPES]:
         b = outer.box
+        inner = [p for p in parts if p is not outer and inside(p.box, b) and p.box.height >= FRAMED * b.height]
+        if not inner:
+            continue
         mask = own_mask(outer, labels)
-        for p in parts:
-            if p is not outer and inside(p.box, b) and p.box.height >= FRAMED * b.height and \
-                    surrounds(mask, p.box.y - b.y + p.box.height / 2, p.box.x - b.x + p.box.width / 2):
-                frames.add(id(outer))
-                break
+        if any(surrounds(mask, p.box.y - b.y + p.box.height / 2, p.box.x - b.x + p.box.width / 2) for p in inner):
+            frames.add(id(outer))
     return [p for p in parts if id(p) not in frames] or parts
 
 
