@@ -121,7 +121,7 @@ def frame_ink(rgb: np.ndarray, gray: np.ndarray, flat: np.ndarray | None) -> np.
     background colour (flat_background) is given."""
     if flat is None:
         return photo_ink(rgb, gray)
-    # a canvas or a clean scan: one colour, even under the fattest marker stroke
+    # a canvas or a clean scan: one colour (or one ramp), even under the fattest marker stroke
     dark_ink = ink_is_darker(rgb, flat)
     return threshold_ink(contrast(rgb, np.broadcast_to(flat, rgb.shape), dark_ink), gray, dark_ink)
 
@@ -185,28 +185,53 @@ def desk_of(background: np.ndarray) -> np.ndarray:
 
 
 def flat_background(rgb: np.ndarray) -> np.ndarray | None:
-    """The frame's border colour, when the border is one colour (a canvas export, a clean scan);
-    None for photos, whose paper changes across the frame (then the background is estimated locally,
-    which a stroke wider than its window would leak into)."""
+    """The frame's background when its border is one colour (a canvas export, a clean scan: that
+    colour) or one smooth ramp (a digital gradient: the plane fitted to the border, [H, W, 3]); None
+    for photos, whose paper changes across the frame in other ways (then the background is estimated
+    locally, which a stroke wider than its window would leak into)."""
+    h, w = rgb.shape[:2]
     edge = np.concatenate([rgb[0], rgb[-1], rgb[1:-1, 0], rgb[1:-1, -1]])
     low, high = np.percentile(edge, [2, 98], axis=0)
+    background = np.median(edge, axis=0).astype(np.float32) if float((high - low).max()) <= FLAT_SPREAD \
+        else ramp_background(rgb, edge)
+    if background is None:
+        return None
+    step = max(1, max(h, w) // 256)  # a sample is enough to count
+    sample = rgb[::step, ::step]
+    expected = background if background.ndim == 1 else background[::step, ::step]
+    if float(np.mean(np.abs(sample - expected).max(axis=2) < FLAT_MAJORITY_TOLERANCE)) < 0.5:
+        return None  # a uniform desk around a sheet: the sheet, not the desk, is the background
+    return background
+
+
+def ramp_background(rgb: np.ndarray, edge: np.ndarray) -> np.ndarray | None:
+    """The plane (per channel, in x and y) fitted to the border pixels ``edge`` (flat_background's
+    order), at every pixel of the frame, when the border keeps to it within FLAT_SPREAD; else None.
+    A light fall-off or shadow in a photo is not a plane (its corners fall off faster than its sides)."""
+    h, w = rgb.shape[:2]
+    ys = np.concatenate([np.zeros(w), np.full(w, h - 1), np.arange(1, h - 1), np.arange(1, h - 1)])
+    xs = np.concatenate([np.arange(w), np.arange(w), np.zeros(h - 2), np.full(h - 2, w - 1)])
+    design = np.stack([np.ones_like(ys), ys / h, xs / w], axis=1)
+    coefficients = np.linalg.lstsq(design, edge.astype(np.float64), rcond=None)[0]  # [3 terms, 3 channels]
+    low, high = np.percentile(edge - design @ coefficients, [2, 98], axis=0)
     if float((high - low).max()) > FLAT_SPREAD:
         return None
-    colour = np.median(edge, axis=0).astype(np.float32)
-    step = max(1, max(rgb.shape[:2]) // 256)  # a sample is enough to count
-    sample = rgb[::step, ::step]
-    if float(np.mean(np.abs(sample - colour).max(axis=2) < FLAT_MAJORITY_TOLERANCE)) < 0.5:
-        return None  # a uniform desk around a sheet: the sheet, not the desk, is the background
-    return colour
+    c = coefficients.astype(np.float32)
+    y = (np.arange(h, dtype=np.float32) / h)[:, None, None]
+    x = (np.arange(w, dtype=np.float32) / w)[None, :, None]
+    return c[0] + y * c[1] + x * c[2]
 
 
-def ink_is_darker(rgb: np.ndarray, colour: np.ndarray) -> bool:
-    """On a one-colour background, the ink is on the side where it stands out most (its strongest
-    3x3 patch): green on red and black on white are darker, pink on mustard and white on black lighter."""
-    small = shrink(rgb, POLARITY_SIDE) if max(rgb.shape[:2]) > POLARITY_SIDE else rgb
-    background = np.broadcast_to(colour, small.shape)
-    dark = float(box_mean(contrast(small, background, True), 1).max())
-    light = float(box_mean(contrast(small, background, False), 1).max())
+def ink_is_darker(rgb: np.ndarray, flat: np.ndarray) -> bool:
+    """On a one-colour or one-ramp background (``flat``, flat_background's), the ink is on the side
+    where it stands out most (its strongest 3x3 patch): green on red and black on white are darker,
+    pink on mustard and white on black lighter."""
+    if max(rgb.shape[:2]) > POLARITY_SIDE:
+        rgb = shrink(rgb, POLARITY_SIDE)
+        flat = shrink(flat, POLARITY_SIDE) if flat.ndim == 3 else flat
+    background = np.broadcast_to(flat, rgb.shape)
+    dark = float(box_mean(contrast(rgb, background, True), 1).max())
+    light = float(box_mean(contrast(rgb, background, False), 1).max())
     return dark >= light
 
 

@@ -11,6 +11,7 @@ import numpy as np
 from serve.image.morph import extents, label, runs_at_least
 
 SPAN = 0.5  # a line covers at least this fraction of the frame
+LONE_SPAN = 0.75  # ... and a line with no other beside it (in its direction) at least this fraction
 GAP_FILL = 0.7  # of every window along it (faint lines break up in the threshold)
 TILTS_DEG = tuple(t / 2 for t in range(-16, 17))  # half-degree steps: a thin line missed by one degree breaks up
 THIN = 0.012  # a line is at most this thick (fraction of the frame's longer side, plus 2 px)
@@ -29,8 +30,8 @@ def find_lines(faint: np.ndarray) -> tuple[np.ndarray, int]:
     blocks = faint[:h - h % factor, :w - w % factor].reshape(h // factor, factor, w // factor, factor)
     small = np.any(blocks, axis=(1, 3))
     thickness = int(THIN * max(small.shape)) + 2
-    rules = horizontal_lines(small, thickness)
-    found = rules | horizontal_lines(small.T, thickness).T
+    rules = ruled(horizontal_lines(small, thickness))
+    found = rules | ruled(horizontal_lines(small.T, thickness).T, axis=0)
     found |= walls(small & ~found, rules, thickness)
     lines = np.zeros_like(faint)
     if found.any():
@@ -85,6 +86,18 @@ def horizontal_lines(mask: np.ndarray, thickness: int) -> np.ndarray:
         found[src[ys, xs], xs] = True
     # bridge the gaps where thick strokes or other lines cross (set aside above)
     return found | (mask & near(found, 1, 1, thickness) & near(found, 1, -1, thickness))
+
+
+def ruled(found: np.ndarray, axis: int = 1) -> np.ndarray:
+    """The lines ``found`` along ``axis``, unless there is one only and it is shorter than LONE_SPAN of
+    the frame: ruled paper has lines beside it and a lone rule runs across the sheet, while the base
+    of a typeset 2 filling a tight crop spans half of it."""
+    labels, count = label(found)
+    if count != 1:
+        return found
+    top, bottom, left, right, _ = extents(labels, count)[1]
+    length = right - left + 1 if axis == 1 else bottom - top + 1
+    return found if length >= LONE_SPAN * found.shape[axis] else np.zeros_like(found)
 
 
 def walls(rest: np.ndarray, rules: np.ndarray, thickness: int) -> np.ndarray:

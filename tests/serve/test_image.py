@@ -751,3 +751,37 @@ def test_judging_blobs_and_frames_in_noise_is_bounded_work(monkeypatch) -> None:
     ink = (np.random.default_rng(0).random((1200, 1600)) < 0.02).astype(np.float32)
     find_glyphs(ink)
     assert 0 < len(calls) <= segment.MAX_PARTS
+
+
+def test_the_base_of_a_2_in_a_tight_crop_is_no_paper_line() -> None:
+    # a typeset 2 cropped close: its base spans half the frame's width, as long as a ruled line
+    # must be, but it is the only such run (read without the base, the 2 was a 7 at 0.9999)
+    mask = np.zeros((120, 40), bool)
+    mask[40:48, 10:30] = True  # the top
+    for y in range(48, 70):
+        x = 28 - (y - 48) * 18 // 22
+        mask[y, x - 2:x + 3] = True  # the diagonal down to the left
+    mask[70:73, 9:30] = True  # the base: 21 of 40 px, 3 thick (as thin as a ruled line here)
+    lines, _ = find_lines(mask)
+    assert not lines.any()
+
+
+def test_a_lone_ruled_line_across_the_sheet_is_still_a_line() -> None:
+    mask = np.zeros((300, 400), bool)
+    mask[200:202, 10:390] = True  # the line a number is written on
+    mask[100:199, 200:206] = True  # a 1 standing on it
+    lines, _ = find_lines(mask)
+    assert lines[200:202, 10:190].all() and not lines[100:190].any()
+
+
+@pytest.mark.parametrize("pen", [4, 36])
+def test_a_digital_gradient_background_is_one_ramp(pen: int) -> None:
+    # a rendered image (a slide, a web banner) whose background fades from near black to purple:
+    # no one colour and no paper, yet every pixel off the digit is background
+    stroke = np.asarray(written(number_strokes("7", 60, 50, 200, 0), (300, 300), pen=pen), np.float32)[..., 0] < 128
+    ramp = np.linspace(0, 1, 300, dtype=np.float32)[None, :, None]
+    background = np.float32([0.06, 0.0, 0.02]) + ramp * np.float32([0.12, 0.04, 0.14])
+    rgb = np.where(stroke[..., None], np.float32([0.85, 0.75, 0.75]), background)
+    ink = ink_map(to_rgb(decode_image(rgb_bytes(rgb)).image))
+    assert (ink[stroke] > 0.5).mean() > 0.95  # the whole stroke, however fat
+    assert (ink[~stroke] > 0).mean() < 0.01
