@@ -15,6 +15,8 @@ LONE_SPAN = 0.75  # ... and a line with no other beside it (in its direction) at
 GAP_FILL = 0.7  # of every window along it (faint lines break up in the threshold)
 TILTS_DEG = tuple(t / 2 for t in range(-16, 17))  # half-degree steps: a thin line missed by one degree breaks up
 THIN = 0.012  # a line is at most this thick (fraction of the frame's longer side, plus 2 px)
+ALONG_WIDTH = 2.0  # a stroke lies along a line where the two are at least this many times the line's mean width,
+ALONG_LENGTH = 3.0  # for at least this many line widths along it
 WALL_LENGTH, WALL_LEAN = 3, 0.3  # a box's wall is at least this many line widths long, leaning at most this much,
 WALL_WIDTH = 2.0  # and at most this many times as thick as the lines on average,
 WALL_BEND, WALL_BEND_PX = 0.03, 1.5  # and straight: no row's centre further than this (of its length, or px)
@@ -31,7 +33,10 @@ def find_lines(faint: np.ndarray) -> tuple[np.ndarray, int]:
     small = np.any(blocks, axis=(1, 3))
     thickness = int(THIN * max(small.shape)) + 2
     rules = ruled(horizontal_lines(small, thickness))
-    found = rules | ruled(horizontal_lines(small.T, thickness).T, axis=0)
+    upright = ruled(horizontal_lines(small.T, thickness).T, axis=0)
+    rules, upright = (rules & ~strokes_along(rules, small & ~upright),
+                      upright & ~strokes_along(upright.T, (small & ~rules).T).T)
+    found = rules | upright
     found |= walls(small & ~found, rules, thickness)
     lines = np.zeros_like(faint)
     if found.any():
@@ -86,6 +91,20 @@ def horizontal_lines(mask: np.ndarray, thickness: int) -> np.ndarray:
         found[src[ys, xs], xs] = True
     # bridge the gaps where thick strokes or other lines cross (set aside above)
     return found | (mask & near(found, 1, 1, thickness) & near(found, 1, -1, thickness))
+
+
+def strokes_along(rules: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The pixels of the horizontal ``rules`` where a pen's stroke lies along one (the bar of a 7 or a
+    4 written on the line): there ``mask`` (the ink without the upright lines) runs across the rule
+    for ALONG_WIDTH times the rules' mean width or more, over ALONG_LENGTH widths along it. The
+    rules are found with room for a thick line, which a thin stroke on a line fits within."""
+    starts = rules.copy()
+    starts[1:] &= ~rules[:-1]
+    if not starts.any():
+        return starts
+    width = float(rules.sum() / starts.sum())
+    across = runs_at_least(mask.T, max(3, int(np.ceil(ALONG_WIDTH * width)))).T & rules
+    return runs_at_least(across, max(4, int(np.ceil(ALONG_LENGTH * width))))
 
 
 def ruled(found: np.ndarray, axis: int = 1) -> np.ndarray:

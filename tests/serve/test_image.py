@@ -785,3 +785,18 @@ def test_a_digital_gradient_background_is_one_ramp(pen: int) -> None:
     ink = ink_map(to_rgb(decode_image(rgb_bytes(rgb)).image))
     assert (ink[stroke] > 0.5).mean() > 0.95  # the whole stroke, however fat
     assert (ink[~stroke] > 0).mean() < 0.01
+
+
+def test_a_stroke_lying_along_a_ruled_line_is_no_part_of_it() -> None:
+    # a 7 whose bar was written on the line: bar and line together are thinner than the thickest
+    # line allowed for, but twice as thick as this paper's lines (removed with them, the 7 read as 1)
+    mask = np.zeros((400, 400), bool)
+    for y in range(40, 400, 60):
+        mask[y:y + 2] = True  # the lines, 2 px
+    mask[98:103, 150:250] = True  # the bar, 5 px, on the line at y = 100
+    for y in range(103, 220):
+        x = 247 - (y - 103) * 60 // 117
+        mask[y, x - 2:x + 3] = True  # the stem
+    lines, _ = find_lines(mask)
+    assert not lines[98:103, 155:245].any()  # the bar stays ink
+    assert lines[100:102, :140].all() and lines[100:102, 260:].all()  # the line beside it does not
