@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from serve.image.lines import find_lines, without_lines
-from serve.image.morph import LUMA, border, box_mean, label, resize_channels
+from serve.image.morph import LUMA, blob_shaped, border, box_mean, extents, label, resize_channels
 from serve.image.sheet import eroded, find_sheet, sheet_interior
 
 SMALL_SIDE = 64  # images up to this size: one global background level
@@ -42,6 +42,7 @@ RIDGE_REACH = 3  # ... when it stands above the paper this far away on both side
 DARK_PAPER = 0.3  # a photo whose median grey is below this is light ink on a dark board; above, dark ink
 PAPER_SHARE = 0.3  # a photo in which less than this share of the frame has the paper's colour has no paper
 PAPER_TOLERANCE = 0.05  # ... within this of its median chromaticity (r, g, b over their sum)
+BLOB_CANDIDATES = 8  # the largest marks judged as blobs when the threshold's peak is looked for
 FAINT = 0.5  # paper lines are looked for at this fraction of the ink threshold, where they are unbroken
 
 
@@ -372,12 +373,28 @@ def threshold_ink(raw: np.ndarray, gray: np.ndarray, dark_ink: bool = True) -> n
 
 
 def inner_peak(smooth: np.ndarray, noise_cut: float) -> float:
-    """The strongest ink that is not cut by the frame: a dark desk or a sheet's edge at the border is
-    far stronger than a pencil digit, and would otherwise set the threshold above it."""
+    """The strongest ink that is not cut by the frame and is no blob: a dark desk or a sheet's edge at
+    the border, or a punched hole showing the desk, is far stronger than a pencil digit, and would
+    otherwise set the threshold above it."""
     strongest = float(smooth.max())
     # traced well below any threshold the peak could set, so a desk or an edge is one region
     inside = off_frame(smooth >= max(noise_cut, PEAK_FRACTION ** 2 * strongest))
-    return float(smooth[inside].max()) if inside.any() else strongest
+    if not inside.any():
+        return strongest
+    strokes = inside & ~blobs(inside)
+    return float(smooth[strokes].max()) if strokes.any() else float(smooth[inside].max())
+
+
+def blobs(mask: np.ndarray) -> np.ndarray:
+    """The marks of ``mask`` that are blobs (morph.blob_shaped), judged among its BLOB_CANDIDATES
+    largest (a noisy frame has thousands of marks)."""
+    marks, count = label(mask)
+    boxes = extents(marks, count)
+    found = np.zeros(count + 1, bool)
+    for k in np.argsort(boxes[1:, 4])[::-1][:BLOB_CANDIDATES] + 1:
+        top, bottom, left, right, _ = boxes[k]
+        found[k] = blob_shaped(marks[top:bottom + 1, left:right + 1] == k)
+    return found[marks]
 
 
 def with_faint_links(strong: np.ndarray, faint: np.ndarray) -> np.ndarray:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from serve.image.lines import thin_only
-from serve.image.morph import border, extents, label
+from serve.image.morph import blob_shaped, extents, label
 from serve.image.normalize import BOX_THRESHOLD
 
 SPECK = 0.2  # components smaller than this fraction of the largest one's height (and width) are specks
@@ -51,8 +51,6 @@ THREAD = 0.004  # what a missed paper line leaves is at most this thick (of the 
 RESCUED = 4  # ... in the largest marks cut by the frame, which are looked at for digits it ties to the edge
 TINY = 0.015  # of the frame's longer side: no digit is smaller (thumbnails have small frames: SMALL_FRAME)
 SMALL_FRAME = 64  # frames up to this size (MNIST-form inputs, thumbnails) keep marks that touch the edge
-BLOB_FILL, BLOB_ASPECT = 0.6, 1.6  # a mark with no hole filling this much of its box, at most this far from
-# square, is a blob (a punched hole, a stain, a pen's blot), not strokes: a digit's strokes fill far less
 FRAMED = 0.35  # a mark inside another's box, at least this tall (of the other), and surrounded by it ...
 RAYS, OPEN_RAYS = 16, 3  # ... (met by all but this many of this many rays from its centre) is what a box or ring frames
 
@@ -306,21 +304,9 @@ def own_mask(part: Part, labels: np.ndarray) -> np.ndarray:
     return np.isin(labels[b.y:b.bottom, b.x:b.right], part.labels)
 
 
-def holes(mask: np.ndarray) -> np.ndarray:
-    """The background pixels of ``mask`` that it encloses (not connected to its box's edge; 8-connected,
-    so a loop closed only at a diagonal step counts as open)."""
-    regions, _ = label(~mask)
-    return (regions > 0) & ~np.isin(regions, border(regions))
-
-
 def is_blob(part: Part, labels: np.ndarray) -> bool:
-    """A filled, roughly round or square mark with no hole: a punched hole showing the desk, a stain,
-    a blot. A digit's strokes are thin for its size; a heavy 0 or 8 keeps its holes. (Inside another
-    mark a blob stays: a smiley's eyes.)"""
-    b = part.box
-    if not 1 / BLOB_ASPECT <= b.width / b.height <= BLOB_ASPECT or part.area < BLOB_FILL * b.width * b.height:
-        return False
-    return not holes(own_mask(part, labels)).any()
+    """A blob (morph.blob_shaped; inside another mark a blob stays: a smiley's eyes)."""
+    return blob_shaped(own_mask(part, labels))
 
 
 def within_another(part: Part, parts: list[Part]) -> bool:

@@ -11,7 +11,7 @@ from PIL import Image
 from serve.image.decode import decode_image, to_rgb
 from serve.image.ink import LOW_SIDE, NoDigitFound, ink_map, off_frame, paper_colour, sheet_ink, shrink, two_wide
 from serve.image.lines import find_lines, without_lines
-from serve.image.morph import LUMA, label, runs_at_least
+from serve.image.morph import LUMA, blob_shaped, label, runs_at_least
 from serve.image.normalize import MAX_PASSES, normalize_stroke, stroke_width
 from serve.image.segment import Box, find_glyphs
 from serve.image.sheet import find_sheet, smallest_rectangle
@@ -741,13 +741,13 @@ def test_judging_blobs_and_frames_in_noise_is_bounded_work(monkeypatch) -> None:
     import serve.image.segment as segment
 
     calls = []
-    original = segment.holes
+    original = segment.blob_shaped
 
-    def counted_holes(mask: np.ndarray) -> np.ndarray:
+    def counted_blob_shaped(mask: np.ndarray) -> bool:
         calls.append(mask.shape)
         return original(mask)
 
-    monkeypatch.setattr(segment, "holes", counted_holes)
+    monkeypatch.setattr(segment, "blob_shaped", counted_blob_shaped)
     ink = (np.random.default_rng(0).random((1200, 1600)) < 0.02).astype(np.float32)
     find_glyphs(ink)
     assert 0 < len(calls) <= segment.MAX_PARTS
@@ -800,3 +800,41 @@ def test_a_stroke_lying_along_a_ruled_line_is_no_part_of_it() -> None:
     lines, _ = find_lines(mask)
     assert not lines[98:103, 155:245].any()  # the bar stays ink
     assert lines[100:102, :140].all() and lines[100:102, 260:].all()  # the line beside it does not
+
+
+def test_a_faint_pencil_digit_beside_punched_holes_is_read_whole() -> None:
+    # the holes show a dark desk, three times the pencil's contrast: as the threshold's peak they had
+    # put it above the pencil, and the digit came apart into specks
+    page = np.asarray(written(number_strokes("7", 400, 400, 200, 0), (W, H), pen=7), np.float32) / 255
+    rgb = (1 - 0.2 * (1 - page)) * paper(H, W)
+    yy, xx = np.mgrid[0:H, 0:W]
+    for cy in (150, 500, 850):
+        rgb[np.hypot(yy - cy, xx - 60) < 35] = (0.1, 0.08, 0.07)
+    rgb *= (1 - 0.25 * xx / W)[..., None].astype(np.float32)  # and the light falls off: a photo
+    boxes = glyph_boxes(rgb)
+    assert len(boxes) == 1 and 390 <= boxes[0].x <= 410 and boxes[0].height > 180, boxes
+
+
+def test_a_punched_hole_a_paper_line_runs_into_is_still_a_blob() -> None:
+    # what line removal leaves where a ruled line meets a hole stays stuck to it: the hole was then no
+    # blob, the largest mark, and the digit was dropped as off its row
+    ink = np.zeros((800, 1000), np.float32)
+    yy, xx = np.mgrid[0:800, 0:1000]
+    ink[np.hypot(yy - 120, xx - 100) < 45] = 1.0
+    ink[118:121, 30:175] = 1.0  # the line's remnant, through the hole and out on both sides
+    ink[300:400, 636:640] = ink[300:304, 560:640] = 1.0  # a thin pen's 7
+    boxes = [g.box for g in find_glyphs(ink)]
+    assert boxes == [Box(560, 300, 80, 100)], boxes
+
+
+def test_a_fat_marker_s_2_is_no_blob() -> None:
+    # fills 59% of its box and has no hole; its core (the thin bits set aside) holds 94% of its ink, as a
+    # punched hole's does, but fills its box far less than a disc (as a blob, "12" had been read as 1)
+    from PIL import ImageDraw
+
+    image = Image.new("L", (300, 300), 0)
+    ImageDraw.Draw(image).line([(60, 90), (100, 45), (180, 45), (210, 100), (70, 250), (230, 250)],
+                               fill=255, width=55, joint="curve")
+    mask = np.asarray(image) > 127
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    assert not blob_shaped(mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1])
