@@ -105,7 +105,7 @@ def find_glyphs(ink: np.ndarray) -> list[Glyph]:
     parts = candidate_parts(components(labels, count), labels, small)
     if not parts:
         return []
-    groups = digit_groups(parts)
+    groups = digit_groups(parts, np.bincount(labels.ravel(), weights=ink.ravel(), minlength=count + 1))
     if not small:  # a mark far smaller than any digit in a photo is dust, however alone it is
         groups = [g for g in groups if max(g.box.height, g.box.width) >= TINY * max(ink.shape)]
         if not groups:
@@ -217,12 +217,13 @@ def hairline(part: Part) -> bool:
     return part.area / length < HAIRLINE * length
 
 
-def digit_groups(parts: list[Part]) -> list[Part]:
-    """Parts grouped into digit candidates; stacks of dashes, tall slivers and short marks dropped."""
+def digit_groups(parts: list[Part], strength: np.ndarray) -> list[Part]:
+    """Parts grouped into digit candidates; stacks of dashes, tall slivers and short marks dropped.
+    ``strength``: each label's ink (the sum of its ink values)."""
     groups = group_stacked(parts)
     groups = drop_slivers([g for g in groups if not is_dash_stack(g)] or groups)
     groups = of_digit_height(groups)
-    return on_main_row(groups)
+    return on_main_row(groups, strength)
 
 
 def of_digit_height(groups: list[Part]) -> list[Part]:
@@ -234,10 +235,11 @@ def of_digit_height(groups: list[Part]) -> list[Part]:
     return [g for g in groups if SHORT * reference <= g.box.height <= reference / SHORT]
 
 
-def on_main_row(groups: list[Part]) -> list[Part]:
-    """The glyphs in the row of the one with the most ink: a number is written on a line, and a mark
-    above or below it (a sheet's edge, a grid line's remains, a note) is not one of its digits."""
-    main = max(groups, key=lambda g: g.area).box
+def on_main_row(groups: list[Part], strength: np.ndarray) -> list[Part]:
+    """The glyphs in the row of the one with the most ink (``strength``, each label's; a pen's strokes
+    are solid ink, the speckle a shadow's edge leaves is faint): a number is written on a line, and a
+    mark above or below it (a sheet's edge, a grid line's remains, a note) is not one of its digits."""
+    main = max(groups, key=lambda g: float(strength[g.labels].sum())).box
     return [g for g in groups if min(g.box.bottom, main.bottom) - max(g.box.y, main.y)
             >= ROW_OVERLAP * min(g.box.height, main.height)]
 

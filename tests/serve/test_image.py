@@ -838,3 +838,13 @@ def test_a_fat_marker_s_2_is_no_blob() -> None:
     mask = np.asarray(image) > 127
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     assert not blob_shaped(mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1])
+
+
+def test_the_row_is_set_by_the_mark_with_the_most_ink_not_the_most_pixels() -> None:
+    # the speckle a shadow's soft edge leaves is faint and covered as many pixels as the pen's 8
+    # beside it: as the row's reference it put the 8 off the row, and the speckle was read as a 1
+    ink = np.zeros((900, 600), np.float32)
+    ink[100:250, 100:108] = ink[100:108, 100:220] = 1.0  # a thin pen's 7 (2,000 px of full ink)
+    ink[500:680, 400:416] = 0.3  # below it, a faint mark of 2,900 px
+    ink[664:680, 416:480] = 0.3
+    assert [g.box for g in find_glyphs(ink)] == [Box(100, 100, 120, 150)]
