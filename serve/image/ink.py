@@ -378,23 +378,26 @@ def inner_peak(smooth: np.ndarray, noise_cut: float) -> float:
     otherwise set the threshold above it."""
     strongest = float(smooth.max())
     # traced well below any threshold the peak could set, so a desk or an edge is one region
-    inside = off_frame(smooth >= max(noise_cut, PEAK_FRACTION ** 2 * strongest))
+    marks, count = label(smooth >= max(noise_cut, PEAK_FRACTION ** 2 * strongest))
+    inside = np.ones(count + 1, bool)
+    inside[border(marks)] = False
+    inside[0] = False
     if not inside.any():
         return strongest
-    strokes = inside & ~blobs(inside)
-    return float(smooth[strokes].max()) if strokes.any() else float(smooth[inside].max())
+    strokes = inside & ~blobs(marks, count, inside)
+    return float(smooth[(strokes if strokes.any() else inside)[marks]].max())
 
 
-def blobs(mask: np.ndarray) -> np.ndarray:
-    """The marks of ``mask`` that are blobs (morph.blob_shaped), judged among its BLOB_CANDIDATES
-    largest (a noisy frame has thousands of marks)."""
-    marks, count = label(mask)
+def blobs(marks: np.ndarray, count: int, among: np.ndarray) -> np.ndarray:
+    """bool [count + 1]: which of the labelled ``marks`` are blobs (morph.blob_shaped), judged among the
+    BLOB_CANDIDATES largest of those ``among`` allows (a noisy frame has thousands of marks)."""
     boxes = extents(marks, count)
     found = np.zeros(count + 1, bool)
-    for k in np.argsort(boxes[1:, 4])[::-1][:BLOB_CANDIDATES] + 1:
+    candidates = np.flatnonzero(among)
+    for k in candidates[np.argsort(boxes[candidates, 4])[::-1][:BLOB_CANDIDATES]]:
         top, bottom, left, right, _ = boxes[k]
         found[k] = blob_shaped(marks[top:bottom + 1, left:right + 1] == k)
-    return found[marks]
+    return found
 
 
 def with_faint_links(strong: np.ndarray, faint: np.ndarray) -> np.ndarray:
