@@ -1,7 +1,7 @@
 """White-on-black ink in [0, 1] from a photo, scan or canvas export.
 
-A canvas export or a clean scan has one background colour, its border's: that colour is the
-background everywhere, however fat the strokes. Paper in a photo is rarely one colour: shadows,
+A canvas export or a clean scan has one background colour, its border's (or one smooth ramp, a
+rendered gradient's): that is the background everywhere, however fat the strokes. Paper in a photo is rarely one colour: shadows,
 light fall-off, vignetting and a darker desk around the sheet all change the background across the
 frame, so there the background is estimated locally (a median over neighbourhoods much larger than
 a stroke, then a mean of the pixels that are not ink) and ink is what differs from it. A sheet lying
