@@ -1,13 +1,13 @@
 """White-on-black ink in [0, 1] from a photo, scan or canvas export.
 
 A canvas export or a clean scan has one background colour, its border's (or one smooth ramp, a
-rendered gradient's): that is the background everywhere, however fat the strokes. Paper in a photo is rarely one colour: shadows,
-light fall-off, vignetting and a darker desk around the sheet all change the background across the
-frame, so there the background is estimated locally (a median over neighbourhoods much larger than
-a stroke, then a mean of the pixels that are not ink) and ink is what differs from it. A sheet lying
-whole on a desk that fills most of the frame (a sticky note, a card) is found first
-(serve/image/sheet.py) and read as if it filled the frame. Contrast is
-taken per colour channel, so blue ink on yellow paper of the same brightness is still ink. Ruled and
+rendered gradient's): that is the background everywhere, however fat the strokes. Paper in a photo
+is rarely one colour: shadows, light fall-off, vignetting and a darker desk around the sheet all
+change the background across the frame, so there the background is estimated locally (a median over
+neighbourhoods much larger than a stroke, then a mean of the pixels that are not ink) and ink is
+what differs from it. A sheet lying whole on a desk that fills most of the frame (a sticky note, a
+card) is found first (serve/image/sheet.py) and read as if it filled the frame. Contrast is taken
+per colour channel, so blue ink on yellow paper of the same brightness is still ink. Ruled and
 squared paper lines (long, thin, straight) are removed. Small images (28x28 MNIST-form inputs and
 thumbnails) keep the simple global rule, which reproduces MNIST fields exactly.
 """

@@ -133,6 +133,8 @@ def filled(mask: np.ndarray, fill: float) -> bool:
 
 
 def core_filled(mask: np.ndarray) -> bool:
+    """Whether the core of ``mask`` (its pixels in runs across and along at least a quarter of its box's
+    smaller side) holds BLOB_CORE of its ink and fills its own box as a disc does."""
     reach = max(2, min(mask.shape) // 4)
     core = runs_at_least(mask, reach) & runs_at_least(mask.T, reach).T
     if int(core.sum()) < BLOB_CORE * int(mask.sum()):
