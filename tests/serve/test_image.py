@@ -780,8 +780,8 @@ def test_a_digital_gradient_background_is_one_ramp(pen: int) -> None:
     # no one colour and no paper, yet every pixel off the digit is background
     stroke = np.asarray(written(number_strokes("7", 60, 50, 200, 0), (300, 300), pen=pen), np.float32)[..., 0] < 128
     ramp = np.linspace(0, 1, 300, dtype=np.float32)[None, :, None]
-    background = np.float32([0.06, 0.0, 0.02]) + ramp * np.float32([0.12, 0.04, 0.14])
-    rgb = np.where(stroke[..., None], np.float32([0.85, 0.75, 0.75]), background)
+    background = np.array([0.06, 0.0, 0.02], np.float32) + ramp * np.array([0.12, 0.04, 0.14], np.float32)
+    rgb = np.where(stroke[..., None], np.array([0.85, 0.75, 0.75], np.float32), background)
     ink = ink_map(to_rgb(decode_image(rgb_bytes(rgb)).image))
     assert (ink[stroke] > 0.5).mean() > 0.95  # the whole stroke, however fat
     assert (ink[~stroke] > 0).mean() < 0.01
