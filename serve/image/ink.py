@@ -191,7 +191,7 @@ def flat_background(rgb: np.ndarray) -> np.ndarray | None:
     for photos, whose paper changes across the frame in other ways (then the background is estimated
     locally, which a stroke wider than its window would leak into)."""
     h, w = rgb.shape[:2]
-    edge = np.concatenate([rgb[0], rgb[-1], rgb[1:-1, 0], rgb[1:-1, -1]])
+    edge = border(rgb)
     low, high = np.percentile(edge, [2, 98], axis=0)
     background = np.median(edge, axis=0).astype(np.float32) if float((high - low).max()) <= FLAT_SPREAD \
         else ramp_background(rgb, edge)
@@ -210,8 +210,8 @@ def ramp_background(rgb: np.ndarray, edge: np.ndarray) -> np.ndarray | None:
     order), at every pixel of the frame, when the border keeps to it within FLAT_SPREAD; else None.
     A light fall-off or shadow in a photo is not a plane (its corners fall off faster than its sides)."""
     h, w = rgb.shape[:2]
-    ys = np.concatenate([np.zeros(w), np.full(w, h - 1), np.arange(1, h - 1), np.arange(1, h - 1)])
-    xs = np.concatenate([np.arange(w), np.arange(w), np.zeros(h - 2), np.full(h - 2, w - 1)])
+    ys = border(np.broadcast_to(np.arange(h, dtype=np.float64)[:, None], (h, w)))  # each edge pixel's row,
+    xs = border(np.broadcast_to(np.arange(w, dtype=np.float64)[None, :], (h, w)))  # and column, in edge's order
     design = np.stack([np.ones_like(ys), ys / h, xs / w], axis=1)
     coefficients = np.linalg.lstsq(design, edge.astype(np.float64), rcond=None)[0]  # [3 terms, 3 channels]
     low, high = np.percentile(edge - design @ coefficients, [2, 98], axis=0)

@@ -137,7 +137,7 @@ def core_filled(mask: np.ndarray) -> bool:
     smaller side) holds BLOB_CORE of its ink and fills its own box as a disc does."""
     reach = max(2, min(mask.shape) // 4)
     core = runs_at_least(mask, reach) & runs_at_least(mask.T, reach).T
-    if int(core.sum()) < BLOB_CORE * int(mask.sum()):
+    if not core.any() or int(core.sum()) < BLOB_CORE * int(mask.sum()):
         return False
     rows, cols = np.flatnonzero(core.any(axis=1)), np.flatnonzero(core.any(axis=0))
     return filled(core[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1], BLOB_CORE_FILL)
