@@ -131,11 +131,10 @@ def walls(rest: np.ndarray, rules: np.ndarray, thickness: int) -> np.ndarray:
     starts[1:] &= ~rules[:-1]
     widest = max(2.0, WALL_WIDTH * rules.sum() / starts.sum())  # the lines' own thickness, and a little more
     labels, count = label(rest)
-    walls_found = [k for k, (top, bottom, left, right, area) in enumerate(extents(labels, count))
-                   if k > 0 and bottom - top + 1 >= WALL_LENGTH * thickness and area <= widest * (bottom - top + 1)
-                   and right - left + 1 <= thickness + (bottom - top + 1) * WALL_LEAN
+    walls_found = [k for k, (top, bottom, left, right, _) in enumerate(extents(labels, count))
+                   if k > 0 and bottom - top + 1 >= WALL_LENGTH * thickness
                    and between_lines(rules, top, bottom, left, right, thickness)
-                   and straight(labels[top:bottom + 1, left:right + 1] == k, thickness)]
+                   and wall_shaped(labels[top:bottom + 1, left:right + 1] == k, thickness, widest)]
     if len(walls_found) >= 2:
         found = np.isin(labels, walls_found)
     return found
@@ -148,20 +147,22 @@ def between_lines(rules: np.ndarray, top: int, bottom: int, left: int, right: in
     return all(rules[max(0, end - thickness):end + thickness + 1, columns].any() for end in (top, bottom))
 
 
-def straight(mask: np.ndarray, ends: int = 0) -> bool:
-    """Whether the mark's row centres keep to a straight line (least squares, leaving out ``ends`` rows
-    at each end, where what is left of the lines' rims joins a box's corner): print does, a pen's
-    stroke bends."""
+def wall_shaped(mask: np.ndarray, ends: int, widest: float) -> bool:
+    """Whether the mark is at most ``widest`` thick on average and its row centres keep to a straight
+    line (least squares) leaning at most WALL_LEAN: print does, a pen's stroke bends. Judged without
+    ``ends`` rows at each end, where a stub of the lines' rims joins a box's corner (and widens the
+    mark's box and adds to its ink)."""
     ys, xs = np.nonzero(mask)
     rows = np.bincount(ys - ys.min())
     centres = np.bincount(ys - ys.min(), weights=xs) / np.maximum(rows, 1)
     y = np.flatnonzero(rows > 0)
     ends = min(ends, len(rows) // 5)
     y = y[(y >= ends) & (y < len(rows) - ends)]
-    if len(y) < 3:
+    if len(y) < 3 or float(rows[y].mean()) > widest:
         return False
-    fit = np.polyval(np.polyfit(y, centres[y], 1), y)
-    return float(np.abs(centres[y] - fit).max()) <= max(WALL_BEND_PX, WALL_BEND * len(rows))
+    slope, intercept = np.polyfit(y, centres[y], 1)
+    bend = float(np.abs(centres[y] - (slope * y + intercept)).max())
+    return abs(float(slope)) <= WALL_LEAN and bend <= max(WALL_BEND_PX, WALL_BEND * len(rows))
 
 
 def may_hold_a_line(sheared_rows: np.ndarray, h: int, least: int) -> bool:

@@ -848,3 +848,17 @@ def test_the_row_is_set_by_the_mark_with_the_most_ink_not_the_most_pixels() -> N
     ink[500:680, 400:416] = 0.3  # below it, a faint mark of 2,900 px
     ink[664:680, 416:480] = 0.3
     assert [g.box for g in find_glyphs(ink)] == [Box(100, 100, 120, 150)]
+
+
+def test_a_wall_with_a_stub_of_line_at_its_corner_is_still_a_wall() -> None:
+    # what the line removal leaves of a rule's rim sticks to the comb's outer wall: the wall's box is
+    # then wide for its height, though the wall itself stands upright (it had been read as a 1 beside the
+    # digit: "18", "10")
+    mask = np.zeros((300, 400), bool)
+    mask[100:102, 60:340] = mask[160:162, 60:340] = True  # the comb's top and bottom
+    for x in (60, 130, 200, 270, 338):
+        mask[100:162, x:x + 2] = True  # its walls
+    mask[102, 60:92] = True  # a stub of the top rule's rim, stuck to the first wall's corner
+    lines, _ = find_lines(mask)
+    assert lines[110:150, 60:62].all()  # the first wall goes with the lines, as the others do
+    assert lines[110:150, 130:132].all()
