@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from serve.image.lines import thin_only
+from serve.image.lines import WALL_LENGTH, thin_only, wall_shaped
 from serve.image.morph import blob_shaped, extents, label
 from serve.image.normalize import BOX_THRESHOLD
 
@@ -48,6 +48,7 @@ JOIN_ASPECT = 1.0  # ... whose union is at most this wide for its height may be 
 ROW_OVERLAP = 0.5  # a digit shares at least this much of its height with the main glyph's rows
 MAX_PARTS = 64  # bounds the work on noisy images
 THREAD = 0.004  # what a missed paper line leaves is at most this thick (of the frame's longer side, >= 2 px) ...
+LEVEL = 0.1  # two walls of a comb start and end this close (of their height)
 RESCUED = 4  # ... in the largest marks cut by the frame, which are looked at for digits it ties to the edge
 TINY = 0.015  # of the frame's longer side: no digit is smaller (thumbnails have small frames: SMALL_FRAME)
 SMALL_FRAME = 64  # frames up to this size (MNIST-form inputs, thumbnails) keep marks that touch the edge
@@ -164,22 +165,50 @@ def untied(part: Part, labels: np.ndarray) -> list[Part]:
     """The thick pieces of a mark cut by the frame that the frame does not cut once the mark's thin
     threads (at most THREAD tall: a ruled line's remains) are gone: a paper line the line finder
     missed (bent by the lens, broken up) runs off the sheet and ties the digits it touches to the
-    frame's edge. ``labels`` gets the pieces' labels."""
+    frame's edge. The walls of a comb of boxes running off the frame are no such pieces (comb_walls).
+    ``labels`` gets the pieces' labels."""
     h, w = labels.shape
     b = part.box
     window = labels[b.y:b.bottom, b.x:b.right]
     own = own_mask(part, labels)
-    thick = own & ~thin_only(own, max(2, round(THREAD * max(h, w))))
+    thread = max(2, round(THREAD * max(h, w)))
+    thick = own & ~thin_only(own, thread)
     pieces, count = label(thick)
+    placed = [(piece, Box(b.x + piece.box.x, b.y + piece.box.y, piece.box.width, piece.box.height))
+              for piece in components(pieces, count)]
+    inside = [(piece, box) for piece, box in placed if not touches_frame(box, (h, w))]
+    walls = comb_walls([piece for piece, _ in inside], pieces, own & ~thick, thread)
     found, next_label = [], int(labels.max()) + 1
-    for piece in components(pieces, count):
-        box = Box(b.x + piece.box.x, b.y + piece.box.y, piece.box.width, piece.box.height)
-        if touches_frame(box, (h, w)):
+    for piece, box in inside:
+        if id(piece) in walls:
             continue
         window[pieces == piece.labels[0]] = next_label
         found.append(Part([next_label], box, piece.area))
         next_label += 1
     return found
+
+
+def comb_walls(pieces: list[Part], labels: np.ndarray, threads: np.ndarray, thread: int) -> set[int]:
+    """The ids of the ``pieces`` (labelled in ``labels``) that are the walls of a comb of printed boxes
+    whose top and bottom (too short to be found as paper lines) tie it to the frame: thin, straight,
+    upright marks (at most twice a ``thread`` thick) that the ``threads`` meet at both ends, standing
+    as tall as another such mark, level with it. A pen's 1 that a missed line ties to the frame is
+    met by the line once, and is rarely that thin, straight and level with another."""
+    upright = [p for p in pieces if p.box.height >= WALL_LENGTH * thread and tied_at_both_ends(p.box, threads, thread)
+               and wall_shaped(labels[p.box.y:p.box.bottom, p.box.x:p.box.right] == p.labels[0], thread, 2.0 * thread)]
+    return {id(p) for p in upright for q in upright if q is not p and level_with(p.box, q.box)}
+
+
+def tied_at_both_ends(box: Box, threads: np.ndarray, reach: int) -> bool:
+    """Whether ``threads`` come within ``reach`` of the box's top and of its bottom."""
+    columns = slice(max(0, box.x - reach), box.right + reach)
+    return all(threads[max(0, end - reach):end + reach, columns].any() for end in (box.y, box.bottom - 1))
+
+
+def level_with(a: Box, b: Box) -> bool:
+    """Whether two boxes start and end at about the same height (within LEVEL of the taller)."""
+    tolerance = LEVEL * max(a.height, b.height)
+    return abs(a.y - b.y) <= tolerance and abs(a.bottom - b.bottom) <= tolerance
 
 
 def along_frame(part: Part, labels: np.ndarray) -> bool:

@@ -862,3 +862,31 @@ def test_a_wall_with_a_stub_of_line_at_its_corner_is_still_a_wall() -> None:
     lines, _ = find_lines(mask)
     assert lines[110:150, 60:62].all()  # the first wall goes with the lines, as the others do
     assert lines[110:150, 130:132].all()
+
+
+def test_the_walls_of_a_comb_running_off_the_frame_are_not_digits(sample_dataset) -> None:
+    # a short comb (its top and bottom too short to be found as paper lines) cut by the frame's edge: the
+    # thin threads that tie it to the edge go, and its walls were left as marks of their own, each read
+    # as a 1 ("101" for a 0)
+    rgb = paper(H, W)
+    top, bottom = 400, 540
+    rgb[top:top + 3, 560:] = rgb[bottom:bottom + 3, 560:] = 0.2  # 240 px of the frame's 800
+    for x in range(560, W, 100):
+        rgb[top:bottom + 3, x:x + 3] = 0.2
+    put_ink(rgb, upscale_digit(sample_dataset.test_images[1], 90), 425, 565)
+    boxes = glyph_boxes(rgb)
+    assert len(boxes) == 1 and 565 <= boxes[0].x and boxes[0].right <= 655 and boxes[0].height > 50, boxes
+
+
+def test_thin_ones_a_missed_line_ties_to_the_frame_are_not_comb_walls() -> None:
+    # two thin, straight, level 1s crossed in the middle by a paper line the line finder missed, which
+    # runs off the frame: a comb's walls are met by its top and bottom at both ends, these only once
+    ink = np.zeros((600, 800), np.float32)
+    ink[300:302, 0:210] = 1.0  # the missed line, to the frame's left edge
+    ink[250:350, 100:103] = ink[250:350, 200:203] = 1.0  # "11", a thin pen
+    ink[250:254, 600:660] = 1.0  # and a 7 beside them, clear of the line
+    for y in range(254, 350):
+        x = 657 - (y - 254) * 30 // 96
+        ink[y, x - 1:x + 2] = 1.0
+    boxes = [g.box for g in find_glyphs(ink)]
+    assert [b.x for b in boxes] == [100, 200, 600] and all(b.height == 100 for b in boxes), boxes
