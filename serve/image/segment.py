@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from serve.image.lines import WALL_LENGTH, thin_only, wall_shaped
+from serve.image.lines import WALL_LENGTH, between_lines, thin_only, wall_shaped
 from serve.image.morph import blob_shaped, extents, label
 from serve.image.normalize import BOX_THRESHOLD
 
@@ -48,8 +48,8 @@ JOIN_ASPECT = 1.0  # ... whose union is at most this wide for its height may be 
 ROW_OVERLAP = 0.5  # a digit shares at least this much of its height with the main glyph's rows
 MAX_PARTS = 64  # bounds the work on noisy images
 THREAD = 0.004  # what a missed paper line leaves is at most this thick (of the frame's longer side, >= 2 px) ...
-LEVEL = 0.1  # two walls of a comb start and end this close (of their height)
 RESCUED = 4  # ... in the largest marks cut by the frame, which are looked at for digits it ties to the edge
+LEVEL = 0.1  # two walls of a comb start and end this close (of their height)
 TINY = 0.015  # of the frame's longer side: no digit is smaller (thumbnails have small frames: SMALL_FRAME)
 SMALL_FRAME = 64  # frames up to this size (MNIST-form inputs, thumbnails) keep marks that touch the edge
 FRAMED = 0.35  # a mark inside another's box, at least this tall (of the other), and surrounded by it ...
@@ -194,15 +194,10 @@ def comb_walls(pieces: list[Part], labels: np.ndarray, threads: np.ndarray, thre
     upright marks (at most twice a ``thread`` thick) that the ``threads`` meet at both ends, standing
     as tall as another such mark, level with it. A pen's 1 that a missed line ties to the frame is
     met by the line once, and is rarely that thin, straight and level with another."""
-    upright = [p for p in pieces if p.box.height >= WALL_LENGTH * thread and tied_at_both_ends(p.box, threads, thread)
+    upright = [p for p in pieces if p.box.height >= WALL_LENGTH * thread
+               and between_lines(threads, p.box.y, p.box.bottom - 1, p.box.x, p.box.right - 1, thread)
                and wall_shaped(labels[p.box.y:p.box.bottom, p.box.x:p.box.right] == p.labels[0], thread, 2.0 * thread)]
     return {id(p) for p in upright for q in upright if q is not p and level_with(p.box, q.box)}
-
-
-def tied_at_both_ends(box: Box, threads: np.ndarray, reach: int) -> bool:
-    """Whether ``threads`` come within ``reach`` of the box's top and of its bottom."""
-    columns = slice(max(0, box.x - reach), box.right + reach)
-    return all(threads[max(0, end - reach):end + reach, columns].any() for end in (box.y, box.bottom - 1))
 
 
 def level_with(a: Box, b: Box) -> bool:
