@@ -138,7 +138,8 @@ def photo_ink(rgb: np.ndarray, gray: np.ndarray) -> np.ndarray:
         raise NoDigitFound(NO_PAPER)
     low_background = paper_colour(low, dark_ink)
     background = resize_channels(low_background, (rgb.shape[1], rgb.shape[0]), Image.Resampling.BILINEAR)
-    return without_desk(threshold_ink(contrast(rgb, background, dark_ink), gray, dark_ink), low_background)
+    desk = desk_beside(low_background, gray.shape)
+    return without_desk(threshold_ink(contrast(rgb, background, dark_ink), gray, dark_ink, desk), desk)
 
 
 def hue_distance(low: np.ndarray) -> np.ndarray:
@@ -153,21 +154,27 @@ def hue_distance(low: np.ndarray) -> np.ndarray:
     return np.abs(chroma - np.median(chroma.reshape(-1, 3), axis=0)).max(axis=2)
 
 
-def without_desk(ink: np.ndarray, low_background: np.ndarray) -> np.ndarray:
-    """``ink`` without the marks that lie mostly off the sheet: where the background is not the
-    paper's hue or not within half to twice its brightness, in a region reaching the frame's edge (a
-    desk around the sheet, whose grain and shadows stand out like ink and can outweigh a thin digit),
-    or within DESK_MARGIN // 2 px of the low copy beside it (the sheet's rim, where the background
-    estimate lags behind the edge). A mark reaching from the desk well onto the sheet stays, for the
-    segmentation to drop as cut by the frame; a region off the paper's colour that does not reach the
-    edge (a small sheet on a large desk, which then has the majority colour) is not a desk."""
+def desk_beside(low_background: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
+    """bool [H, W] (the frame's ``shape``): the desk around the sheet (desk_of the background of the low
+    copy), and DESK_MARGIN // 2 px of the low copy beside it (the sheet's rim, where the background
+    estimate lags behind the edge); None when there is no desk."""
     low_desk = desk_of(low_background)
     if not low_desk.any():
-        return ink
+        return None
     low_desk = box_mean(low_desk.astype(np.float32), DESK_MARGIN // 2) > 0
-    h, w = ink.shape
-    rows, cols = low_pixel_of(low_desk.shape, (h, w))
-    kept = np.where(mostly_on(ink > 0, low_desk[rows][:, cols]), 0.0, ink).astype(np.float32)
+    rows, cols = low_pixel_of(low_desk.shape, (shape[0], shape[1]))
+    return low_desk[rows][:, cols]
+
+
+def without_desk(ink: np.ndarray, desk: np.ndarray | None) -> np.ndarray:
+    """``ink`` without the marks that lie mostly on the ``desk`` (desk_beside): its grain and shadows,
+    and the sheet's rim, stand out like ink and can outweigh a thin digit. A mark reaching from the
+    desk well onto the sheet stays, for the segmentation to drop as cut by the frame; a region off the
+    paper's colour that does not reach the edge (a small sheet on a large desk, which then has the
+    majority colour) is not a desk."""
+    if desk is None:
+        return ink
+    kept = np.where(mostly_on(ink > 0, desk), 0.0, ink).astype(np.float32)
     if not kept.any():
         raise NoDigitFound(NO_INK)
     return kept
@@ -344,13 +351,18 @@ def contrast(rgb: np.ndarray, background: np.ndarray, dark_ink: bool) -> np.ndar
     return (diff.max(axis=2) / reference).astype(np.float32)
 
 
-def threshold_ink(raw: np.ndarray, gray: np.ndarray, dark_ink: bool = True) -> np.ndarray:
+def threshold_ink(raw: np.ndarray, gray: np.ndarray, dark_ink: bool = True,
+                  desk: np.ndarray | None = None) -> np.ndarray:
     """Keep what stands clearly above the background noise and a fraction of the strongest ink not cut
-    by the frame; remove paper lines, or on plain paper let faint ink bridge a stroke's gaps; scale
-    typical strokes to 1."""
+    by the frame and not on a ``desk`` (desk_beside: its grain and the sheet's rim are far stronger
+    than a pencil's digit on the paper); remove paper lines, or on plain paper let faint ink bridge a
+    stroke's gaps; scale typical strokes to 1."""
+    # The noise is the whole frame's, desk included: on the paper alone it is lower on ruled paper beside
+    # a desk, and the lower cut kept the rim of a line the line finder missed, which tied a "23" to the
+    # frame (tried: one faint digit on squared paper found, that "23" lost).
     noise_cut = noise_level(raw)
     smooth = box_mean(raw, 1)
-    peak = inner_peak(smooth, noise_cut)
+    peak = inner_peak(smooth, noise_cut, desk)
     cut = max(noise_cut, PEAK_FRACTION * peak)
     if peak < cut:
         raise NoDigitFound(NO_INK)
@@ -372,15 +384,17 @@ def threshold_ink(raw: np.ndarray, gray: np.ndarray, dark_ink: bool = True) -> n
     return ink.astype(np.float32)
 
 
-def inner_peak(smooth: np.ndarray, noise_cut: float) -> float:
-    """The strongest ink that is not cut by the frame and is no blob: a dark desk or a sheet's edge at
-    the border, or a punched hole showing the desk, is far stronger than a pencil digit, and would
-    otherwise set the threshold above it."""
+def inner_peak(smooth: np.ndarray, noise_cut: float, desk: np.ndarray | None = None) -> float:
+    """The strongest ink that is not cut by the frame, not mostly on the ``desk`` and no blob: a dark
+    desk or a sheet's edge, or a punched hole showing the desk, is far stronger than a pencil digit,
+    and would otherwise set the threshold above it."""
     strongest = float(smooth.max())
     # traced well below any threshold the peak could set, so a desk or an edge is one region
     marks, count = label(smooth >= max(noise_cut, PEAK_FRACTION ** 2 * strongest))
     inside = np.ones(count + 1, bool)
     inside[border(marks)] = False
+    if desk is not None:
+        inside &= np.bincount(marks[desk], minlength=count + 1) < 0.5 * np.bincount(marks.ravel(), minlength=count + 1)
     inside[0] = False
     if not inside.any():
         return strongest

@@ -11,7 +11,9 @@ import numpy as np
 from serve.image.morph import extents, label, runs_at_least
 
 SPAN = 0.5  # a line covers at least this fraction of the frame
-LONE_SPAN = 0.75  # ... and a line with no other beside it (in its direction) at least this fraction
+LONE_SPAN = 2 / 3  # ... and a line with no other beside it (in its direction) at least this fraction
+PIECE = 0.25  # a found run with less than this fraction of the largest one's pixels is a piece, not a line
+MANY_PIECES = 256  # found in more pieces than this, the lines are many (and grouping the pieces is n^2 work)
 GAP_FILL = 0.7  # of every window along it (faint lines break up in the threshold)
 TILTS_DEG = tuple(t / 2 for t in range(-16, 17))  # half-degree steps: a thin line missed by one degree breaks up
 THIN = 0.012  # a line is at most this thick (fraction of the frame's longer side, plus 2 px)
@@ -110,13 +112,43 @@ def strokes_along(rules: np.ndarray, mask: np.ndarray) -> np.ndarray:
 def ruled(found: np.ndarray, axis: int = 1) -> np.ndarray:
     """The lines ``found`` along ``axis``, unless there is one only and it is shorter than LONE_SPAN of
     the frame: ruled paper has lines beside it and a lone rule runs across the sheet, while the base
-    of a typeset 2 filling a tight crop spans half of it."""
+    of a typeset 2 filling a tight crop spans half of it, and a pen's 1 on a card half its height.
+    Pieces one after another along the same track are one line (a faint rule breaks up; a wobbly
+    stroke's end is found at another tilt), and a line with under PIECE of the largest one's pixels
+    is a fragment, not a line beside it."""
     labels, count = label(found)
-    if count != 1:
+    if count == 0 or count > MANY_PIECES:
         return found
-    top, bottom, left, right, _ = extents(labels, count)[1]
-    length = right - left + 1 if axis == 1 else bottom - top + 1
+    boxes = extents(labels, count)[1:]
+    along = boxes[:, 2:4] if axis == 1 else boxes[:, 0:2]
+    line_of = one_line(along, boxes[:, 0:2] if axis == 1 else boxes[:, 2:4])
+    pixels = np.bincount(line_of, weights=boxes[:, 4])
+    if int((pixels >= PIECE * pixels.max()).sum()) > 1:
+        return found
+    main = line_of == int(np.argmax(pixels))
+    length = int(along[main, 1].max() - along[main, 0].min()) + 1
     return found if length >= LONE_SPAN * found.shape[axis] else np.zeros_like(found)
+
+
+def one_line(along: np.ndarray, across: np.ndarray) -> np.ndarray:
+    """The line each piece belongs to, for pieces whose extents along the lines' direction and across
+    it are ``along`` and ``across`` (int [n, 2], first and last, inclusive): pieces whose extents
+    overlap across and not along (one after the other on one track), directly or through others, are
+    one line; parallel lines overlap along. int [n], lines numbered from 0."""
+    def overlap(extent: np.ndarray) -> np.ndarray:
+        return (extent[:, None, 0] <= extent[None, :, 1]) & (extent[None, :, 0] <= extent[:, None, 1])
+
+    parent = np.arange(len(along))
+
+    def root(k: int) -> int:
+        while parent[k] != k:
+            k = int(parent[k])
+        return k
+
+    for a, b in zip(*np.nonzero(np.triu(overlap(across) & ~overlap(along), 1))):
+        parent[root(int(b))] = root(int(a))
+    roots = np.array([root(k) for k in range(len(along))])
+    return np.unique(roots, return_inverse=True)[1]
 
 
 def walls(rest: np.ndarray, rules: np.ndarray, thickness: int) -> np.ndarray:

@@ -890,3 +890,47 @@ def test_thin_ones_a_missed_line_ties_to_the_frame_are_not_comb_walls() -> None:
         ink[y, x - 1:x + 2] = 1.0
     boxes = [g.box for g in find_glyphs(ink)]
     assert [b.x for b in boxes] == [100, 200, 600] and all(b.height == 100 for b in boxes), boxes
+
+
+def test_a_wobbly_pen_s_one_found_in_two_pieces_is_no_lone_line() -> None:
+    # a pen's 1 on a card, half the crop's height, wobbles: found as an upright run, with its end past a
+    # faded gap as a second, tiny one. Two pieces had counted as two lines beside each other (ruled
+    # paper), so the 1 was removed as a line and the card had "no ink"
+    mask = np.zeros((208, 600), bool)
+    for y in range(40, 150):
+        x = 350 + round(2 * np.sin(y / 15))
+        mask[y, x:x + 4] = True
+    mask[158:163, 356:359] = True  # the stroke's end, past the gap and a little to the side
+    lines, _ = find_lines(mask)
+    assert not lines.any()
+
+
+def test_a_desk_s_dark_grain_does_not_set_the_threshold_for_a_pencil_digit() -> None:
+    # a sheet beside a desk whose grain (dark streaks on wood, inside the frame) stands out three
+    # times as much as a pencil's digit: as the threshold's peak it put the cut above the pencil, and
+    # the digit was lost ("no ink found")
+    from PIL import ImageDraw
+
+    h, w, desk_w = 700, 1000, 300
+    stroke = np.asarray(written(number_strokes("7", 380, 280, 90, 0), (w, h), pen=3), np.float32)[..., 0] < 128
+    rgb = put_ink(paper(h, w), stroke.astype(np.float32) * 0.25, 0, 0)
+    desk = Image.new("L", (desk_w, h), 140)
+    draw = ImageDraw.Draw(desk)
+    rng = np.random.default_rng(1)
+    for _ in range(12):
+        x, y = int(rng.integers(20, desk_w - 120)), int(rng.integers(30, h - 30))
+        draw.line([(x, y), (x + int(rng.integers(60, 100)), y + int(rng.integers(-10, 10)))], fill=13, width=6)
+    rgb[:, w - desk_w:] = (np.asarray(desk, np.float32) / 255)[..., None] * np.array([1.0, 0.8, 0.6], np.float32)
+    boxes = glyph_boxes(rgb)
+    assert len(boxes) == 1 and 370 <= boxes[0].x <= 385 and boxes[0].height > 80, boxes
+
+
+def test_a_line_broken_into_pieces_beside_a_whole_one_is_a_second_line() -> None:
+    # a sheet's edge, found whole, and the desk's edge beside it, found in pieces (each under a quarter
+    # of the whole one): the pieces, one after another on one track, are a line beside it, so both go
+    mask = np.zeros((264, 352), bool)
+    mask[14:207, 20:23] = True  # 193 of 264 rows: shorter than a lone line must be
+    for top in range(60, 260, 40):
+        mask[top:top + 30, 8:10] = True
+    lines, _ = find_lines(mask)
+    assert lines[20:200, 20:23].all() and lines[70:85, 8:10].all()
