@@ -21,6 +21,7 @@ ALONG_WIDTH = 2.0  # a stroke lies along a line where the two are at least this 
 ALONG_LENGTH = 3.0  # for at least this many line widths along it
 WALL_LENGTH, WALL_LEAN = 3, 0.3  # a box's wall is at least this many line widths long, leaning at most this much,
 WALL_WIDTH = 2.0  # and at most this many times as thick as the lines on average,
+WALL_COVER = 0.6  # a wall in pieces covers at least this much of the way between its lines
 WALL_BEND, WALL_BEND_PX = 0.03, 1.5  # and straight: no row's centre further than this (of its length, or px)
 # from a straight line
 
@@ -154,8 +155,9 @@ def one_line(along: np.ndarray, across: np.ndarray) -> np.ndarray:
 def walls(rest: np.ndarray, rules: np.ndarray, thickness: int) -> np.ndarray:
     """Thin, straight, nearly upright marks in ``rest`` that run from one found line (``rules``) down to
     another, no thicker than the lines, two or more of them: the walls of a form's boxes or a table's
-    dividers, too short to be found as lines themselves. A digit's stroke between two lines is thicker
-    than the print, bends, or stands alone."""
+    dividers, too short to be found as lines themselves. A wall printed faintly breaks up in the
+    threshold: its pieces, one after another on one track, are a wall too (pieced_wall). A digit's
+    stroke between two lines is thicker than the print, bends, or stands alone."""
     found = np.zeros_like(rest)
     if not rules.any():
         return found
@@ -163,13 +165,43 @@ def walls(rest: np.ndarray, rules: np.ndarray, thickness: int) -> np.ndarray:
     starts[1:] &= ~rules[:-1]
     widest = max(2.0, WALL_WIDTH * rules.sum() / starts.sum())  # the lines' own thickness, and a little more
     labels, count = label(rest)
-    walls_found = [k for k, (top, bottom, left, right, _) in enumerate(extents(labels, count))
-                   if k > 0 and bottom - top + 1 >= WALL_LENGTH * thickness
-                   and between_lines(rules, top, bottom, left, right, thickness)
-                   and wall_shaped(labels[top:bottom + 1, left:right + 1] == k, thickness, widest)]
-    if len(walls_found) >= 2:
-        found = np.isin(labels, walls_found)
+    boxes = extents(labels, count)
+    thin = [k for k, (top, bottom, left, right, _) in enumerate(boxes)
+            if k > 0 and bottom - top + 1 >= thickness
+            and wall_shaped(labels[top:bottom + 1, left:right + 1] == k, thickness, widest)]
+    whole = [[k] for k in thin if boxes[k, 1] - boxes[k, 0] + 1 >= WALL_LENGTH * thickness
+             and between_lines(rules, int(boxes[k, 0]), int(boxes[k, 1]), int(boxes[k, 2]), int(boxes[k, 3]),
+                               thickness)]
+    pieces = [k for k in thin if [k] not in whole]
+    if 0 < len(pieces) <= MANY_PIECES:
+        tracks = one_line(boxes[pieces, 0:2], boxes[pieces, 2:4])
+        for track in range(int(tracks.max()) + 1):
+            members = [k for k, t in zip(pieces, tracks) if t == track]
+            if len(members) > 1 and pieced_wall(labels, boxes, members, rules, thickness, widest):
+                whole.append(members)
+    if len(whole) >= 2:
+        found = np.isin(labels, [k for members in whole for k in members])
     return found
+
+
+def pieced_wall(labels: np.ndarray, boxes: np.ndarray, members: list[int], rules: np.ndarray, thickness: int,
+                widest: float) -> bool:
+    """Whether the pieces ``members`` (labels of one track, each thin and straight) are a wall: straight
+    together, covering WALL_COVER of the way between the lines above and below them, the first or the
+    last meeting its line."""
+    top, bottom = int(boxes[members, 0].min()), int(boxes[members, 1].max())
+    left, right = int(boxes[members, 2].min()), int(boxes[members, 3].max())
+    columns = np.asarray(rules[:, max(0, left - thickness):right + 1 + thickness].any(axis=1))
+    above, below = np.flatnonzero(columns[:top + thickness]), np.flatnonzero(columns[bottom - thickness + 1:])
+    if not len(above) or not len(below):
+        return False
+    line_top, line_bottom = int(above[-1]), bottom - thickness + 1 + int(below[0])
+    if top - line_top > thickness and line_bottom - bottom > thickness:
+        return False  # meets neither line
+    covered = int(boxes[members, 1].sum() - boxes[members, 0].sum()) + len(members)
+    block = labels[top:bottom + 1, left:right + 1]
+    return covered >= WALL_COVER * (line_bottom - line_top + 1) and \
+        wall_shaped(np.isin(block, members), thickness, widest)
 
 
 def between_lines(rules: np.ndarray, top: int, bottom: int, left: int, right: int, thickness: int) -> bool:

@@ -934,3 +934,28 @@ def test_a_line_broken_into_pieces_beside_a_whole_one_is_a_second_line() -> None
         mask[top:top + 30, 8:10] = True
     lines, _ = find_lines(mask)
     assert lines[20:200, 20:23].all() and lines[70:85, 8:10].all()
+
+
+def test_a_comb_wall_printed_faintly_in_pieces_is_a_wall() -> None:
+    # a comb's second wall broke up in the threshold (faint print), so its first, whole wall stood alone
+    # and was kept as a digit's stroke: read as a 1 beside the digit ("11" for a 1, at 1.00)
+    mask = np.zeros((300, 400), bool)
+    mask[100:102, 40:360] = mask[160:162, 40:360] = True  # the comb's top and bottom
+    mask[100:162, 60:62] = True  # its first wall, whole
+    for top, bottom in ((102, 121), (126, 141), (146, 156)):
+        mask[top:bottom, 200:202] = True  # its second, in pieces covering 71% of the way
+    lines, _ = find_lines(mask)
+    assert lines[110:150, 60:62].all() and lines[105:118, 200:202].all() and lines[148:154, 200:202].all()
+
+
+def test_a_pen_s_one_in_pieces_beside_a_wall_is_not_a_wall() -> None:
+    # a faint pen's 1 broken into pieces, hanging from a ruled line, beside one box wall: its pieces
+    # cover under WALL_COVER of the way to the next line, so they stay ink, and the wall stays alone (a
+    # wall needs a second)
+    mask = np.zeros((300, 400), bool)
+    mask[100:102, 40:360] = mask[160:162, 40:360] = True
+    mask[100:162, 60:62] = True
+    for top, bottom in ((102, 113), (118, 125)):
+        mask[top:bottom, 200:202] = True  # 18 of 60 rows
+    lines, _ = find_lines(mask)
+    assert not lines[104:111, 200:202].any() and not lines[110:150, 60:62].any()
