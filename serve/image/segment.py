@@ -45,6 +45,7 @@ LINE_THICKNESS = 0.015  # ... and on average at most this thick is a paper line 
 MAX_DIGITS = 12
 JOIN_GAP = 0.15  # neighbours closer than this (fraction of their height) ...
 JOIN_ASPECT = 1.0  # ... whose union is at most this wide for its height may be one digit
+OVERLAP_JOIN_ASPECT = 1.7  # ... or this wide, when the two overlap across (the halves of a wide 0)
 ROW_OVERLAP = 0.5  # a digit shares at least this much of its height with the main glyph's rows
 MAX_PARTS = 64  # bounds the work on noisy images
 THREAD = 0.004  # what a missed paper line leaves is at most this thick (of the frame's longer side, >= 2 px) ...
@@ -284,7 +285,8 @@ def may_be_one(left: Box, right: Box) -> bool:
     (a 0 whose top and bottom a paper line took): the model decides (serve/reading.py)."""
     union = left.union(right)
     gap = right.x - left.right
-    return gap <= JOIN_GAP * union.height and union.width <= JOIN_ASPECT * union.height
+    widest = OVERLAP_JOIN_ASPECT if gap < 0 else JOIN_ASPECT
+    return gap <= JOIN_GAP * union.height and union.width <= widest * union.height
 
 
 def cut_out(part: Part, labels: np.ndarray, ink: np.ndarray) -> Glyph | None:

@@ -959,3 +959,34 @@ def test_a_pen_s_one_in_pieces_beside_a_wall_is_not_a_wall() -> None:
         mask[top:bottom, 200:202] = True  # 18 of 60 rows
     lines, _ = find_lines(mask)
     assert not lines[104:111, 200:202].any() and not lines[110:150, 60:62].any()
+
+
+def wide_zero_in_halves(gap_deg: float) -> np.ndarray:
+    """A 0 written 1.6 times as wide as tall, in two halves: the pen lifted at the bottom, right of
+    the middle, and at the top, left of it (PIL's angles run clockwise from 3 o'clock)."""
+    from PIL import ImageDraw
+
+    image = Image.new("L", (520, 400), 0)
+    draw = ImageDraw.Draw(image)
+    draw.arc((100, 100, 420, 300), 80, 250, fill=255, width=12)
+    draw.arc((100, 100, 420, 300), 250 + gap_deg, 80 - gap_deg, fill=255, width=12)
+    return (np.asarray(image) > 127).astype(np.float32)
+
+
+def test_the_overlapping_halves_of_a_wide_zero_may_be_one_digit() -> None:
+    # each half was read as a sure digit ("67" at 0.99); their union, wider than any digit the join
+    # allowed for, was never shown to the model as one
+    glyphs = find_glyphs(wide_zero_in_halves(10))
+    assert len(glyphs) == 2 and glyphs[0].joined_with_next is not None
+    assert glyphs[0].joined_with_next.box == Box(100, 100, 321, 201)  # the ellipse's box, the pen inside it
+
+
+def test_wide_neighbours_apart_are_not_offered_as_one() -> None:
+    ink = np.zeros((300, 500), np.float32)
+    for left in (100, 250):  # two 7s 30 px apart, together 1.4 times as wide as tall
+        ink[100:104, left:left + 120] = 1.0
+        for y in range(104, 250):
+            x = left + 117 - (y - 104) * 60 // 146
+            ink[y, x - 2:x + 2] = 1.0
+    glyphs = find_glyphs(ink)
+    assert len(glyphs) == 2 and glyphs[0].joined_with_next is None
