@@ -166,14 +166,21 @@ def walls(rest: np.ndarray, rules: np.ndarray, thickness: int) -> np.ndarray:
     widest = max(2.0, WALL_WIDTH * rules.sum() / starts.sum())  # the lines' own thickness, and a little more
     labels, count = label(rest)
     boxes = extents(labels, count)
-    thin = [k for k, (top, bottom, left, right, _) in enumerate(boxes)
-            if k > 0 and bottom - top + 1 >= thickness
-            and wall_shaped(labels[top:bottom + 1, left:right + 1] == k, thickness, widest)]
-    whole = [[k] for k in thin if boxes[k, 1] - boxes[k, 0] + 1 >= WALL_LENGTH * thickness
+
+    def shaped(k: int) -> bool:
+        top, bottom, left, right, _ = (int(v) for v in boxes[k])
+        return wall_shaped(labels[top:bottom + 1, left:right + 1] == k, thickness, widest)
+
+    heights, widths = boxes[:, 1] - boxes[:, 0] + 1, boxes[:, 3] - boxes[:, 2] + 1
+    whole = [[k] for k in range(1, count + 1) if heights[k] >= WALL_LENGTH * thickness
              and between_lines(rules, int(boxes[k, 0]), int(boxes[k, 1]), int(boxes[k, 2]), int(boxes[k, 3]),
-                               thickness)]
-    pieces = [k for k in thin if [k] not in whole]
-    if 0 < len(pieces) <= MANY_PIECES:
+                               thickness) and shaped(k)]
+    walls_whole = {members[0] for members in whole}
+    # pieces: upright (a box no wider than the lean allows), and few (noise has thousands of marks)
+    upright = [k for k in range(1, count + 1) if k not in walls_whole and heights[k] >= thickness
+               and widths[k] <= WALL_LEAN * heights[k] + 2 * widest + 1]
+    pieces = [k for k in upright if shaped(k)] if len(upright) <= MANY_PIECES else []
+    if pieces:
         tracks = one_line(boxes[pieces, 0:2], boxes[pieces, 2:4])
         for track in range(int(tracks.max()) + 1):
             members = [k for k, t in zip(pieces, tracks) if t == track]

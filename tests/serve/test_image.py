@@ -990,3 +990,24 @@ def test_wide_neighbours_apart_are_not_offered_as_one() -> None:
             ink[y, x - 2:x + 2] = 1.0
     glyphs = find_glyphs(ink)
     assert len(glyphs) == 2 and glyphs[0].joined_with_next is None
+
+
+def test_judging_wall_pieces_in_noise_is_bounded_work(monkeypatch) -> None:
+    # between two ruled lines, noise leaves thousands of upright specks: they are not judged one by one
+    # as a wall's pieces (the pairwise grouping of pieces is n^2 work)
+    import serve.image.lines as lines
+
+    calls = []
+    original = lines.wall_shaped
+
+    def counted_wall_shaped(mask: np.ndarray, ends: int, widest: float) -> bool:
+        calls.append(mask.shape)
+        return original(mask, ends, widest)
+
+    monkeypatch.setattr(lines, "wall_shaped", counted_wall_shaped)
+    mask = np.zeros((400, 400), bool)
+    for y in range(110, 290, 20):
+        mask[y:y + 8, ::3] = True  # 1,206 upright dashes, each as tall as a wall's piece may be
+    mask[100:102] = mask[300:302] = True  # two lines, so walls are looked for
+    find_lines(mask)
+    assert len(calls) < 300  # not one call per dash (1,206)
