@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from serve.image.morph import extents, label, runs_at_least
+from serve.image.morph import extents, joined, label, runs_at_least
 
 SPAN = 0.5  # a line covers at least this fraction of the frame
 LONE_SPAN = 2 / 3  # ... and a line with no other beside it (in its direction) at least this fraction
 PIECE = 0.25  # a found run with less than this fraction of the largest one's pixels is a piece, not a line
-MANY_PIECES = 256  # found in more pieces than this, the lines are many (and grouping the pieces is n^2 work)
+MANY_PIECES = 256  # lines found in more pieces than this are many; wall pieces more than this are noise (the
+# pairwise grouping of pieces is n^2 work)
 GAP_FILL = 0.7  # of every window along it (faint lines break up in the threshold)
 TILTS_DEG = tuple(t / 2 for t in range(-16, 17))  # half-degree steps: a thin line missed by one degree breaks up
 THIN = 0.012  # a line is at most this thick (fraction of the frame's longer side, plus 2 px)
@@ -139,17 +140,8 @@ def one_line(along: np.ndarray, across: np.ndarray) -> np.ndarray:
     def overlap(extent: np.ndarray) -> np.ndarray:
         return (extent[:, None, 0] <= extent[None, :, 1]) & (extent[None, :, 0] <= extent[:, None, 1])
 
-    parent = np.arange(len(along))
-
-    def root(k: int) -> int:
-        while parent[k] != k:
-            k = int(parent[k])
-        return k
-
-    for a, b in zip(*np.nonzero(np.triu(overlap(across) & ~overlap(along), 1))):
-        parent[root(int(b))] = root(int(a))
-    roots = np.array([root(k) for k in range(len(along))])
-    return np.unique(roots, return_inverse=True)[1]
+    a, b = np.nonzero(np.triu(overlap(across) & ~overlap(along), 1))
+    return joined(len(along), a, b)
 
 
 def walls(rest: np.ndarray, rules: np.ndarray, thickness: int) -> np.ndarray:

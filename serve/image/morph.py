@@ -71,8 +71,7 @@ def extents(labels: np.ndarray, count: int) -> np.ndarray:
 def label(mask: np.ndarray) -> tuple[np.ndarray, int]:
     """8-connected components of a boolean mask: int32 labels (0 background, 1..n) and n.
 
-    Vectorized union-find: every pair of touching pixels hooks the larger root onto the smaller,
-    then pointer jumping flattens the trees; a few rounds suffice even for long spiralling strokes.
+    Every pair of touching pixels is joined (``joined``, a vectorized union-find).
     """
     h, w = mask.shape
     ids = np.flatnonzero(mask)
@@ -88,9 +87,20 @@ def label(mask: np.ndarray) -> tuple[np.ndarray, int]:
         x0 = xs + max(0, -dx)
         sources.append(index[ys * w + x0])
         targets.append(index[(ys + dy) * w + x0 + dx])
-    src, dst = np.concatenate(sources), np.concatenate(targets)
+    compact = joined(n, np.concatenate(sources), np.concatenate(targets))
+    labels = np.zeros(h * w, np.int32)
+    labels[ids] = compact + 1
+    return labels.reshape(h, w), int(compact.max()) + 1
+
+
+def joined(n: int, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """The group of each of ``n`` items that the pairs (``src[i]``, ``dst[i]``) join, directly or
+    through others: int64 [n], groups numbered from 0 in the order of their smallest item.
+
+    Vectorized union-find: every pair hooks the larger root onto the smaller, then pointer jumping
+    flattens the trees; a few rounds suffice even for long chains."""
     parent = np.arange(n)
-    while True:
+    while len(src):
         ps, pd = parent[src], parent[dst]
         differ = ps != pd
         if not differ.any():
@@ -101,10 +111,7 @@ def label(mask: np.ndarray) -> tuple[np.ndarray, int]:
             if np.array_equal(jumped, parent):
                 break
             parent = jumped
-    _, compact = np.unique(parent, return_inverse=True)
-    labels = np.zeros(h * w, np.int32)
-    labels[ids] = compact + 1
-    return labels.reshape(h, w), int(compact.max()) + 1
+    return np.unique(parent, return_inverse=True)[1]
 
 
 def holes(mask: np.ndarray) -> np.ndarray:
