@@ -37,7 +37,7 @@ from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageFont, ImageOps
 from pipeline.errors import PipelineError
 
 CONDITIONS = ("mnist-28", "canvas", "photo", "note", "ruled", "framed", "specks", "colour", "thick-thin", "writers",
-              "small", "typeset", "numbers", "not-digits", "big")
+              "small", "cropped", "typeset", "numbers", "not-digits", "big")
 DEFAULT_PER_CONDITION = 100
 BIG_MAX = 3  # 48-megapixel photos are slow to make: at most this many
 BIG_SIZE = (8000, 6000)
@@ -1192,6 +1192,45 @@ def make_mnist28(split: Split, rng: np.random.Generator) -> tuple[bytes, str, st
     return _encode(Image.fromarray(digit), "PNG"), "png", "png", label
 
 
+CROPPED_HEIGHT = (40.0, 600.0)  # px: the cropped digit, enlarged
+LOW_RES_HEIGHT = (8, 16)  # px: a digit kept at low resolution, as small digit datasets keep theirs
+
+
+def make_cropped(split: Split, rng: np.random.Generator) -> tuple[bytes, str, str, str]:
+    """A digit cropped to its ink, as a person crops a photo or a program saves a dataset's digit: the
+    test digit's ink box and at most a pixel around it, enlarged smoothly or by repeating pixels, or
+    kept at a low resolution (8-16 px, 17 grey levels) and saved as it is or enlarged by repeating
+    pixels; dark ink on light or light on dark, in a lossless format or as a JPEG."""
+    digit, label = _digit(split, rng)
+    ink = _crop_to_ink(_from_l(Image.fromarray(digit)), level=0.1)
+    kind = _pick(rng, ["smooth", "pixels", "low-res"], p=[0.5, 0.2, 0.3])
+    if kind == "low-res":
+        side = int(rng.integers(LOW_RES_HEIGHT[0], LOW_RES_HEIGHT[1] + 1))
+        scale = side / ink.shape[0]
+        ink = _resize_f(ink, (max(1, round(ink.shape[1] * scale)), side), Image.Resampling.BOX)
+        ink = np.round(np.clip(ink / max(float(ink.max()), 1e-6), 0, 1) * 16) / 16
+        enlarge = 1 if rng.random() < 0.4 else int(rng.integers(4, 33))
+    else:
+        enlarge = _logu(rng, *CROPPED_HEIGHT) / ink.shape[0]
+    size = (max(1, round(ink.shape[1] * enlarge)), max(1, round(ink.shape[0] * enlarge)))
+    if size != ink.shape[::-1]:
+        smooth = kind == "smooth"
+        ink = _resize_f(ink, size, Image.Resampling.BICUBIC if smooth else Image.Resampling.NEAREST)
+    ink = np.pad(np.clip(ink, 0, 1), int(rng.integers(0, 2)))
+    light_on_dark = rng.random() < 0.3
+    paper, pen = (np.array(_hsv(rng.random(), _u(rng, 0, 0.3), _u(rng, 0, 0.25)), np.float32),
+                  np.array(_hsv(rng.random(), _u(rng, 0, 0.3), _u(rng, 0.85, 1)), np.float32))
+    if not light_on_dark:
+        paper, pen = pen, paper
+    rgb = paper[None, None] + ink[..., None] * (pen - paper)[None, None]
+    image = Image.fromarray(np.clip(rgb + 0.5, 0, 255).astype(np.uint8))
+    fmt = _pick(rng, ["PNG", "GIF", "WEBP", "BMP", "JPEG"], p=[0.55, 0.1, 0.1, 0.1, 0.15])
+    params: dict[str, Any] = {"quality": int(rng.integers(85, 96))} if fmt == "JPEG" else \
+        {"lossless": True} if fmt == "WEBP" else {}
+    data = _encode(image.convert("P", palette=Image.Palette.ADAPTIVE) if fmt == "GIF" else image, fmt, **params)
+    return data, EXTENSIONS[fmt], f"{kind}-{'light' if light_on_dark else 'dark'}", label
+
+
 def make_canvas(split: Split, rng: np.random.Generator) -> tuple[bytes, str, str, str]:
     digit, label = _digit(split, rng)
     kind = _pick(rng, ["bilinear", "smooth", "pen"], p=[0.35, 0.35, 0.3])
@@ -1626,7 +1665,7 @@ def make_big(split: Split, rng: np.random.Generator) -> tuple[bytes, str, str, s
 MAKERS: dict[str, Callable[[Split, np.random.Generator], tuple[bytes, str, str, str | None]]] = {
     "mnist-28": make_mnist28, "canvas": make_canvas, "photo": make_photo, "note": make_note, "ruled": make_ruled,
     "framed": make_framed, "specks": make_specks, "colour": make_colour, "thick-thin": make_thick_thin,
-    "writers": make_writers, "small": make_small,
+    "writers": make_writers, "small": make_small, "cropped": make_cropped,
     "typeset": make_typeset, "numbers": make_numbers, "not-digits": make_not_digits, "big": make_big,
 }
 

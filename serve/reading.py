@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from serve.image.decode import DEFAULT_MAX_PIXELS, ImageError, decode_image, to_rgb
+from serve.image.decode import DEFAULT_MAX_PIXELS, ImageError, at_drawn_scale, decode_image, to_rgb
 from serve.image.ink import NO_INK, NoDigitFound, ink_map
 from serve.image.normalize import INK_MIN, FieldSpec, fit_to_field, is_field_form
 from serve.image.segment import Box, find_glyphs
@@ -140,8 +140,10 @@ def page_of_image(image: "Image.Image", name: str, spec: FieldSpec = FieldSpec()
     """A decoded image → one field per glyph (and per alternative), boxes scaled by ``scale`` to the
     original image's pixels."""
     empty = np.zeros((0, spec.size, spec.size), np.float32)
+    rgb, pixel = at_drawn_scale(to_rgb(image))
+    scale *= pixel
     try:
-        ink = ink_map(to_rgb(image))
+        ink = ink_map(rgb)
     except NoDigitFound as exc:
         return Page(name, empty, [], refusal=str(exc))
     if ink.max(initial=0.0) < INK_MIN:

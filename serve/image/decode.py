@@ -38,10 +38,14 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from serve.image.morph import resize_channels
 from serve.limits import DEFAULT_MAX_PIXELS
 
 WORK_SIDE = 1024  # the longer side images are analysed at; larger images come back with exactly this side
 MIN_SIDE = 8
+TINY_IMAGE = 24  # px: a smaller image (once its repeated pixels are undone) is enlarged smoothly ...
+TINY_TO = 64  # ... to this longer side before it is read
+CELL_ASPECT = 0.1  # repeated pixels undone only when the cells are this near square (relative difference)
 STRIP_PIXELS = 1 << 21  # pixels converted at a time when a mode must be converted before reducing
 
 FORMATS = ("PNG", "JPEG", "GIF", "BMP", "DIB", "TIFF", "WEBP", "PPM", "AVIF")  # what we let Pillow open
@@ -121,6 +125,41 @@ def to_rgb(image: Image.Image) -> np.ndarray:
         raise ImageError(_cannot_decode(exc)) from None
 
 
+def at_drawn_scale(rgb: np.ndarray) -> tuple[np.ndarray, float]:
+    """The image at the scale it was drawn at, and the size of its pixels in ``rgb``'s: an image
+    enlarged by repeating pixels (a low-resolution digit or pixel art shown big) back to one pixel a
+    cell, since its blocks are no strokes; then an image smaller than TINY_IMAGE enlarged smoothly to
+    TINY_TO, as a screen shows it (read at 8 px, a stroke is an eighth of the digit)."""
+    h, w = rgb.shape[:2]
+    cell_y = repeated_cell(np.any(rgb[1:] != rgb[:-1], axis=(1, 2)))
+    cell_x = repeated_cell(np.any(rgb[:, 1:] != rgb[:, :-1], axis=(0, 2)))
+    pixel = 1.0
+    if cell_y and cell_x and abs(cell_y - cell_x) <= CELL_ASPECT * max(cell_y, cell_x):
+        rows = np.minimum(((np.arange(round(h / cell_y)) + 0.5) * cell_y).astype(np.int64), h - 1)
+        cols = np.minimum(((np.arange(round(w / cell_x)) + 0.5) * cell_x).astype(np.int64), w - 1)
+        rgb, pixel = rgb[rows][:, cols], (cell_y + cell_x) / 2
+        h, w = rgb.shape[:2]
+    if max(h, w) < TINY_IMAGE:
+        factor = TINY_TO / max(h, w)
+        rgb = resize_channels(rgb, (max(1, round(w * factor)), max(1, round(h * factor))), Image.Resampling.BILINEAR)
+        pixel /= factor
+    return rgb, pixel
+
+
+def repeated_cell(changes: np.ndarray) -> float | None:
+    """The size of the cells an image line was enlarged into by repeating pixels, from ``changes`` (True
+    where a pixel differs from the one before it); None unless every run of equal pixels is one or more
+    whole cells of at least 2 pixels (within a pixel: an enlargement by 12.5 repeats pixels 12 or 13
+    times)."""
+    length = len(changes) + 1
+    runs = np.diff(np.concatenate([[0], np.flatnonzero(changes) + 1, [length]]))
+    shortest = int(runs.min())
+    if shortest < 2:
+        return None
+    cell = length / max(1, int(np.round(runs / shortest).sum()))
+    return cell if float(np.abs(runs - np.round(runs / cell) * cell).max()) <= 1.0 else None
+
+
 # ---- decoding ------------------------------------------------------------------------------------------
 
 def _decode(data: bytes, max_pixels: int, work_side: int) -> Decoded:
@@ -129,8 +168,8 @@ def _decode(data: bytes, max_pixels: int, work_side: int) -> Decoded:
     width, height = image.size
     if width * height > max_pixels:  # Pillow's open ran _bomb_check already; kept for plugins that don't
         raise _OverLimit((width, height))
-    if min(width, height) < MIN_SIDE:
-        raise ImageError(f"image is {width}x{height} pixels; a digit needs at least {MIN_SIDE}x{MIN_SIDE}")
+    if max(width, height) < MIN_SIDE:  # a 1 kept at low resolution may be 3 px wide and 10 tall
+        raise ImageError(f"image is {width}x{height} pixels; a digit needs at least {MIN_SIDE} on its longer side")
     if image.format in ("JPEG", "MPO") and image.info.get("progressive"):
         _check_progressive(image, max_pixels)
     longer = max(width, height)

@@ -31,6 +31,16 @@ SHEET_REACH = 8  # px of the low copy: the desk around a sheet takes the colour 
 RIM_BAND = 2  # px of the low copy: the band along a sheet's edge where the edge and the desk's shade show
 DESK_MARGIN = 4  # px of the low copy: the band beside a desk where its edge still shows in the contrast
 FLAT_SPREAD = 0.04  # a border whose colour varies less than this (2nd to 98th percentile) is one colour
+FLAT_MAJORITY = 0.5  # ... the background, when this share of the frame is within FLAT_MAJORITY_TOLERANCE of it
+# A digit cropped to its ink (cropped_background): a border this share of which is exactly one colour (within
+# CROP_NOISE: no sensor noise), the rest strokes at least CROSSING_INK from it on all four sides, with at most
+# CROP_EDGES pixels between the two (a stroke's soft edges) per stroke pixel; light strokes cross each side in
+# runs of at most LIGHT_RUN of it. Such a border, or dark strokes on a border exactly one colour, need only
+# CROP_MAJORITY of the frame as the background (a bold digit's soft edges take much of a close crop).
+CROP_FLAT, CROP_NOISE = 0.3, 1.5 / 255
+CROSSING_INK, CROP_EDGES, LIGHT_RUN = 0.25, 1.5, 0.5
+CROP_MAJORITY = 0.25
+CROP_BINS = 50  # the one colour is the commonest of this many grey levels
 POLARITY_SIDE = 512  # the ink's side is judged on a copy at most this large
 FLAT_MAJORITY_TOLERANCE = 0.1  # ... and the background when most of the frame is within this of it
 MIN_CONTRAST = 0.06  # weakest ink that counts, as a fraction of the paper's brightness
@@ -124,7 +134,11 @@ def frame_ink(rgb: np.ndarray, gray: np.ndarray, flat: np.ndarray | None) -> np.
         return photo_ink(rgb, gray)
     # a canvas or a clean scan: one colour (or one ramp), even under the fattest marker stroke
     dark_ink = ink_is_darker(rgb, flat)
-    return threshold_ink(contrast(rgb, np.broadcast_to(flat, rgb.shape), dark_ink), gray, dark_ink)
+    background = np.broadcast_to(flat, rgb.shape)
+    raw = contrast(rgb, background, dark_ink)
+    # the noise of the background itself: the ink of a digit cropped to it can be most of the frame
+    paper = np.abs(rgb - background).max(axis=2) < FLAT_MAJORITY_TOLERANCE
+    return threshold_ink(raw, gray, dark_ink, noise_cut=noise_level(raw[paper]) if paper.any() else None)
 
 
 def photo_ink(rgb: np.ndarray, gray: np.ndarray) -> np.ndarray:
@@ -194,22 +208,65 @@ def desk_of(background: np.ndarray) -> np.ndarray:
 
 def flat_background(rgb: np.ndarray) -> np.ndarray | None:
     """The frame's background when its border is one colour (a canvas export, a clean scan: that
-    colour) or one smooth ramp (a digital gradient: the plane fitted to the border, [H, W, 3]); None
-    for photos, whose paper changes across the frame in other ways (then the background is estimated
-    locally, which a stroke wider than its window would leak into)."""
+    colour) or one smooth ramp (a digital gradient: the plane fitted to the border, [H, W, 3]), or one
+    colour that strokes cross (a digit cropped to its ink); None for photos, whose paper changes across
+    the frame in other ways (then the background is estimated locally, which a stroke wider than its
+    window would leak into)."""
     h, w = rgb.shape[:2]
     edge = border(rgb)
     low, high = np.percentile(edge, [2, 98], axis=0)
     background = np.median(edge, axis=0).astype(np.float32) if float((high - low).max()) <= FLAT_SPREAD \
         else ramp_background(rgb, edge)
+    exact = float((high - low).max()) <= 2 * CROP_NOISE  # a digital canvas's border: no noise at all
+    cropped = background is None
+    if cropped:
+        background = cropped_background(rgb)
     if background is None:
         return None
     step = max(1, max(h, w) // 256)  # a sample is enough to count
     sample = rgb[::step, ::step]
     expected = background if background.ndim == 1 else background[::step, ::step]
-    if float(np.mean(np.abs(sample - expected).max(axis=2) < FLAT_MAJORITY_TOLERANCE)) < 0.5:
-        return None  # a uniform desk around a sheet: the sheet, not the desk, is the background
+    off = np.abs(sample - expected).max(axis=2)
+    # a uniform desk around a sheet: the sheet, not the desk, is the background; but on a canvas the
+    # dark strokes of a bold digit cropped close (a sheet is lighter than its desk) may be most of it
+    strokes = sample[off >= CROSSING_INK]
+    dark_strokes = len(strokes) > 0 and float(np.mean(strokes @ LUMA)) < float(np.mean(expected @ LUMA))
+    majority = CROP_MAJORITY if cropped or (exact and dark_strokes) else FLAT_MAJORITY
+    return background if float(np.mean(off < FLAT_MAJORITY_TOLERANCE)) >= majority else None
+
+
+def cropped_background(rgb: np.ndarray) -> np.ndarray | None:
+    """The one colour of a border that strokes cross on all four sides, as the border of a digit cropped
+    to its ink does (a canvas or a scan cut where the strokes end), or None. Much of such a border keeps
+    to one colour exactly and the rest is ink, far from it but for the few pixels at a stroke's soft
+    edges. A photo's border drifts off its colour by degrees (light fall-off, a shadow's penumbra), and
+    a desk or a hard shadow crosses fewer sides; a photo's paper between corners the lens darkened to
+    black crosses every side, lighter, along most of it (light strokes must cross in shorter runs)."""
+    sides = (rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1])
+    edge = np.concatenate(sides)
+    lum = edge @ LUMA
+    counts, bins = np.histogram(lum, bins=CROP_BINS, range=(0.0, 1.0))
+    mode = int(counts.argmax())
+    near = np.abs(lum - (bins[mode] + bins[mode + 1]) / 2) <= FLAT_SPREAD / 2
+    background = np.median(edge[near], axis=0).astype(np.float32)
+    off = np.abs(edge - background).max(axis=1)
+    flat, crossing = off <= CROP_NOISE, off >= CROSSING_INK
+    between = 1.0 - float(flat.mean()) - float(crossing.mean())
+    if float(flat.mean()) < CROP_FLAT or between > CROP_EDGES * float(crossing.mean()):
+        return None
+    if not all((np.abs(side - background).max(axis=1) >= MIN_CONTRAST).any() for side in sides):
+        return None
+    if float(np.mean(lum[crossing])) > float(background @ LUMA) and any(
+            longest_run(np.abs(side - background).max(axis=1) >= CROSSING_INK) > LIGHT_RUN * len(side)
+            for side in sides):
+        return None
     return background
+
+
+def longest_run(flags: np.ndarray) -> int:
+    """The length of the longest run of True in the 1-D ``flags``."""
+    edges = np.diff(np.concatenate([[0], flags.astype(np.int8), [0]]))
+    return int((np.flatnonzero(edges == -1) - np.flatnonzero(edges == 1)).max(initial=0))
 
 
 def ramp_background(rgb: np.ndarray, edge: np.ndarray) -> np.ndarray | None:
@@ -352,15 +409,16 @@ def contrast(rgb: np.ndarray, background: np.ndarray, dark_ink: bool) -> np.ndar
 
 
 def threshold_ink(raw: np.ndarray, gray: np.ndarray, dark_ink: bool = True,
-                  desk: np.ndarray | None = None) -> np.ndarray:
+                  desk: np.ndarray | None = None, noise_cut: float | None = None) -> np.ndarray:
     """Keep what stands clearly above the background noise and a fraction of the strongest ink not cut
     by the frame and not on a ``desk`` (desk_beside: its grain and the sheet's rim are far stronger
     than a pencil's digit on the paper); remove paper lines, or on plain paper let faint ink bridge a
-    stroke's gaps; scale typical strokes to 1."""
+    stroke's gaps; scale typical strokes to 1. ``noise_cut``: what ink must stand above, when known
+    (else noise_level of the whole frame)."""
     # The noise is the whole frame's, desk included: on the paper alone it is lower on ruled paper beside
     # a desk, and the lower cut kept the rim of a line the line finder missed, which tied a "23" to the
     # frame (tried: one faint digit on squared paper found, that "23" lost).
-    noise_cut = noise_level(raw)
+    noise_cut = noise_level(raw) if noise_cut is None else noise_cut
     smooth = box_mean(raw, 1)
     peak = inner_peak(smooth, noise_cut, desk)
     cut = max(noise_cut, PEAK_FRACTION * peak)

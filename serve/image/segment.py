@@ -136,9 +136,11 @@ def candidate_parts(parts: list[Part], labels: np.ndarray, small: bool) -> list[
     shape = labels.shape
     parts = [p for p in parts if not is_line_or_edge(p, shape) and not is_dash(p)] or parts
     inside = [p for p in parts if not touches_frame(p.box, shape)]
-    if inside and not small:  # a mark cut by the frame (a desk's edge, a sheet's corner, a neighbour's
-        # digit) cannot be read, and is not what the photo is of; but a missed paper line may tie
-        # more of the marks inside to the frame
+    if not small and any(max(p.box.height, p.box.width) >= TINY * max(shape) for p in inside):
+        # a mark cut by the frame (a desk's edge, a sheet's corner, a neighbour's digit) cannot be read,
+        # and is not what the photo is of, when there is more than dust inside (a digit cropped to its
+        # ink has only the frame's marks); but a missed paper line may tie more of the marks inside to
+        # the frame
         cut = sorted((p for p in parts if touches_frame(p.box, shape)), key=lambda p: p.area, reverse=True)
         parts = inside + [piece for p in cut[:RESCUED] for piece in untied(p, labels)]
     elif not small:  # only marks cut by the frame: a digit the frame crops, unless the mark runs along it

@@ -101,6 +101,8 @@ def claimed_size_ok(item: ev.Item, size: tuple[int, int]) -> bool:
         return photo if "photo" in variant else 240 <= w <= 900 and h >= 70
     if item.condition == "small":
         return 20 <= min(w, h) and max(w, h) <= 8 * ev.SMALL_HEIGHT[1] + 1
+    if item.condition == "cropped":  # 8-16 px tall when kept at low resolution, up to 600 px enlarged
+        return ev.LOW_RES_HEIGHT[0] <= max(w, h) <= 1.5 * ev.CROPPED_HEIGHT[1] + 2
     if item.condition == "big":
         return (w, h) in ((8000, 6000), (6000, 8000))
     return min(w, h) >= 8  # typeset, not-digits: any size a file can have
@@ -173,6 +175,18 @@ def test_small_digits_are_as_small_as_claimed(sample_dataset: Dataset) -> None:
         assert 0.5 * claimed - 2 <= height <= claimed + 2, (item.name, height)
         heights.append(height)
     assert min(heights) < 12 and max(heights) > 16
+
+
+def test_cropped_digits_reach_every_side_of_the_frame(sample_dataset: Dataset) -> None:
+    kinds = set()
+    for item in ev.generate(sample_dataset, 24, 0, ("cropped",)):
+        gray = np.asarray(ImageOps.exif_transpose(decode(item.data)).convert("L"), np.float32) / 255
+        values, counts = np.unique(np.round(gray, 2), return_counts=True)
+        ink = np.abs(gray - values[counts.argmax()]) > 0.03  # off the commonest grey: the background
+        sides = (ink[:2].any(), ink[-2:].any(), ink[:, :2].any(), ink[:, -2:].any())
+        assert all(sides), (item.name, sides)  # at most a pixel of margin
+        kinds.add(item.variant.split("-")[0] + ("-raw" if max(gray.shape) <= ev.LOW_RES_HEIGHT[1] + 2 else ""))
+    assert {"smooth", "pixels", "low", "low-raw"} <= kinds, kinds
 
 
 def test_coloured_ink_and_paper_differ_in_hue_not_brightness() -> None:

@@ -458,7 +458,7 @@ def bad_crc_png() -> bytes:
     (encode(U8, "GIF")[:40], "cannot decode image|truncated"),
     (encode(U8, "TIFF")[:100], "cannot decode image|truncated|corrupt TIFF"),
     (bad_crc_png(), "corrupt PNG file"),
-    (encode(Image.new("L", (4, 4))), "4x4 pixels; a digit needs at least 8x8"),
+    (encode(Image.new("L", (4, 7))), "4x7 pixels; a digit needs at least 8 on its longer side"),
     (b"\xff\xd8\xff\xe0" + b"\x00" * 50, "corrupt JPEG file|cannot decode"),
 ])
 def test_broken_files_raise_one_line_image_errors(data: bytes, message: str) -> None:
@@ -530,3 +530,40 @@ def test_fuzzed_files_only_ever_raise_image_error_in_bounded_memory_and_time() -
     assert result["ok"] > 20 and result["image_error"] > 100, result  # both outcomes really exercised
     assert result["peak_mb"] < 400, result
     assert result["slowest_s"] < 10 and time.perf_counter() - start < 200, result
+
+
+def test_repeated_pixels_are_read_at_the_scale_they_were_drawn() -> None:
+    # a low-resolution digit shown big by repeating its pixels (12.5 times: rows of 12 and 13) is read
+    # as drawn, then enlarged smoothly like any tiny image; the factor maps boxes back to the file
+    rng = np.random.default_rng(0)
+    cells = rng.integers(0, 256, (8, 8)).astype(np.uint8)
+    big = np.asarray(Image.fromarray(cells).resize((100, 100), Image.Resampling.NEAREST), np.float32) / 255
+    rgb, pixel = decode.at_drawn_scale(np.repeat(big[..., None], 3, axis=2))
+    assert rgb.shape[:2] == (decode.TINY_TO, decode.TINY_TO)
+    assert pixel * decode.TINY_TO == pytest.approx(100)
+    assert decode.repeated_cell(np.any(big[1:] != big[:-1], axis=1)) == pytest.approx(12.5)
+
+
+def test_a_digit_enlarged_by_repeating_pixels_is_read_as_the_small_one(sample_dataset) -> None:
+    from serve.reading import prepare_page
+
+    small = 255 - np.asarray(Image.fromarray(sample_dataset.test_images[1]).resize((12, 12), Image.Resampling.BOX))
+    pages = [prepare_page(encode(Image.fromarray(small).resize((side, side), Image.Resampling.NEAREST)), "digit")
+             for side in (12, 60, 300)]
+    assert all(p.glyphs == 1 for p in pages)
+    np.testing.assert_array_equal(pages[1].fields, pages[0].fields)
+    np.testing.assert_array_equal(pages[2].fields, pages[0].fields)
+    box = pages[2].boxes[0]  # in the 300 px file's pixels
+    assert box.x + box.width <= 300 and box.height > 150, box
+
+
+def test_an_ordinary_image_is_read_as_it_is() -> None:
+    # smooth strokes change from one row to the next: no cells, nothing is resampled
+    ramp = np.tile(np.linspace(0, 1, 200, dtype=np.float32), (150, 1))
+    rgb = np.repeat(ramp[..., None], 3, axis=2)
+    same, pixel = decode.at_drawn_scale(rgb)
+    assert same is rgb and pixel == 1.0
+    # a flat stretch is no cell: runs must all be whole cells of one size
+    steps = np.zeros(100, bool)
+    steps[[9, 12, 50]] = True  # runs of 10, 3, 38, 49
+    assert decode.repeated_cell(steps) is None

@@ -1011,3 +1011,64 @@ def test_judging_wall_pieces_in_noise_is_bounded_work(monkeypatch) -> None:
     mask[100:102] = mask[300:302] = True  # two lines, so walls are looked for
     find_lines(mask)
     assert len(calls) < 300  # not one call per dash (1,206)
+
+
+def cropped_to_ink(digit28: np.ndarray, height: int, resample: Image.Resampling = Image.Resampling.BICUBIC,
+                   light_on_dark: bool = False) -> np.ndarray:
+    """A 28x28 white-on-black digit cut to its ink box and enlarged to ``height`` px: float RGB, dark ink
+    on white unless ``light_on_dark``, strokes touching all four sides of the frame."""
+    rows, cols = np.flatnonzero((digit28 > 30).any(1)), np.flatnonzero((digit28 > 30).any(0))
+    crop = digit28[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    size = (round(crop.shape[1] * height / crop.shape[0]), height)
+    ink = np.asarray(Image.fromarray(crop).resize(size, resample), np.float32) / 255
+    gray = ink if light_on_dark else 1.0 - ink
+    return np.repeat(gray[..., None], 3, axis=2)
+
+
+def test_a_digit_cropped_to_its_ink_is_read_whole(sample_dataset) -> None:
+    # the border is ink where the strokes cross it: it is no one colour, and the ink is no minority
+    # of the frame, yet the background is the paper's one colour (a crop of a canvas or a scan)
+    rgb = cropped_to_ink(sample_dataset.test_images[1], 300)
+    page = prepare_page(rgb_bytes(rgb), "crop")
+    assert page.refusal is None and page.glyphs == 1, page.refusal
+    box = page.boxes[0]
+    assert box.height >= 0.9 * rgb.shape[0] and box.width >= 0.9 * rgb.shape[1], box
+
+
+def test_dust_inside_a_cropped_digit_does_not_hide_it(sample_dataset) -> None:
+    # marks the frame cuts give way to marks inside it, but not to a speck of dust
+    rgb = cropped_to_ink(sample_dataset.test_images[1], 300)
+    white = np.argwhere(rgb[..., 0] > 0.99)
+    y, x = white[len(white) // 2]
+    rgb[y:y + 2, x:x + 2] = 0.0
+    boxes = prepare_page(rgb_bytes(rgb), "crop").boxes
+    assert len(boxes) >= 1 and boxes[0].height >= 0.9 * rgb.shape[0], boxes
+
+
+def test_light_regions_along_most_of_each_side_are_no_cropped_strokes() -> None:
+    # a photo's paper between corners the lens darkened to black crosses every side of the frame, lighter
+    # than the exact black: strokes of a crop cross in shorter runs
+    from serve.image.ink import cropped_background
+
+    yy, xx = np.mgrid[0:200, 0:200]
+    lit = (0.5 + 0.4 * (xx + yy) / 400)[..., None]  # the light falls off across the sheet
+    inside = ((np.abs(xx - 100) < 60) | (np.abs(yy - 100) < 60))[..., None]  # 60% of each side
+    paper_between_corners = np.repeat(np.where(inside, lit, 0.0), 3, axis=2).astype(np.float32)
+    assert cropped_background(paper_between_corners) is None
+    strokes = np.zeros((200, 200, 3), np.float32)
+    strokes[:, 60:80] = strokes[120:140, :] = 0.9  # a light + cropped to its ink: 10% of each side
+    background = cropped_background(strokes)
+    assert background is not None and float(background.max()) == 0.0
+
+
+def test_a_bold_digit_cropped_with_a_pixel_to_spare_is_read_whole(sample_dataset) -> None:
+    # the border is all paper, exactly one colour, but the strokes and their soft edges are most of the
+    # frame: not a uniform desk around a sheet (a sheet is lighter than its desk; these strokes are darker)
+    from PIL import ImageFilter
+
+    bold = np.asarray(Image.fromarray(sample_dataset.test_images[1]).filter(ImageFilter.MaxFilter(3)))
+    rgb = np.pad(cropped_to_ink(bold, 300), ((1, 1), (1, 1), (0, 0)), constant_values=1.0)
+    assert (rgb[..., 0] > 0.9).mean() < 0.5
+    page = prepare_page(rgb_bytes(rgb), "crop")
+    assert page.refusal is None and page.glyphs == 1, page.refusal
+    assert page.boxes[0].height >= 0.9 * rgb.shape[0], page.boxes[0]
