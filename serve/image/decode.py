@@ -131,9 +131,11 @@ def at_drawn_scale(rgb: np.ndarray) -> tuple[np.ndarray, float]:
     cell, since its blocks are no strokes; then an image smaller than TINY_IMAGE enlarged smoothly to
     TINY_TO, as a screen shows it (read at 8 px, a stroke is an eighth of the digit)."""
     h, w = rgb.shape[:2]
-    cell_y = repeated_cell(np.any(rgb[1:] != rgb[:-1], axis=(1, 2)))
-    cell_x = repeated_cell(np.any(rgb[:, 1:] != rgb[:, :-1], axis=(0, 2)))
     pixel = 1.0
+    cell_y = cell_x = None
+    if not row_alone(rgb) and not row_alone(rgb.transpose(1, 0, 2)):  # (a photo: at once)
+        cell_y = repeated_cell(np.any(rgb[1:] != rgb[:-1], axis=(1, 2)))
+        cell_x = repeated_cell(np.any(rgb[:, 1:] != rgb[:, :-1], axis=(0, 2)))
     if cell_y and cell_x and abs(cell_y - cell_x) <= CELL_ASPECT * max(cell_y, cell_x):
         rows = np.minimum(((np.arange(round(h / cell_y)) + 0.5) * cell_y).astype(np.int64), h - 1)
         cols = np.minimum(((np.arange(round(w / cell_x)) + 0.5) * cell_x).astype(np.int64), w - 1)
@@ -144,6 +146,15 @@ def at_drawn_scale(rgb: np.ndarray) -> tuple[np.ndarray, float]:
         rgb = resize_channels(rgb, (max(1, round(w * factor)), max(1, round(h * factor))), Image.Resampling.BILINEAR)
         pixel /= factor
     return rgb, pixel
+
+
+def row_alone(rgb: np.ndarray, probes: int = 16) -> bool:
+    """Whether one of ``probes`` rows spread over ``rgb`` differs from both its neighbours: then no
+    pixel was repeated into cells (a cheap look before comparing every row)."""
+    if rgb.shape[0] < 3:
+        return False
+    rows = np.unique(np.linspace(1, rgb.shape[0] - 2, probes).astype(np.int64))
+    return any(np.any(rgb[i] != rgb[i - 1]) and np.any(rgb[i + 1] != rgb[i]) for i in rows)
 
 
 def repeated_cell(changes: np.ndarray) -> float | None:
