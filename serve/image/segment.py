@@ -53,6 +53,7 @@ RESCUED = 4  # ... in the largest marks cut by the frame, which are looked at fo
 LEVEL = 0.1  # two walls of a comb start and end this close (of their height)
 TINY = 0.015  # of the frame's longer side: no digit is smaller (thumbnails have small frames: SMALL_FRAME)
 SMALL_FRAME = 64  # frames up to this size (MNIST-form inputs, thumbnails) keep marks that touch the edge
+FILLS = 0.9  # a mark this tall and wide (of the frame) is what the image was cropped to
 FRAMED = 0.35  # a mark inside another's box, at least this tall (of the other), and surrounded by it ...
 RAYS, OPEN_RAYS = 16, 3  # ... (met by all but this many of this many rays from its centre) is what a box or ring frames
 
@@ -136,10 +137,12 @@ def candidate_parts(parts: list[Part], labels: np.ndarray, small: bool) -> list[
     shape = labels.shape
     parts = [p for p in parts if not is_line_or_edge(p, shape) and not is_dash(p)] or parts
     inside = [p for p in parts if not touches_frame(p.box, shape)]
-    if not small and any(max(p.box.height, p.box.width) >= TINY * max(shape) for p in inside):
+    if any(p.box.height >= FILLS * shape[0] and p.box.width >= FILLS * shape[1] for p in parts):
+        # a digit cropped to its ink fills the frame, and the frame cuts it: dust inside is no digit
+        inside = [p for p in inside if max(p.box.height, p.box.width) >= TINY * max(shape)]
+    if inside and not small:
         # a mark cut by the frame (a desk's edge, a sheet's corner, a neighbour's digit) cannot be read,
-        # and is not what the photo is of, when there is more than dust inside (a digit cropped to its
-        # ink has only the frame's marks); but a missed paper line may tie more of the marks inside to
+        # and is not what the photo is of; but a missed paper line may tie more of the marks inside to
         # the frame
         cut = sorted((p for p in parts if touches_frame(p.box, shape)), key=lambda p: p.area, reverse=True)
         parts = inside + [piece for p in cut[:RESCUED] for piece in untied(p, labels)]
