@@ -40,6 +40,7 @@ FLAT_MAJORITY = 0.5  # ... the background, when this share of the frame is withi
 CROP_FLAT, CROP_NOISE = 0.3, 1.5 / 255
 CROSSING_INK, CROP_EDGES, LIGHT_RUN = 0.25, 1.5, 0.5
 CROP_MAJORITY = 0.25
+CROP_BAND = 3  # px: the strokes come this close to every side
 CROP_BINS = 50  # the one colour is the commonest of this many grey levels
 POLARITY_SIDE = 512  # the ink's side is judged on a copy at most this large
 FLAT_MAJORITY_TOLERANCE = 0.1  # ... and the background when most of the frame is within this of it
@@ -236,12 +237,13 @@ def flat_background(rgb: np.ndarray) -> np.ndarray | None:
 
 
 def cropped_background(rgb: np.ndarray) -> np.ndarray | None:
-    """The one colour of a border that strokes cross on all four sides, as the border of a digit cropped
-    to its ink does (a canvas or a scan cut where the strokes end), or None. Much of such a border keeps
-    to one colour exactly and the rest is ink, far from it but for the few pixels at a stroke's soft
-    edges. A photo's border drifts off its colour by degrees (light fall-off, a shadow's penumbra), and
-    a desk or a hard shadow crosses fewer sides; a photo's paper between corners the lens darkened to
-    black crosses every side, lighter, along most of it (light strokes must cross in shorter runs)."""
+    """The one colour of a border that strokes cross (or come within CROP_BAND px of) on all four sides,
+    as the border of a digit cropped to its ink does (a canvas or a scan cut where the strokes end), or
+    None. Much of such a border keeps to one colour exactly and the rest is ink, far from it but for the
+    few pixels at a stroke's soft edges. A photo's border drifts off its colour by degrees (light
+    fall-off, a shadow's penumbra), and a desk or a hard shadow crosses fewer sides; a photo's paper
+    between corners the lens darkened to black crosses every side, lighter, along most of it (light
+    strokes must cross in shorter runs)."""
     sides = (rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1])
     edge = np.concatenate(sides)
     lum = edge @ LUMA
@@ -254,8 +256,9 @@ def cropped_background(rgb: np.ndarray) -> np.ndarray | None:
     between = 1.0 - float(flat.mean()) - float(crossing.mean())
     if float(flat.mean()) < CROP_FLAT or between > CROP_EDGES * float(crossing.mean()):
         return None
-    if not all((np.abs(side - background).max(axis=1) >= MIN_CONTRAST).any() for side in sides):
-        return None
+    bands = (rgb[:CROP_BAND], rgb[-CROP_BAND:], rgb[:, :CROP_BAND], rgb[:, -CROP_BAND:])
+    if not all((np.abs(band - background).max(axis=-1) >= MIN_CONTRAST).any() for band in bands):
+        return None  # (a round glyph's outermost pixels are faint: anti-aliasing)
     if float(np.mean(lum[crossing])) > float(background @ LUMA) and any(
             longest_run(np.abs(side - background).max(axis=1) >= CROSSING_INK) > LIGHT_RUN * len(side)
             for side in sides):
