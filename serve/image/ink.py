@@ -35,8 +35,9 @@ FLAT_MAJORITY = 0.5  # ... the background, when this share of the frame is withi
 # A digit cropped to its ink (cropped_background): a border this share of which is exactly one colour (within
 # CROP_NOISE: no sensor noise), the rest strokes at least CROSSING_INK from it on all four sides, with at most
 # CROP_EDGES pixels between the two (a stroke's soft edges) per stroke pixel; light strokes cross each side in
-# runs of at most LIGHT_RUN of it. Such a border, or dark strokes on a border exactly one colour, need only
-# CROP_MAJORITY of the frame as the background (a bold digit's soft edges take much of a close crop).
+# runs of at most LIGHT_RUN of it, or cover at most LIGHT_RUN of the frame. Such a border, or dark strokes on
+# a border exactly one colour, need only CROP_MAJORITY of the frame as the background (a bold digit's soft
+# edges take much of a close crop).
 CROP_FLAT, CROP_NOISE = 0.3, 1.5 / 255
 CROSSING_INK, CROP_EDGES, LIGHT_RUN = 0.25, 1.5, 0.5
 CROP_MAJORITY = 0.25
@@ -242,8 +243,9 @@ def cropped_background(rgb: np.ndarray) -> np.ndarray | None:
     None. Much of such a border keeps to one colour exactly and the rest is ink, far from it but for the
     few pixels at a stroke's soft edges. A photo's border drifts off its colour by degrees (light
     fall-off, a shadow's penumbra), and a desk or a hard shadow crosses fewer sides; a photo's paper
-    between corners the lens darkened to black crosses every side, lighter, along most of it (light
-    strokes must cross in shorter runs)."""
+    between corners the lens darkened to black crosses every side, lighter, along most of it, and is
+    most of the frame (light strokes must cross in shorter runs, or be less of the frame: a 7's bar
+    runs along the whole top of its crop)."""
     sides = (rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1])
     edge = np.concatenate(sides)
     lum = edge @ LUMA
@@ -261,9 +263,15 @@ def cropped_background(rgb: np.ndarray) -> np.ndarray | None:
         return None  # (a round glyph's outermost pixels are faint: anti-aliasing)
     if float(np.mean(lum[crossing])) > float(background @ LUMA) and any(
             longest_run(np.abs(side - background).max(axis=1) >= CROSSING_INK) > LIGHT_RUN * len(side)
-            for side in sides):
+            for side in sides) and light_share(rgb, background) > LIGHT_RUN:
         return None
     return background
+
+
+def light_share(rgb: np.ndarray, background: np.ndarray) -> float:
+    """The share of the frame (on a sample) at least CROSSING_INK off ``background``."""
+    step = max(1, max(rgb.shape[:2]) // 256)
+    return float(np.mean(np.abs(rgb[::step, ::step] - background).max(axis=2) >= CROSSING_INK))
 
 
 def longest_run(flags: np.ndarray) -> int:
