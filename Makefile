@@ -38,7 +38,7 @@ browser:
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
-# Every tier (what CI runs): about 8 minutes on 2 cores (611 tests: a fresh clone, 7 min 7 s of pytest, 8 min 20 s with the install).
+# Every tier (what CI runs): about 8 minutes on 2 cores (611 tests: a fresh clone, 7 min 7 s of pytest, 8 min 6 s with the install).
 test: $(STAMP) browser lint
 	$(BIN)/python -m pytest -m ""
 
