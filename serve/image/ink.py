@@ -214,7 +214,6 @@ def flat_background(rgb: np.ndarray) -> np.ndarray | None:
     colour that strokes cross (a digit cropped to its ink); None for photos, whose paper changes across
     the frame in other ways (then the background is estimated locally, which a stroke wider than its
     window would leak into)."""
-    h, w = rgb.shape[:2]
     edge = border(rgb)
     low, high = np.percentile(edge, [2, 98], axis=0)
     background = np.median(edge, axis=0).astype(np.float32) if float((high - low).max()) <= FLAT_SPREAD \
@@ -225,9 +224,8 @@ def flat_background(rgb: np.ndarray) -> np.ndarray | None:
         background = cropped_background(rgb)
     if background is None:
         return None
-    step = max(1, max(h, w) // 256)  # a sample is enough to count
-    sample = rgb[::step, ::step]
-    expected = background if background.ndim == 1 else background[::step, ::step]
+    sample = counting_sample(rgb)
+    expected = background if background.ndim == 1 else counting_sample(background)
     off = np.abs(sample - expected).max(axis=2)
     # a uniform desk around a sheet: the sheet, not the desk, is the background; but on a canvas the
     # dark strokes of a bold digit cropped close (a sheet is lighter than its desk) may be most of it
@@ -270,8 +268,13 @@ def cropped_background(rgb: np.ndarray) -> np.ndarray | None:
 
 def light_share(rgb: np.ndarray, background: np.ndarray) -> float:
     """The share of the frame (on a sample) at least CROSSING_INK off ``background``."""
-    step = max(1, max(rgb.shape[:2]) // 256)
-    return float(np.mean(np.abs(rgb[::step, ::step] - background).max(axis=2) >= CROSSING_INK))
+    return float(np.mean(np.abs(counting_sample(rgb) - background).max(axis=2) >= CROSSING_INK))
+
+
+def counting_sample(a: np.ndarray) -> np.ndarray:
+    """Every n-th pixel of ``a`` in both directions, about 256 along its longer side: enough to count shares."""
+    step = max(1, max(a.shape[:2]) // 256)
+    return a[::step, ::step]
 
 
 def longest_run(flags: np.ndarray) -> int:
