@@ -219,20 +219,25 @@ def flat_background(rgb: np.ndarray) -> np.ndarray | None:
     background = np.median(edge, axis=0).astype(np.float32) if float((high - low).max()) <= FLAT_SPREAD \
         else ramp_background(rgb, edge)
     exact = float((high - low).max()) <= 2 * CROP_NOISE  # a digital canvas's border: no noise at all
-    cropped = background is None
-    if cropped:
-        background = cropped_background(rgb)
-    if background is None:
+    if background is not None:
+        sample = counting_sample(rgb)
+        expected = background if background.ndim == 1 else counting_sample(background)
+        if background_share(sample, expected) >= FLAT_MAJORITY:
+            return background
+        # a uniform desk around a sheet: the sheet, not the desk, is the background; but on a canvas the
+        # dark strokes of a bold digit cropped close (a sheet is lighter than its desk) may be most of it
+        if exact and lighter_strokes(sample, expected) is False and background_share(sample, expected) >= CROP_MAJORITY:
+            return background
+    # a digit cropped to its ink, whose border may also pass for one colour or one ramp where few strokes cross it
+    background = cropped_background(rgb)
+    if background is None or background_share(counting_sample(rgb), background) < CROP_MAJORITY:
         return None
-    sample = counting_sample(rgb)
-    expected = background if background.ndim == 1 else counting_sample(background)
-    off = np.abs(sample - expected).max(axis=2)
-    # a uniform desk around a sheet: the sheet, not the desk, is the background; but on a canvas the
-    # dark strokes of a bold digit cropped close (a sheet is lighter than its desk) may be most of it
-    strokes = sample[off >= CROSSING_INK]
-    dark_strokes = len(strokes) > 0 and float(np.mean(strokes @ LUMA)) < float(np.mean(expected @ LUMA))
-    majority = CROP_MAJORITY if cropped or (exact and dark_strokes) else FLAT_MAJORITY
-    return background if float(np.mean(off < FLAT_MAJORITY_TOLERANCE)) >= majority else None
+    return background
+
+
+def background_share(sample: np.ndarray, expected: np.ndarray) -> float:
+    """The share of ``sample`` within FLAT_MAJORITY_TOLERANCE of ``expected``, the background there."""
+    return float(np.mean(np.abs(sample - expected).max(axis=2) < FLAT_MAJORITY_TOLERANCE))
 
 
 def cropped_background(rgb: np.ndarray) -> np.ndarray | None:
@@ -251,19 +256,39 @@ def cropped_background(rgb: np.ndarray) -> np.ndarray | None:
     mode = int(counts.argmax())
     near = np.abs(lum - (bins[mode] + bins[mode + 1]) / 2) <= FLAT_SPREAD / 2
     background = np.median(edge[near], axis=0).astype(np.float32)
-    off = np.abs(edge - background).max(axis=1)
-    flat, crossing = off <= CROP_NOISE, off >= CROSSING_INK
-    between = 1.0 - float(flat.mean()) - float(crossing.mean())
-    if float(flat.mean()) < CROP_FLAT or between > CROP_EDGES * float(crossing.mean()):
+    if not crossed_ring(rgb, background):
         return None
     bands = (rgb[:CROP_BAND], rgb[-CROP_BAND:], rgb[:, :CROP_BAND], rgb[:, -CROP_BAND:])
     if not all((np.abs(band - background).max(axis=-1) >= MIN_CONTRAST).any() for band in bands):
         return None  # (a round glyph's outermost pixels are faint: anti-aliasing)
-    if float(np.mean(lum[crossing])) > float(background @ LUMA) and any(
+    if lighter_strokes(counting_sample(rgb), background) and any(
             longest_run(np.abs(side - background).max(axis=1) >= CROSSING_INK) > LIGHT_RUN * len(side)
             for side in sides) and light_share(rgb, background) > LIGHT_RUN:
         return None
     return background
+
+
+def crossed_ring(rgb: np.ndarray, background: np.ndarray) -> bool:
+    """Whether the outermost ring of ``rgb`` that strokes cross (at least CROSSING_INK off ``background``;
+    a pixel or two inside the border where a margin or soft edges keep them off it; the border itself
+    when none is crossed) keeps to the background exactly over CROP_FLAT of it, with at most CROP_EDGES
+    soft-edge pixels per stroke pixel."""
+    h, w = rgb.shape[:2]
+    rings = [np.abs(border(rgb[d:h - d, d:w - d]) - background).max(axis=1)
+             for d in range(min(CROP_BAND, (min(h, w) - 1) // 2))]
+    off = next((ring for ring in rings if (ring >= CROSSING_INK).any()), rings[0])
+    flat, crossing = float(np.mean(off <= CROP_NOISE)), float(np.mean(off >= CROSSING_INK))
+    return flat >= CROP_FLAT and 1.0 - flat - crossing <= CROP_EDGES * crossing
+
+
+def lighter_strokes(sample: np.ndarray, expected: np.ndarray) -> bool | None:
+    """Whether the strokes of ``sample`` (its pixels at least CROSSING_INK off ``expected``, the background
+    there) are lighter than the background under them; None when there are none."""
+    strokes = np.abs(sample - expected).max(axis=2) >= CROSSING_INK
+    if not strokes.any():
+        return None
+    under = np.broadcast_to(expected, sample.shape)[strokes]
+    return float(np.mean(sample[strokes] @ LUMA)) > float(np.mean(under @ LUMA))
 
 
 def light_share(rgb: np.ndarray, background: np.ndarray) -> float:

@@ -1072,3 +1072,17 @@ def test_a_bold_digit_cropped_with_a_pixel_to_spare_is_read_whole(sample_dataset
     page = prepare_page(rgb_bytes(rgb), "crop")
     assert page.refusal is None and page.glyphs == 1, page.refusal
     assert page.boxes[0].height >= 0.9 * rgb.shape[0], page.boxes[0]
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_a_light_bold_digit_cropped_with_a_pixel_to_spare_is_read_whole(sample_dataset, fmt) -> None:
+    # the strokes cross the ring a pixel inside the border, not the border, and are most of the frame:
+    # still a crop's one dark colour (not a light sheet on a dark desk), in a JPEG's noise too
+    from PIL import ImageFilter
+
+    bold = np.asarray(Image.fromarray(sample_dataset.test_images[1]).filter(ImageFilter.MaxFilter(3)))
+    rgb = np.pad(cropped_to_ink(bold, 200, light_on_dark=True), ((1, 1), (1, 1), (0, 0)))
+    assert (rgb[..., 0] < 0.1).mean() < 0.5
+    page = prepare_page(rgb_bytes(rgb, fmt, quality=90) if fmt == "JPEG" else rgb_bytes(rgb, fmt), "crop")
+    assert page.refusal is None and page.glyphs == 1, page.refusal
+    assert page.boxes[0].height >= 0.9 * rgb.shape[0], page.boxes[0]
