@@ -121,7 +121,11 @@ def count_ops(model: "onnx.ModelProto", op_type: str) -> int:
     return sum(node.op_type == op_type for node in model.graph.node)
 
 
-CALIBRATION_FALSE_REFUSALS = 0.01  # the refusal threshold refuses this fraction of validation digits
+# The refusal threshold refuses this fraction of the correctly read validation digits. Real images are
+# harder than the validation data: at 1% (threshold 0.63 on an AVX2 machine's demo model) the served
+# model refused 2.2-2.3% of the evaluation's digit images (goal 2%); at 0.5% (0.56) 1.8-1.9%, with 1-5
+# more wrong answers of 1,403-2,803 (below 0.63) and 0.5-1 point fewer non-digits refused.
+CALIBRATION_FALSE_REFUSALS = 0.005
 
 
 def calibrate_min_confidence(model: "DigitNet", dataset: Dataset, labels: list[str], seed: int = 7) -> dict[str, Any]:
