@@ -32,11 +32,12 @@ demo: $(STAMP)
 	@echo "      $(BIN)/serve http --model $(RUN)/model.onnx   (then open http://127.0.0.1:8000/ to write a number)"
 	@echo "      make evaluate   (how well it reads photos, numbers and non-digits)"
 
-# Headless Chromium and its driver for the page's browser test (Debian packages).
+# The Debian packages the slow tiers drive: headless Chromium and its driver (the page's browser test) and
+# wrk (the bench-peers harness test), installed with apt when a command is missing.
 browser:
-	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null && command -v wrk >/dev/null || { \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; }
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver wrk >/dev/null; }
 
 # Every tier (what CI runs): about 8 minutes on 2 cores (611 tests: a fresh clone, 7 min 7 s of pytest, 8 min 6 s with the install).
 test: $(STAMP) browser lint
