@@ -222,11 +222,12 @@ def flat_background(rgb: np.ndarray) -> np.ndarray | None:
     if background is not None:
         sample = counting_sample(rgb)
         expected = background if background.ndim == 1 else counting_sample(background)
-        if background_share(sample, expected) >= FLAT_MAJORITY:
+        share = background_share(sample, expected)
+        if share >= FLAT_MAJORITY:
             return background
         # a uniform desk around a sheet: the sheet, not the desk, is the background; but on a canvas the
         # dark strokes of a bold digit cropped close (a sheet is lighter than its desk) may be most of it
-        if exact and lighter_strokes(sample, expected) is False and background_share(sample, expected) >= CROP_MAJORITY:
+        if exact and share >= CROP_MAJORITY and lighter_strokes(sample, expected) is False:
             return background
     # a digit cropped to its ink, whose border may also pass for one colour or one ramp where few strokes cross it
     background = cropped_background(rgb)
