@@ -20,11 +20,13 @@ pytestmark = pytest.mark.distributed
 
 
 REPO = Path(__file__).resolve().parents[2]
+# Fewer generated images than the default 6,500, which every process draws (10 s on 2 AVX2 cores); still 11 classes.
+FEW_GENERATED = ["--stroke-digits", "300", "--non-digits", "300"]
 # The same kernels on both sides (fp32, contiguous): bf16 and channels_last kernels round differently
 # (fp32 rounding, ~1e-6 relative, amplified to ~3e-4 by one large step at init), which is not what
 # this test is about; with identical kernels the two runs agree to ~1e-7.
 ONE_SGD_STEP = ["--max-steps", "1", "--dropout", "0", "--no-augment", "--optimizer", "sgd", "--lr", "0.5",
-                "--batch-size", "64", "--precision", "fp32", "--no-channels-last", "--quiet"]
+                "--batch-size", "64", "--precision", "fp32", "--no-channels-last", "--quiet", *FEW_GENERATED]
 
 
 def pipeline(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -43,7 +45,7 @@ def two_process_step(tmp_path_factory) -> Path:
 
 def single_process(out: Path, **overrides) -> dict:
     cfg = TrainConfig(max_steps=1, dropout=0.0, augment=False, optimizer="sgd", lr=0.5, batch_size=64, device="cpu",
-                      precision="fp32", channels_last=False, **overrides)
+                      precision="fp32", channels_last=False, stroke_digits=300, non_digits=300, **overrides)
     train(cfg, out, progress=False)
     return load_checkpoint(out)
 
@@ -84,7 +86,8 @@ def test_a_distributed_checkpoint_exports_and_passes_parity(two_process_step: Pa
 
 def test_resume_across_a_different_process_count(tmp_path) -> None:
     out = tmp_path / "run"
-    first = pipeline("train", "--nproc", "2", "--out", str(out), "--max-steps", "6", "--batch-size", "32", "--quiet")
+    first = pipeline("train", "--nproc", "2", "--out", str(out), "--max-steps", "6", "--batch-size", "32", "--quiet",
+                     *FEW_GENERATED)  # the resumed runs take them from the checkpoint
     assert first.returncode == 0, first.stderr[-3000:]
     assert load_checkpoint(out)["step"] == 6
     second = pipeline("train", "--out", str(out), "--resume", "--max-steps", "10", "--quiet")
