@@ -32,12 +32,12 @@ RIM_BAND = 2  # px of the low copy: the band along a sheet's edge where the edge
 DESK_MARGIN = 4  # px of the low copy: the band beside a desk where its edge still shows in the contrast
 FLAT_SPREAD = 0.04  # a border whose colour varies less than this (2nd to 98th percentile) is one colour
 FLAT_MAJORITY = 0.5  # ... the background, when this share of the frame is within FLAT_MAJORITY_TOLERANCE of it
-# A digit cropped to its ink (cropped_background): a border this share of which is exactly one colour (within
-# CROP_NOISE: no sensor noise), the rest strokes at least CROSSING_INK from it on all four sides, with at most
-# CROP_EDGES pixels between the two (a stroke's soft edges) per stroke pixel; light strokes cross each side in
-# runs of at most LIGHT_RUN of it, or cover at most LIGHT_RUN of the frame. Such a border, or dark strokes on
-# a border exactly one colour, need only CROP_MAJORITY of the frame as the background (a bold digit's soft
-# edges take much of a close crop).
+# A digit cropped to its ink (cropped_background): strokes at least CROSSING_INK from one colour come within
+# CROP_BAND px of all four sides; the outermost ring they cross is exactly that colour (within CROP_NOISE: no
+# sensor noise) over CROP_FLAT of it, with at most CROP_EDGES pixels between the two (a stroke's soft edges)
+# per stroke pixel; light strokes cross each side in runs of at most LIGHT_RUN of it, or cover at most LIGHT_RUN
+# of the frame. Such a border, or dark strokes on a border exactly one colour, need only CROP_MAJORITY of the
+# frame as the background (a bold digit's soft edges take much of a close crop).
 CROP_FLAT, CROP_NOISE = 0.3, 1.5 / 255
 CROSSING_INK, CROP_EDGES, LIGHT_RUN = 0.25, 1.5, 0.5
 CROP_MAJORITY = 0.25
@@ -139,7 +139,7 @@ def frame_ink(rgb: np.ndarray, gray: np.ndarray, flat: np.ndarray | None) -> np.
     background = np.broadcast_to(flat, rgb.shape)
     raw = contrast(rgb, background, dark_ink)
     # the noise of the background itself: the ink of a digit cropped to it can be most of the frame
-    paper = np.abs(rgb - background).max(axis=2) < FLAT_MAJORITY_TOLERANCE
+    paper = colour_distance(rgb, background) < FLAT_MAJORITY_TOLERANCE
     return threshold_ink(raw, gray, dark_ink, noise_cut=noise_level(raw[paper]) if paper.any() else None)
 
 
@@ -236,9 +236,15 @@ def flat_background(rgb: np.ndarray) -> np.ndarray | None:
     return background
 
 
+def colour_distance(rgb: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """How far each pixel of ``rgb`` (its last axis the channels) is from ``background``: the largest
+    difference of a channel."""
+    return np.abs(rgb - background).max(axis=-1)
+
+
 def background_share(sample: np.ndarray, expected: np.ndarray) -> float:
     """The share of ``sample`` within FLAT_MAJORITY_TOLERANCE of ``expected``, the background there."""
-    return float(np.mean(np.abs(sample - expected).max(axis=2) < FLAT_MAJORITY_TOLERANCE))
+    return float(np.mean(colour_distance(sample, expected) < FLAT_MAJORITY_TOLERANCE))
 
 
 def cropped_background(rgb: np.ndarray) -> np.ndarray | None:
@@ -260,10 +266,10 @@ def cropped_background(rgb: np.ndarray) -> np.ndarray | None:
     if not crossed_ring(rgb, background):
         return None
     bands = (rgb[:CROP_BAND], rgb[-CROP_BAND:], rgb[:, :CROP_BAND], rgb[:, -CROP_BAND:])
-    if not all((np.abs(band - background).max(axis=-1) >= MIN_CONTRAST).any() for band in bands):
+    if not all((colour_distance(band, background) >= MIN_CONTRAST).any() for band in bands):
         return None  # (a round glyph's outermost pixels are faint: anti-aliasing)
     if lighter_strokes(counting_sample(rgb), background) and any(
-            longest_run(np.abs(side - background).max(axis=1) >= CROSSING_INK) > LIGHT_RUN * len(side)
+            longest_run(colour_distance(side, background) >= CROSSING_INK) > LIGHT_RUN * len(side)
             for side in sides) and light_share(rgb, background) > LIGHT_RUN:
         return None
     return background
@@ -275,7 +281,7 @@ def crossed_ring(rgb: np.ndarray, background: np.ndarray) -> bool:
     when none is crossed) keeps to the background exactly over CROP_FLAT of it, with at most CROP_EDGES
     soft-edge pixels per stroke pixel."""
     h, w = rgb.shape[:2]
-    rings = [np.abs(border(rgb[d:h - d, d:w - d]) - background).max(axis=1)
+    rings = [colour_distance(border(rgb[d:h - d, d:w - d]), background)
              for d in range(min(CROP_BAND, (min(h, w) - 1) // 2))]
     off = next((ring for ring in rings if (ring >= CROSSING_INK).any()), rings[0])
     flat, crossing = float(np.mean(off <= CROP_NOISE)), float(np.mean(off >= CROSSING_INK))
@@ -285,7 +291,7 @@ def crossed_ring(rgb: np.ndarray, background: np.ndarray) -> bool:
 def lighter_strokes(sample: np.ndarray, expected: np.ndarray) -> bool | None:
     """Whether the strokes of ``sample`` (its pixels at least CROSSING_INK off ``expected``, the background
     there) are lighter than the background under them; None when there are none."""
-    strokes = np.abs(sample - expected).max(axis=2) >= CROSSING_INK
+    strokes = colour_distance(sample, expected) >= CROSSING_INK
     if not strokes.any():
         return None
     under = np.broadcast_to(expected, sample.shape)[strokes]
@@ -294,7 +300,7 @@ def lighter_strokes(sample: np.ndarray, expected: np.ndarray) -> bool | None:
 
 def light_share(rgb: np.ndarray, background: np.ndarray) -> float:
     """The share of the frame (on a sample) at least CROSSING_INK off ``background``."""
-    return float(np.mean(np.abs(counting_sample(rgb) - background).max(axis=2) >= CROSSING_INK))
+    return float(np.mean(colour_distance(counting_sample(rgb), background) >= CROSSING_INK))
 
 
 def counting_sample(a: np.ndarray) -> np.ndarray:
