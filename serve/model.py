@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from serve.image.normalize import FieldSpec
+from serve.image.views import AS_DRAWN, View, combine, expand, views_from_json
 
 if TYPE_CHECKING:  # imported when a model is loaded, not when this module is
     import onnxruntime
@@ -37,6 +38,7 @@ class DigitModel:
     reject_index: int | None = None  # the "not a digit" class, if the model has one
     min_confidence: float = DEFAULT_MIN_CONFIDENCE  # below this a digit is refused (calibrated at export)
     field_spec: FieldSpec = FieldSpec()
+    views: tuple[View, ...] = AS_DRAWN  # each field is read in these views (metadata), the threshold calibrated so
 
     def logits(self, images: np.ndarray, batch_size: int = MAX_BATCH) -> np.ndarray:
         """images float32 [N,1,S,S] in [0,1] → logits float32 [N, classes], in batches of ``batch_size``."""
@@ -56,6 +58,14 @@ class DigitModel:
 
     def probabilities(self, images: np.ndarray, batch_size: int = MAX_BATCH) -> np.ndarray:
         return softmax(self.logits(images, batch_size))
+
+    def view_fields(self, fields: np.ndarray) -> np.ndarray:
+        """float32 [k, S, S] glyph fields → [k · views, 1, S, S]: the model's input for reading them."""
+        return expand(fields, self.views, self.field_spec.centre)[:, None]
+
+    def read_fields(self, fields: np.ndarray, batch_size: int = MAX_BATCH) -> np.ndarray:
+        """float32 [k, S, S] glyph fields → [k, classes]: each field's probabilities, the mean over its views."""
+        return combine(self.probabilities(self.view_fields(fields), batch_size), len(self.views))
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -117,9 +127,11 @@ def load_model(path: Path, intra_op_threads: int = 0) -> DigitModel:
     try:
         min_confidence = float(metadata.get("min_confidence", DEFAULT_MIN_CONFIDENCE))
         field_spec = FieldSpec(**json.loads(metadata["field"])) if "field" in metadata else FieldSpec(size=expected[-1])
+        views = views_from_json(metadata["views"]) if "views" in metadata else AS_DRAWN
     except (ValueError, TypeError) as exc:
         raise ModelError(f"{path}: unreadable preprocessing metadata ({exc})") from None
     if (1, field_spec.size, field_spec.size) != expected:
         raise ModelError(f"{path}: metadata's field of {field_spec.size}x{field_spec.size} does not match the input "
                          f"{list(expected)}")
-    return DigitModel(path, session, labels, metadata, output_names, reject_index, min_confidence, field_spec)
+    return DigitModel(path, session, labels, metadata, output_names, reject_index, min_confidence, field_spec,
+                      views)

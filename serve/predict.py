@@ -85,8 +85,8 @@ def load_page(source: Source, model: DigitModel, max_pixels: int, stdin: BinaryI
 def predict(model: DigitModel, arguments: Iterable[str], batch_size: int = MAX_BATCH,
             stdin: BinaryIO | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
             min_confidence: float | None = None) -> Iterator[Reading | Skipped]:
-    """Yield one Reading per input (and a Skipped per skipped file), in order, running the model once
-    per ``batch_size`` fields."""
+    """Yield one Reading per input (and a Skipped per skipped file), in order, reading ``batch_size``
+    fields at a time (the model runs on their views in calls of ``batch_size``)."""
     pending: list[Reading | Skipped | Page] = []
     fields = 0
 

@@ -287,7 +287,7 @@ def read_pages(model: "DigitModel", pages: list[Page], min_confidence: float | N
     """Run the model over every field of ``pages`` (calls of ``batch_size``) and interpret each page."""
     counts = [len(p.fields) for p in pages]
     stacked = np.concatenate([p.fields for p in pages]) if pages else np.zeros((0, 1, 1), np.float32)
-    probabilities = (model.probabilities(stacked[:, None], batch_size) if len(stacked)
+    probabilities = (model.read_fields(stacked, batch_size) if len(stacked)
                      else np.zeros((0, len(model.labels))))
     readings, start = [], 0
     for page, count in zip(pages, counts):

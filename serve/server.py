@@ -35,6 +35,7 @@ from serve.batching import DynamicBatcher
 from serve.errors import ModelControlOff, ModelLoadFailed, ModelNotFound, RequestError, ShuttingDown, \
     Unauthenticated, require_api_key
 from serve.image.decode import DEFAULT_MAX_PIXELS
+from serve.image.views import combine
 from serve.model import INPUT_NAME, DigitModel, ModelError, load_model, softmax
 from serve.protocol import HEADER_LENGTH, OUTPUTS, InferRequest, ProtocolError, encode_infer_response, flag, \
     holds_files, infer_request, parameters, split_body
@@ -268,7 +269,8 @@ class DataPlane:
     async def read_page(self, served: Served, page: Page, min_confidence: float | None) -> Reading:
         """The page's reading: all its fields in one submit to the batcher, interpreted as `serve predict` does."""
         if len(page.fields):
-            probabilities = softmax(await self.logits(served, page.fields[:, None]))
+            views = await run_in_threadpool(served.model.view_fields, page.fields)
+            probabilities = combine(softmax(await self.logits(served, views)), len(served.model.views))
         else:
             probabilities = np.zeros((0, len(served.model.labels)), np.float32)
         return interpret_for(served.model, page, probabilities, min_confidence)

@@ -93,6 +93,7 @@ def test_metadata_is_present_and_correct(exported_run: Path) -> None:
 
 
 def test_the_refusal_threshold_is_calibrated_recorded_and_read_by_serve(exported_run: Path) -> None:
+    from serve.image.views import READING_VIEWS
     from serve.model import load_model
 
     props = {p.key: p.value for p in onnx.load(str(exported_run / "model.onnx")).metadata_props}
@@ -104,6 +105,8 @@ def test_the_refusal_threshold_is_calibrated_recorded_and_read_by_serve(exported
     assert 0 <= calibration["digits_refused"] < 0.2 and calibration["non_digits_refused"] > 0.5
     served = load_model(exported_run / "model.onnx")
     assert served.min_confidence == threshold and served.reject_index is not None
+    # calibrated on the views serving reads each field in, and those views recorded for serve
+    assert calibration["views"] == len(READING_VIEWS) > 1 and served.views == READING_VIEWS
     assert served.labels[served.reject_index] == "not a digit"
 
 

@@ -43,7 +43,7 @@ def test_predictions_from_png_files_equal_predictions_from_the_arrays(model_path
     assert [r["image"] for r in records] == [str(digit_dir / f"{i:04d}.png") for i in range(120)]
     arrays = sample_dataset.test_images[:120].astype(np.float32)[:, None] / 255.0
     model = load_model(model_path)
-    expected = model.probabilities(arrays)
+    expected = model.read_fields(arrays[:, 0])  # each field read in the model's views
     digit_columns = [i for i in range(len(model.labels)) if i != model.reject_index]
     best_digit = expected[:, digit_columns].max(1)
     refused = (expected.argmax(1) == model.reject_index) | (best_digit < model.min_confidence)
@@ -79,7 +79,7 @@ def test_plain_output_and_top_k(model_path, digit_dir) -> None:
 def test_a_number_is_read_left_to_right(model_path, sample_dataset, tmp_path) -> None:
     model = load_model(model_path)
     digits = sample_dataset.test_images[10:13]
-    alone = [model.probabilities(d.astype(np.float32)[None, None] / 255.0)[0].argmax() for d in digits]
+    alone = model.read_fields(digits.astype(np.float32) / 255.0).argmax(1)
     canvas = np.full((200, 520), 250, np.uint8)  # dark ink on white, three digits apart
     for k, digit in enumerate(digits):
         canvas[20:160, 20 + 170 * k:160 + 170 * k] = 255 - np.asarray(Image.fromarray(digit).resize((140, 140)))
@@ -173,6 +173,8 @@ def test_model_problems_exit_1_with_one_line(tmp_path, digit_dir) -> None:
         str(tiny_model(tmp_path / "three.onnx", ["N", 1, 28, 28],
                        ["a", "b", "c"])): "names 3 labels but the graph has 10 outputs",
         str(tiny_model(tmp_path / "fixed.onnx", [1, 1, 28, 28])): "fixed batch of 1",
+        str(tiny_model(tmp_path / "views.onnx", ["N", 1, 28, 28],
+                       metadata={"views": [{"scale": -1}]})): "unreadable preprocessing metadata (views need",
         str(tmp_path): "is a directory; give the .onnx file in it",  # a model error like the others, not usage
     }
     for model, reason in cases.items():
@@ -197,7 +199,11 @@ def test_many_images_run_in_batches_of_256(model_path, digit_dir, tmp_path) -> N
     model.session = CountingSession(model.session)
     files = [str(p) for p in sorted(digit_dir.glob("*.png"))] * 3  # 360 images
     results = [r for r in predict(model, files) if isinstance(r, Reading)]  # nothing here is skipped
-    assert len(results) == 360 and calls == [256, 104]
+    def calls_of_256(inputs: int) -> list[int]:
+        return [256] * (inputs // 256) + ([inputs % 256] if inputs % 256 else [])
+
+    views = len(model.views)  # each field is read in the model's views: views inputs per field
+    assert len(results) == 360 and calls == calls_of_256(256 * views) + calls_of_256(104 * views)
     assert [r.text for r in results[:120]] == [r.text for r in results[120:240]]
 
 

@@ -103,7 +103,7 @@ def test_predict_and_the_page_use_the_model_named_by_model_name(client, model, d
 
     png = encode(Image.fromarray((digits[0, 0] * 255).round().astype(np.uint8)))
     reading = client.post("/predict", content=png, headers={"Content-Type": "image/png"}).json()
-    np.testing.assert_allclose(reading["probabilities"], model.probabilities(digits[:1])[0], atol=1e-6)
+    np.testing.assert_allclose(reading["probabilities"], model.read_fields(digits[:1, 0])[0], atol=1e-6)
     assert 'data-model="digits"' in client.get("/").text
 
 
