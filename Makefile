@@ -32,12 +32,15 @@ demo: $(STAMP)
 	@echo "      $(BIN)/serve http --model $(RUN)/model.onnx   (then open http://127.0.0.1:8000/ to write a number)"
 	@echo "      make evaluate   (how well it reads photos, numbers and non-digits)"
 
-# The Debian packages the slow tiers drive: headless Chromium and its driver (the page's browser test) and
-# wrk (the bench-peers harness test), installed with apt when a command is missing.
+# The Debian packages the slow tiers drive: headless Chromium and its driver (the page's browser test), wrk
+# and h2load (nghttp2-client; the bench-peers harness test, HTTP and gRPC), installed with apt when a command
+# is missing.
 browser:
-	@command -v chromium >/dev/null && command -v chromedriver >/dev/null && command -v wrk >/dev/null || { \
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null && command -v wrk >/dev/null \
+		&& command -v h2load >/dev/null || { \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver wrk >/dev/null; }
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium \
+			chromium-driver wrk nghttp2-client >/dev/null; }
 
 # Every tier (what CI runs), 613 tests on 2 cores: 11 min 35 s of pytest on an AMD EPYC with AVX2 only (training runs in
 # fp32 there; 13 min 12 s with the install, fresh clone), 7 min 7 s on one with AVX512-BF16 (8 min 6 s with the install).
@@ -73,7 +76,8 @@ bench-smoke: $(STAMP)
 
 .PHONY: bench-peers
 # foldserve's `serve http` against KServe, MLServer, LitServe and Ray Serve serving the `make demo` model, one
-# server at a time on 127.0.0.1, driven by wrk (Debian package); writes its own section of BENCHMARKS.md
+# server at a time on 127.0.0.1, driven by wrk (and foldserve's gRPC by h2load; Debian packages wrk and
+# nghttp2-client); writes its own section of BENCHMARKS.md
 # (about 15 minutes, plus the first installs). Each peer is pip-installed into its own virtual environment
 # under runs/peers/, never into .venv.
 bench-peers: $(STAMP)

@@ -130,6 +130,21 @@ def test_requests_take_their_shape_from_the_models_metadata(tmp_path: Path, samp
     binary, header_length = runner.request_body(probe.input_name, probe.images[:1], binary=True)
     assert header_length is not None and len(binary) == int(header_length) + 400 * 4
     np.testing.assert_array_equal(parse_infer_request(binary, header_length, field).images, probe.images[:1])
+    # gRPC: one length-prefixed, uncompressed ModelInferRequest with the pixels as raw bytes, made in a
+    # process of its own (serve's message classes and tritonclient's cannot share one) and read here with
+    # tritonclient's
+    from tritonclient.grpc import service_pb2
+
+    np.save(tmp_path / "images.npy", probe.images[:1])
+    script = ("import sys, numpy as np; from benchmarks.peers import runner; sys.stdout.buffer.write("
+              "runner.grpc_frame(runner.grpc_request('image', np.load(sys.argv[1]))))")
+    framed = subprocess.run([sys.executable, "-c", script, str(tmp_path / "images.npy")], cwd=REPO,
+                            capture_output=True, check=True, timeout=60).stdout
+    assert framed[0] == 0 and int.from_bytes(framed[1:5], "big") == len(framed) - 5
+    request = service_pb2.ModelInferRequest.FromString(framed[5:])
+    assert request.model_name == runner.MODEL_NAME and [o.name for o in request.outputs] == ["logits"]
+    assert list(request.inputs[0].shape) == [1, 1, 20, 20] and request.inputs[0].datatype == "FP32"
+    np.testing.assert_array_equal(np.frombuffer(request.raw_input_contents[0], "<f4"), probe.images[0].ravel())
 
 
 # --------------------------------------------------------------------------- checking answers
@@ -227,6 +242,27 @@ def test_wrk_output_without_a_result_line_is_an_error() -> None:
         runner.parse_wrk_output("Running 1s test @ http://127.0.0.1:1/\n")
 
 
+H2LOAD_OUTPUT = """starting benchmark...
+Application protocol: h2c
+
+finished in 2.00s, 471.50 req/s, 65.42KB/s
+requests: 950 total, 954 started, 950 done, 943 succeeded, 7 failed, 2 errored, 1 timeout
+status codes: 943 2xx, 0 3xx, 3 4xx, 1 5xx
+traffic: 130.84KB (133981) total, 3.06KB (3129) headers (space savings 95.90%), 75.51KB (77326) data
+"""
+
+
+def test_h2load_output_becomes_a_run_with_percentiles_from_its_log() -> None:
+    latencies_us = np.array([1000.0] * 98 + [5000.0, 9000.0])
+    run = runner.parse_h2load_output(H2LOAD_OUTPUT, latencies_us)
+    assert (run.requests, run.seconds, run.socket_errors, run.non200) == (943, 2.0, 3, 4)
+    assert run.p50_ms == 1.0 and 5.0 < run.p99_ms < 9.0 and run.rps == 471.5
+    assert (run.wrong, run.checked) == (0, 0)  # h2load cannot read gRPC's answers: the Python client checks
+    assert runner.parse_h2load_output(H2LOAD_OUTPUT.replace("2.00s", "850.5ms"), latencies_us).seconds == 0.8505
+    with pytest.raises(runner.PeerError, match="h2load printed no summary"):
+        runner.parse_h2load_output("starting benchmark...\n", latencies_us)
+
+
 # --------------------------------------------------------------------------- stopping servers
 
 
@@ -274,7 +310,7 @@ def test_table_has_medians_ranges_errors_versions_and_the_peers_not_measured() -
     partial.runs = {1: [run(500, 2.0)]}
     missing = runner.Outcome(ray, failure="not installed: `pip install ray[serve]==2.60.0 …` failed: no wheel")
     info = {"cpu": "AMD EPYC, 2 cores (lscpu)", "date": "2026-11-26", "wrk": "wrk 4.1.0",
-            "other load generators": "h2load and hey are not installed", "python": "3.11.7", "onnxruntime": "1.32.0"}
+            "h2load": "h2load nghttp2/1.52.0", "python": "3.11.7", "onnxruntime": "1.32.0"}
     text = runner.render_section([measured, partial, missing], options, info, (1.9, 2.4), 300.0, probe)
     assert text.startswith(PEERS_HEADING + "\n")
     assert "| KServe ModelServer | 0.21.0 | 2.0 s (1.0–4.0) | custom `kserve.Model`" in text
@@ -288,6 +324,7 @@ def test_table_has_medians_ranges_errors_versions_and_the_peers_not_measured() -
     assert "- KServe ModelServer, after the run at 16 connections: HTTP 503: busy" in text
     assert "AMD EPYC, 2 cores (lscpu)" in text and "2026-11-26" in text and "3 rounds" in text
     assert "onnxruntime 1.32.0 in every server" in text
+    assert "| load generators | wrk 4.1.0, 1 thread(s)" in text and "for gRPC h2load nghttp2/1.52.0" in text
     assert "1.90 / 2.40 — **the machine was shared" in text
     assert "the machine was shared" not in runner.render_section([measured], options, info, (0.1, 2.0), 1.0, probe)
 
@@ -300,8 +337,8 @@ def test_harness_against_foldserve_alone_writes_a_table_without_errors(tmp_path:
     out = tmp_path / "BENCHMARKS.md"
     out.write_text(DOCUMENT)
     command = [sys.executable, "-m", "benchmarks.peers", "--model", str(exported_run / "model.onnx"), "--out", str(out),
-               "--work", str(tmp_path / "work"), "--peers", "foldserve,foldserve-binary", "--rounds", "1",
-               "--duration", "1", "--warmup", "1", "--connections", "1,4", "--no-install"]
+               "--work", str(tmp_path / "work"), "--peers", "foldserve,foldserve-binary,foldserve-grpc",
+               "--rounds", "1", "--duration", "1", "--warmup", "1", "--connections", "1,4", "--no-install"]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     text = out.read_text()
@@ -309,7 +346,8 @@ def test_harness_against_foldserve_alone_writes_a_table_without_errors(tmp_path:
     rows = re.findall(r"^\| (foldserve[^|]*) \| (\d+) \| ([\d,]+) \(.*\| ([\d,]+) \| ([\d,]+) \|$", text, re.MULTILINE)
     assert [(name, connections) for name, connections, *_ in rows] == [
         ("foldserve `serve http`", "1"), ("foldserve `serve http`", "4"),
-        ("foldserve `serve http`, binary tensors", "1"), ("foldserve `serve http`, binary tensors", "4")]
+        ("foldserve `serve http`, binary tensors", "1"), ("foldserve `serve http`, binary tensors", "4"),
+        ("foldserve `serve http`, gRPC", "1"), ("foldserve `serve http`, gRPC", "4")]
     for name, connections, rps, errors, wrong in rows:
         assert int(rps.replace(",", "")) > 0 and errors == "0" and wrong == "0", (name, connections)
     assert "Not measured" not in text and "old peers table" not in text

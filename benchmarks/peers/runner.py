@@ -7,7 +7,10 @@
 Each peer is pip-installed (with onnxruntime and numpy) into its own virtual environment under --work,
 never into the project's. One server runs at a time, on 127.0.0.1 (two side by side bias the second by
 15-25% here); it is started, polled until its health endpoint answers, then driven by wrk at each
-connection count (a warm-up run, then the measured run), and stopped with its whole process group. All
+connection count (a warm-up run, then the measured run), and stopped with its whole process group.
+foldserve's OIP v2 over gRPC (`serve http --grpc-port`) is driven by h2load instead, over HTTP/2, one
+ModelInfer call in flight per connection: h2load sees HTTP statuses, not gRPC's, so those answers are
+checked by the Python client only. All
 servers form a round, in a fixed order; the rounds repeat, and each figure is the median over rounds with
 the range. Every answer is checked: wrk's Lua hook on every response (status 200, argmax of the logits),
 and after every run a Python client sends a few different digits and compares each answer with
@@ -59,14 +62,25 @@ class Peer:
     adapter: str | None  # the module run with the peer's Python; None: `serve http`
     health_path: str
     settings: str  # what "its best settings" are, for the table
-    binary: bool = False  # requests use the binary tensor extension
+    request: str = "json"  # "json", "binary" (the binary tensor extension) or "grpc" (OIP v2 over gRPC, h2load)
+
+    @property
+    def binary(self) -> bool:
+        return self.request == "binary"
+
+    @property
+    def grpc(self) -> bool:
+        return self.request == "grpc"
 
 
 PEERS = (
     Peer("foldserve", "foldserve `serve http`", None, None, "/v2/health/ready",
          "defaults (dynamic batching: up to 64 images, no wait window); JSON requests"),
     Peer("foldserve-binary", "foldserve `serve http`, binary tensors", None, None, "/v2/health/ready",
-         "defaults; the tensor as raw bytes after the JSON (binary tensor extension), JSON answer", binary=True),
+         "defaults; the tensor as raw bytes after the JSON (binary tensor extension), JSON answer", request="binary"),
+    Peer("foldserve-grpc", "foldserve `serve http`, gRPC", None, None, "/v2/health/ready",
+         "defaults and `--grpc-port`; OIP v2 ModelInfer with the tensor in `raw_input_contents`, driven by h2load "
+         "(HTTP/2, one call in flight per connection)", request="grpc"),
     Peer("kserve", "KServe ModelServer", "kserve", "benchmarks.peers.adapters.kserve_peer", "/v2/health/ready",
          "custom `kserve.Model`, 1 process (2: slower), gRPC off, no per-request log lines (ModelServer has no "
          "batcher)"),
@@ -121,6 +135,23 @@ def request_body(input_name: str, images: np.ndarray, binary: bool) -> tuple[byt
     if not binary:
         return header, None
     return header + images.tobytes(), str(len(header))
+
+
+def grpc_request(input_name: str, images: np.ndarray) -> bytes:
+    """A serialized OIP v2 ModelInferRequest for ``images`` (float32, batch first), asking for the logits,
+    the tensor as raw little-endian bytes in ``raw_input_contents`` (as tritonclient sends it)."""
+    from serve.proto import inference_pb2 as pb
+
+    images = np.ascontiguousarray(images, dtype="<f4")
+    tensor = pb.ModelInferRequest.InferInputTensor(name=input_name, datatype="FP32", shape=list(images.shape))
+    return pb.ModelInferRequest(
+        model_name=MODEL_NAME, inputs=[tensor], outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(name=OUTPUT)],
+        raw_input_contents=[images.tobytes()]).SerializeToString()
+
+
+def grpc_frame(message: bytes) -> bytes:
+    """A gRPC length-prefixed message (uncompressed): what h2load posts as the body of every call."""
+    return b"\x00" + len(message).to_bytes(4, "big") + message
 
 
 def make_probe(model: DigitModel, test_images: np.ndarray, test_labels: np.ndarray, count: int = CHECK_DIGITS) -> Probe:
@@ -187,10 +218,15 @@ def judge(status: int, body: bytes, header_length: str | None, expected: np.ndar
         return Verdicts(1, errors=1, first_problem=f"HTTP {status}: {body[:120].decode(errors='replace')}")
     try:
         logits = logits_from_response(body, header_length)
-        if logits.size != expected.size:
-            raise ValueError(f"{logits.size} logits, expected {expected.size}")
     except (ValueError, TypeError, KeyError) as exc:
         return Verdicts(1, errors=1, first_problem=f"unreadable answer: {str(exc)[:120]}")
+    return judge_logits(logits, expected)
+
+
+def judge_logits(logits: np.ndarray, expected: np.ndarray) -> Verdicts:
+    """The logits of one answer against onnxruntime's ``expected`` [classes] (``judge`` after parsing)."""
+    if logits.size != expected.size:
+        return Verdicts(1, errors=1, first_problem=f"unreadable answer: {logits.size} logits, expected {expected.size}")
     logits = logits.ravel()
     difference = float(np.abs(logits - expected).max())
     if int(logits.argmax()) != int(expected.argmax()) or not difference <= LOGIT_TOLERANCE:
@@ -220,6 +256,42 @@ def check_answers(port: int, probe: Probe, binary: bool, timeout: float = 30.0) 
     finally:
         connection.close()
     return verdicts
+
+
+def check_grpc_answers(port: int, probe: Probe, timeout: float = 30.0) -> Verdicts:
+    """``check_answers`` over gRPC: each probe digit as its own ModelInfer call, the logits read from
+    ``raw_output_contents``."""
+    import grpc
+
+    from serve.proto import inference_pb2 as pb
+    from serve.proto import inference_pb2_grpc as pb_grpc
+
+    verdicts = Verdicts()
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        for image, expected in zip(probe.images, probe.logits):
+            request = pb.ModelInferRequest.FromString(grpc_request(probe.input_name, image[None]))
+            try:
+                response = stub.ModelInfer(request, timeout=timeout)
+            except grpc.RpcError as exc:
+                verdicts.add(Verdicts(1, errors=1, first_problem=f"gRPC {exc.code().name}: {exc.details()}"))
+                continue
+            try:
+                logits = grpc_logits(response)
+            except ValueError as exc:
+                verdicts.add(Verdicts(1, errors=1, first_problem=f"unreadable answer: {str(exc)[:120]}"))
+                continue
+            verdicts.add(judge_logits(logits, expected))
+    return verdicts
+
+
+def grpc_logits(response: object) -> np.ndarray:
+    """The 'logits' output of a ModelInferResponse (raw contents, or typed contents), flat."""
+    for i, output in enumerate(response.outputs):  # type: ignore[attr-defined]
+        if output.name == OUTPUT:
+            raw = response.raw_output_contents  # type: ignore[attr-defined]
+            return np.frombuffer(raw[i], "<f4") if len(raw) > i else np.asarray(output.contents.fp32_contents)
+    raise ValueError(f"the response has no {OUTPUT!r} output")
 
 
 # --------------------------------------------------------------------------- the load generator
@@ -259,6 +331,37 @@ def run_wrk(port: int, body_file: Path, header_length: str | None, probe: Probe,
     if done.returncode != 0:
         raise PeerError(f"wrk failed ({done.returncode}): {(done.stderr or done.stdout).strip()[-200:]}")
     return parse_wrk_output(done.stdout)
+
+
+GRPC_INFER_PATH = "/inference.GRPCInferenceService/ModelInfer"
+
+
+def parse_h2load_output(stdout: str, latencies_us: np.ndarray) -> WrkRun:
+    """h2load's summary and its per-request log (``--log-file``: the microseconds of each request) as a run.
+    h2load sees HTTP statuses, not gRPC's trailers: its answers are checked by the Python client only."""
+    finished = re.search(r"^finished in ([\d.]+)(m?s),", stdout, re.MULTILINE)
+    counts = re.search(r"^requests: (\d+) total, \d+ started, \d+ done, \d+ succeeded, \d+ failed, (\d+) errored, "
+                       r"(\d+) timeout", stdout, re.MULTILINE)
+    statuses = re.search(r"^status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", stdout, re.MULTILINE)
+    if finished is None or counts is None or statuses is None:
+        raise PeerError(f"h2load printed no summary: {stdout.strip()[-200:]!r}")
+    seconds = float(finished.group(1)) / (1000 if finished.group(2) == "ms" else 1)
+    ok, *not_ok = (int(statuses.group(i)) for i in range(1, 5))
+    p50, p99 = np.percentile(latencies_us, [50, 99]) / 1e3 if len(latencies_us) else (0.0, 0.0)
+    return WrkRun(ok, seconds, float(p50), float(p99), int(counts.group(2)) + int(counts.group(3)), sum(not_ok), 0, 0)
+
+
+def run_h2load(port: int, body_file: Path, connections: int, seconds: int, threads: int, scratch: Path) -> WrkRun:
+    """``connections`` HTTP/2 connections, one gRPC ModelInfer call in flight on each, for ``seconds``."""
+    log = scratch / "h2load.log"
+    command = ["h2load", "-t", str(min(threads, connections)), "-c", str(connections), "-m", "1", "-D", str(seconds),
+               "-d", str(body_file), "-H", "content-type: application/grpc", "-H", "te: trailers",
+               "--log-file", str(log), f"http://127.0.0.1:{port}{GRPC_INFER_PATH}"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60)
+    if done.returncode != 0:
+        raise PeerError(f"h2load failed ({done.returncode}): {(done.stderr or done.stdout).strip()[-200:]}")
+    rows = [line.split("\t") for line in log.read_text().splitlines()]
+    return parse_h2load_output(done.stdout, np.array([float(row[2]) for row in rows if len(row) == 3]))
 
 
 # --------------------------------------------------------------------------- installing and running peers
@@ -311,9 +414,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def server_command(peer: Peer, work: Path, model: Path, port: int) -> list[str]:
+def server_command(peer: Peer, work: Path, model: Path, port: int, grpc_port: int | None = None) -> list[str]:
     if peer.adapter is None:
-        return [sys.executable, "-m", "serve", "http", "--model", str(model), "--port", str(port)]
+        grpc = ["--grpc-port", str(grpc_port)] if grpc_port is not None else []
+        return [sys.executable, "-m", "serve", "http", "--model", str(model), "--port", str(port), *grpc]
     return [str(venv_python(work, peer)), "-m", peer.adapter, "--model", str(model), "--port", str(port)]
 
 
@@ -441,28 +545,40 @@ class Options:
     start_timeout: float
 
 
-def measure_round(outcome: Outcome, options: Options, probe: Probe, body_files: dict[bool, tuple[Path, str | None]],
+def measure_round(outcome: Outcome, options: Options, probe: Probe, body_files: dict[str, tuple[Path, str | None]],
                   round_index: int) -> None:
     """Start the peer, measure every connection count, stop it. A failure ends the peer's measurement."""
     peer = outcome.peer
     port = free_port()
+    grpc_port = free_port() if peer.grpc else None
     scratch = options.work / "scratch" / peer.name  # where a peer may write its files (MLServer's .metrics)
     scratch.mkdir(parents=True, exist_ok=True)
     log = options.work / "logs" / f"{peer.name}-round{round_index + 1}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    with running(server_command(peer, options.work, options.model, port), log, scratch) as process:
+    body_file, header_length = body_files[peer.request]
+
+    def check() -> Verdicts:
+        if grpc_port is not None:
+            return check_grpc_answers(grpc_port, probe)
+        return check_answers(port, probe, peer.binary)
+
+    def load(connections: int, seconds: int) -> WrkRun:
+        if grpc_port is not None:
+            return run_h2load(grpc_port, body_file, connections, seconds, options.threads, scratch)
+        return run_wrk(port, body_file, header_length, probe, connections, seconds, options.threads)
+
+    with running(server_command(peer, options.work, options.model, port, grpc_port), log, scratch) as process:
         outcome.start_seconds.append(wait_ready(port, peer.health_path, process, log, options.start_timeout))
         outcome.exposed = listening_beyond_loopback(process.pid)  # ephemeral ports: the last round's
-        first = check_answers(port, probe, peer.binary)
+        first = check()
         if first.errors or first.wrong:
             raise PeerError(f"answers wrong before any load: {first.first_problem}")
-        body_file, header_length = body_files[peer.binary]
         for connections in options.connections:
             print(f"  round {round_index + 1}: {peer.name}, {connections} connections", file=sys.stderr)
-            run_wrk(port, body_file, header_length, probe, connections, options.warmup, options.threads)
-            run = run_wrk(port, body_file, header_length, probe, connections, options.duration, options.threads)
+            load(connections, options.warmup)
+            run = load(connections, options.duration)
             outcome.runs.setdefault(connections, []).append(run)
-            outcome.verdicts.setdefault(connections, Verdicts()).add(check_answers(port, probe, peer.binary))
+            outcome.verdicts.setdefault(connections, Verdicts()).add(check())
             if process.poll() is not None:
                 raise PeerError(f"exited with status {process.returncode} under load: "
                                 f"{last_line(log.read_text(errors='replace'))}")
@@ -479,13 +595,16 @@ def benchmark(peers: list[Peer], options: Options, probe: Probe, install_missing
             outcome.version = peer_version(outcome.peer, options.work)
         except (PeerError, subprocess.TimeoutExpired) as exc:
             outcome.failure = f"not installed: {exc}"
+        if outcome.peer.grpc and shutil.which("h2load") is None:
+            outcome.failure = "h2load is not installed (Debian: apt-get install nghttp2-client)"
     with tempfile.TemporaryDirectory() as tmp:
-        body_files: dict[bool, tuple[Path, str | None]] = {}
-        for binary in (False, True):
-            body, header_length = request_body(probe.input_name, probe.images[:1], binary)
-            path = Path(tmp) / f"body-{'binary' if binary else 'json'}"
-            path.write_bytes(body)
-            body_files[binary] = (path, header_length)
+        body_files: dict[str, tuple[Path, str | None]] = {}
+        for request in ("json", "binary"):
+            body, header_length = request_body(probe.input_name, probe.images[:1], request == "binary")
+            body_files[request] = (Path(tmp) / f"body-{request}", header_length)
+            body_files[request][0].write_bytes(body)
+        body_files["grpc"] = (Path(tmp) / "body-grpc", None)
+        body_files["grpc"][0].write_bytes(grpc_frame(grpc_request(probe.input_name, probe.images[:1])))
         for round_index in range(options.rounds):
             for outcome in outcomes:
                 if outcome.failure is not None:
@@ -511,11 +630,11 @@ def machine_info() -> dict[str, str]:
     import onnxruntime
 
     wrk = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split()
-    others = [tool for tool in ("h2load", "hey") if shutil.which(tool)]
+    h2load = (subprocess.run(["h2load", "--version"], capture_output=True, text=True).stdout.split()
+              if shutil.which("h2load") else [])
     return {"cpu": f"{cpu}, {os.cpu_count()} cores (lscpu)", "date": datetime.date.today().isoformat(),
             "wrk": " ".join(wrk[:2]) or "wrk",  # "wrk debian/4.1.0-3+b2"
-            "other load generators": f"{' and '.join(others)} installed, not used" if others
-            else "h2load and hey are not installed",
+            "h2load": " ".join(h2load[:2]) or "h2load not installed",  # "h2load nghttp2/1.52.0"
             "python": sys.version.split()[0], "onnxruntime": onnxruntime.__version__}
 
 
@@ -537,8 +656,9 @@ def render_section(outcomes: list[Outcome], options: Options, info: dict[str, st
               f"| load average (1 min) before / after | {before:.2f} / {after:.2f}"
               + (" — **the machine was shared: other jobs ran on the same cores, so these figures are rough** |"
                  if shared else " |"),
-              f"| load generator | {info['wrk']}, {options.threads} thread(s), the Lua hook checks every answer; "
-              f"{info['other load generators']} |",
+              f"| load generators | {info['wrk']}, {options.threads} thread(s), the Lua hook checks every answer; "
+              f"for gRPC {info['h2load']}, as many threads, HTTP/2 (it sees HTTP statuses, not gRPC's: its answers "
+              f"are checked by the Python client only) |",
               f"| Python, onnxruntime | {info['python']}; onnxruntime {info['onnxruntime']} in every server |", "",
               "| server | version | ready after | settings |", "| --- | --- | --- | --- |"]
     for outcome in outcomes:
