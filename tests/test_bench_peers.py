@@ -263,6 +263,19 @@ def test_h2load_output_becomes_a_run_with_percentiles_from_its_log() -> None:
         runner.parse_h2load_output("starting benchmark...\n", latencies_us)
 
 
+def test_each_h2load_run_reads_only_its_own_requests(tmp_path: Path, monkeypatch) -> None:
+    def fake_h2load(command: list[str], **kwargs) -> subprocess.CompletedProcess:
+        log = Path(command[command.index("--log-file") + 1])
+        latency_us = 1000 * int(command[command.index("-c") + 1])  # 1 ms a request per connection
+        with log.open("a") as out:  # as h2load does: it appends
+            out.writelines(f"1795747195729599\t200\t{latency_us}\n" for _ in range(10))
+        return subprocess.CompletedProcess(command, 0, H2LOAD_OUTPUT, "")
+
+    monkeypatch.setattr(runner.subprocess, "run", fake_h2load)
+    assert runner.run_h2load(1, tmp_path / "body", 64, 1, 1, tmp_path).p50_ms == 64.0
+    assert runner.run_h2load(1, tmp_path / "body", 1, 1, 1, tmp_path).p50_ms == 1.0
+
+
 # --------------------------------------------------------------------------- stopping servers
 
 

@@ -354,6 +354,7 @@ def parse_h2load_output(stdout: str, latencies_us: np.ndarray) -> WrkRun:
 def run_h2load(port: int, body_file: Path, connections: int, seconds: int, threads: int, scratch: Path) -> WrkRun:
     """``connections`` HTTP/2 connections, one gRPC ModelInfer call in flight on each, for ``seconds``."""
     log = scratch / "h2load.log"
+    log.unlink(missing_ok=True)  # h2load appends to its log file: only this run's requests may be in it
     command = ["h2load", "-t", str(min(threads, connections)), "-c", str(connections), "-m", "1", "-D", str(seconds),
                "-d", str(body_file), "-H", "content-type: application/grpc", "-H", "te: trailers",
                "--log-file", str(log), f"http://127.0.0.1:{port}{GRPC_INFER_PATH}"]
