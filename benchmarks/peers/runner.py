@@ -585,7 +585,10 @@ def measure_round(outcome: Outcome, options: Options, probe: Probe, body_files: 
                                 f"{last_line(log.read_text(errors='replace'))}")
 
 
-def benchmark(peers: list[Peer], options: Options, probe: Probe, install_missing: bool, python: str) -> list[Outcome]:
+def benchmark(peers: list[Peer], options: Options, probe: Probe, install_missing: bool,
+              python: str) -> tuple[list[Outcome], float]:
+    """Install what is missing, then measure every peer, round after round: the outcomes, and the 1-minute
+    load average when the measurements began (after the installs, whose own load is not another job's)."""
     import onnxruntime
 
     outcomes = [Outcome(peer) for peer in peers]
@@ -598,6 +601,7 @@ def benchmark(peers: list[Peer], options: Options, probe: Probe, install_missing
             outcome.failure = f"not installed: {exc}"
         if outcome.peer.grpc and shutil.which("h2load") is None:
             outcome.failure = "h2load is not installed (Debian: apt-get install nghttp2-client)"
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         body_files: dict[str, tuple[Path, str | None]] = {}
         for request in ("json", "binary"):
@@ -614,7 +618,7 @@ def benchmark(peers: list[Peer], options: Options, probe: Probe, install_missing
                     measure_round(outcome, options, probe, body_files, round_index)
                 except (PeerError, subprocess.TimeoutExpired) as exc:
                     outcome.failure = f"round {round_index + 1}: {exc}"
-    return outcomes
+    return outcomes, load_before
 
 
 # --------------------------------------------------------------------------- the table
@@ -760,14 +764,13 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"bench-peers: {exc}")
     signal.signal(signal.SIGTERM, _interrupted)
     started = time.perf_counter()
-    load_before = os.getloadavg()[0]
     test = load_dataset("sample")
     probe = make_probe(model, test.test_images, test.test_labels)
     options = Options(args.model.resolve(), args.work.resolve(), args.rounds, args.duration, args.warmup,
                       args.connections, args.threads, args.start_timeout)
     options.work.mkdir(parents=True, exist_ok=True)
     try:
-        outcomes = benchmark(args.peers, options, probe, args.install, args.python)
+        outcomes, load_before = benchmark(args.peers, options, probe, args.install, args.python)
     except KeyboardInterrupt:
         print("bench-peers: interrupted; the servers are stopped, nothing was written", file=sys.stderr)
         return 130
