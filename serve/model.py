@@ -38,7 +38,7 @@ class DigitModel:
     reject_index: int | None = None  # the "not a digit" class, if the model has one
     min_confidence: float = DEFAULT_MIN_CONFIDENCE  # below this a digit is refused (calibrated at export)
     field_spec: FieldSpec = FieldSpec()
-    views: tuple[View, ...] = AS_DRAWN  # each field is read in these views (metadata), the threshold calibrated so
+    views: tuple[View, ...] = AS_DRAWN  # each glyph's field is read in these (the threshold is calibrated on them)
 
     def logits(self, images: np.ndarray, batch_size: int = MAX_BATCH) -> np.ndarray:
         """images float32 [N,1,S,S] in [0,1] → logits float32 [N, classes], in batches of ``batch_size``."""

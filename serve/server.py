@@ -267,7 +267,8 @@ class DataPlane:
         return reading.record(served.model.labels)
 
     async def read_page(self, served: Served, page: Page, min_confidence: float | None) -> Reading:
-        """The page's reading: all its fields in one submit to the batcher, interpreted as `serve predict` does."""
+        """The page's reading: the views of all its fields in one submit to the batcher, averaged and interpreted
+        as `serve predict` does."""
         if len(page.fields):
             views = await run_in_threadpool(served.model.view_fields, page.fields)
             probabilities = combine(softmax(await self.logits(served, views)), len(served.model.views))
