@@ -9,6 +9,7 @@ import warnings
 from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -21,6 +22,8 @@ from pipeline.parity import ParityReport, check_parity, torch_logits
 from serve.image.views import READING_VIEWS, combine, expand, views_to_json
 from serve.model import softmax
 from serve.repository import DEFAULT_MODEL_NAME
+
+Logits = Callable[[np.ndarray], np.ndarray]  # float32 [N, 1, S, S] → logits [N, classes]
 
 if TYPE_CHECKING:
     import onnx
@@ -131,13 +134,13 @@ def count_ops(model: "onnx.ModelProto", op_type: str) -> int:
 CALIBRATION_FALSE_REFUSALS = 0.003
 
 
-def calibrate_min_confidence(model: "DigitNet", dataset: Dataset, labels: list[str], seed: int = 7) -> dict[str, Any]:
+def calibrate_min_confidence(logits: Logits, dataset: Dataset, labels: list[str], seed: int = 7) -> dict[str, Any]:
     """The digit-probability threshold below which serving refuses, chosen on validation data that
     is neither the test split nor the training images as trained: training digits re-distorted
     (affine + elastic/thickness/contrast), newly drawn stroke digits, and newly drawn non-digits.
-    Every image is read in the serving views (``READING_VIEWS``), as `serve` reads a glyph's field: the
-    threshold is calibrated for the probabilities serving computes. Returns the threshold and what it
-    does on that data."""
+    ``logits`` is the exported graph (float32 [N, 1, S, S] → [N, classes]), and every image is read in
+    the serving views (``READING_VIEWS``), as `serve` reads a glyph's field: the threshold is calibrated
+    for the probabilities serving computes. Returns the threshold and what it does on that data."""
     import torch
 
     from models.net import REJECT_LABEL
@@ -152,8 +155,8 @@ def calibrate_min_confidence(model: "DigitNet", dataset: Dataset, labels: list[s
     digits = torch.cat([real, torch.from_numpy(model_input(drawn))])
     digit_labels = np.concatenate([dataset.train_labels[:2000], drawn_labels])
     others = torch.from_numpy(model_input(non_digits(1000, rng)))
-    p_digits = viewed_probabilities(model, digits.numpy())
-    p_others = viewed_probabilities(model, others.numpy())
+    p_digits = viewed_probabilities(logits, digits.numpy())
+    p_others = viewed_probabilities(logits, others.numpy())
     reject = labels.index(REJECT_LABEL) if REJECT_LABEL in labels else None
     digit_columns = [i for i in range(len(labels)) if i != reject]
 
@@ -171,12 +174,23 @@ def calibrate_min_confidence(model: "DigitNet", dataset: Dataset, labels: list[s
             "non_digits_refused": float(1 - accepted(p_others, threshold).mean())}
 
 
-def viewed_probabilities(model: "DigitNet", images: np.ndarray) -> np.ndarray:
+def viewed_probabilities(logits: Logits, images: np.ndarray) -> np.ndarray:
     """float32 [N, 1, S, S] → [N, classes]: the mean probabilities over the serving views of each image."""
     from models.net import FIELD
 
     viewed = expand(images[:, 0], READING_VIEWS, FIELD["centre"])[:, None]
-    return combine(softmax(torch_logits(model, viewed)), len(READING_VIEWS))
+    return combine(softmax(logits(viewed)), len(READING_VIEWS))
+
+
+def graph_logits(path: Path) -> Logits:
+    """The logits of the ONNX graph at ``path`` in onnxruntime (3x PyTorch eager on these CPUs: the
+    calibration reads 36,000 fields)."""
+    from serve.model import ModelError, load_model
+
+    try:
+        return load_model(path).logits
+    except ModelError as exc:
+        raise PipelineError(str(exc)) from None
 
 
 def int8_path_for(model_path: Path) -> Path:
@@ -245,9 +259,9 @@ def export_model(run_dir: Path, out: Path | None = None, opset: int = DEFAULT_OP
     net = fold_batchnorm(model) if fold else model
     class_names = list(ckpt.get("class_names") or [str(i) for i in range(model.cfg.num_classes)])
     is_digits = class_names[:10] == [str(d) for d in range(10)]
-    calibration = calibrate_min_confidence(model, dataset, class_names) if is_digits else None
     with atomic_path(out) as tmp:
         onnx_export(net, tmp, opset, optimize=fold)
+        calibration = calibrate_min_confidence(graph_logits(tmp), dataset, class_names) if is_digits else None
         proto = onnx.load(str(tmp))
         refusal = {} if calibration is None else {
             "min_confidence": repr(calibration["min_confidence"]), "calibration": calibration,

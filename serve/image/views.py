@@ -14,12 +14,12 @@ refusal threshold on the same views; a model without them is read as drawn only.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from PIL import Image
 
 
 @dataclass(frozen=True)
@@ -53,26 +53,52 @@ def views_from_json(text: str) -> tuple[View, ...]:
     return views
 
 
-def view_of(field: np.ndarray, view: View, centre: float) -> np.ndarray:
-    """float32 [S, S]: the field as ``view`` sees it (bilinear; what moves out of the field is lost)."""
-    if view == View():
-        return field
+def source_points(view: View, size: int, centre: float) -> tuple[np.ndarray, np.ndarray]:
+    """Where each pixel of the viewed field comes from in the field: (rows, columns), float [size, size]
+    each, in pixel indices. The inverse of the view's map: source = (rotation · scale)⁻¹ (pixel − centre −
+    shift) + centre."""
     turn = math.radians(view.angle)
     cos, sin = math.cos(turn) / view.scale, math.sin(turn) / view.scale
-    # PIL maps each output pixel back to the input: input = (rotation · scale)⁻¹ (output − centre − shift) + centre
-    pivot = centre + 0.5  # a pixel's index is its top-left corner in PIL's coordinates, its centre +0.5
-    x0, y0 = pivot + view.dx, pivot + view.dy
-    inverse = (cos, sin, pivot - cos * x0 - sin * y0, -sin, cos, pivot + sin * x0 - cos * y0)
-    image = Image.fromarray(np.ascontiguousarray(field, np.float32), mode="F")
-    moved = image.transform(image.size, Image.Transform.AFFINE, inverse, Image.Resampling.BILINEAR)
-    return np.asarray(moved, np.float32)
+    rows, cols = np.indices((size, size), dtype=np.float64)
+    y, x = rows - centre - view.dy, cols - centre - view.dx
+    return -sin * x + cos * y + centre, cos * x + sin * y + centre
+
+
+@functools.lru_cache(maxsize=64)
+def sampling(view: View, size: int, centre: float) -> tuple[np.ndarray, ...]:
+    """Bilinear sampling of ``view`` in a field padded with a border of no ink: the rows and columns of
+    the four pixels around each source point, and its fractions between them. Points beyond the border
+    read the border. The same for every field, so made once."""
+    rows, cols = source_points(view, size, centre)
+    top, left = np.floor(rows), np.floor(cols)
+    fy, fx = (rows - top).astype(np.float32), (cols - left).astype(np.float32)
+    r0, c0 = (np.clip(top, -1, size) + 1).astype(np.intp), (np.clip(left, -1, size) + 1).astype(np.intp)
+    return r0, np.minimum(r0 + 1, size + 1), c0, np.minimum(c0 + 1, size + 1), fy, fx
+
+
+def view_of(fields: np.ndarray, view: View, centre: float) -> np.ndarray:
+    """float32 [k, S, S]: the fields as ``view`` sees them (bilinear; what moves out of the field is lost,
+    and beyond its edge there is no ink)."""
+    return fields if view == View() else sampled(padded_fields(fields), view, fields.shape[-1], centre)
+
+
+def padded_fields(fields: np.ndarray) -> np.ndarray:
+    return np.pad(fields.astype(np.float32, copy=False), ((0, 0), (1, 1), (1, 1)))  # a border of no ink
+
+
+def sampled(padded: np.ndarray, view: View, size: int, centre: float) -> np.ndarray:
+    r0, r1, c0, c1, fy, fx = sampling(view, size, centre)
+    return ((1 - fy) * ((1 - fx) * padded[:, r0, c0] + fx * padded[:, r0, c1])
+            + fy * ((1 - fx) * padded[:, r1, c0] + fx * padded[:, r1, c1]))
 
 
 def expand(fields: np.ndarray, views: tuple[View, ...], centre: float) -> np.ndarray:
     """float32 [k, S, S] → [k · len(views), S, S]: each field's views, one field after the other."""
     if len(views) == 1 and views[0] == View():
         return fields
-    return np.stack([view_of(f, v, centre) for f in fields for v in views]) if len(fields) else fields
+    size, padded = fields.shape[-1], padded_fields(fields)
+    viewed = np.stack([sampled(padded, v, size, centre) for v in views], axis=1)  # [k, views, S, S]
+    return viewed.reshape(-1, *fields.shape[1:])
 
 
 def combine(probabilities: np.ndarray, views: int) -> np.ndarray:

@@ -19,6 +19,10 @@ def one_pixel(row: int, col: int) -> np.ndarray:
     return field
 
 
+def seen(field: np.ndarray, view: View) -> np.ndarray:
+    return view_of(field[None], view, CENTRE)[0]
+
+
 def where(field: np.ndarray) -> tuple[int, int]:
     row, col = np.unravel_index(int(field.argmax()), field.shape)
     return int(row), int(col)
@@ -32,26 +36,26 @@ def test_a_shift_moves_the_ink_whole_pixels_and_drops_what_leaves_the_field() ->
         expected = np.zeros_like(field)
         expected[max(dy, 0):28 + min(dy, 0), max(dx, 0):28 + min(dx, 0)] = \
             field[max(-dy, 0):28 - max(dy, 0), max(-dx, 0):28 - max(dx, 0)]
-        np.testing.assert_allclose(view_of(field, View(dx=dx, dy=dy), CENTRE), expected, atol=1e-6)
+        np.testing.assert_allclose(seen(field, View(dx=dx, dy=dy)), expected, atol=1e-6)
 
 
 def test_turns_and_scales_pivot_on_the_centre_of_mass() -> None:
     right_of_centre = one_pixel(14, 20)  # 6 px right of the pivot
-    turned = {where(view_of(right_of_centre, View(angle=a), CENTRE)) for a in (90, -90)}
+    turned = {where(seen(right_of_centre, View(angle=a))) for a in (90, -90)}
     assert turned == {(8, 14), (20, 14)}
-    assert where(view_of(one_pixel(14, 14), View(angle=37), CENTRE)) == (14, 14)  # the pivot stays put
-    assert where(view_of(one_pixel(14, 17), View(scale=2.0), CENTRE)) == (14, 20)
-    assert where(view_of(one_pixel(11, 14), View(scale=2.0), CENTRE)) == (8, 14)
+    assert where(seen(one_pixel(14, 14), View(angle=37))) == (14, 14)  # the pivot stays put
+    assert where(seen(one_pixel(14, 17), View(scale=2.0))) == (14, 20)
+    assert where(seen(one_pixel(11, 14), View(scale=2.0))) == (8, 14)
 
 
 def test_the_reading_views_keep_a_digit_in_the_field() -> None:
     field = np.zeros((28, 28), np.float32)
     field[4:24, 10:18] = 1.0  # a 20 px tall stroke, as tall as MNIST's box
     for view in READING_VIEWS:
-        seen = view_of(field, view, CENTRE)
-        assert seen.shape == (28, 28) and seen.dtype == np.float32
-        assert seen[0].max() == 0 and seen[-1].max() == 0  # nothing pushed out over the edge
-        assert 0.85 < seen.sum() / field.sum() / view.scale ** 2 < 1.15  # ink kept, up to the scale
+        viewed = seen(field, view)
+        assert viewed.shape == (28, 28) and viewed.dtype == np.float32
+        assert viewed[0].max() == 0 and viewed[-1].max() == 0  # nothing pushed out over the edge
+        assert 0.85 < viewed.sum() / field.sum() / view.scale ** 2 < 1.15  # ink kept, up to the scale
 
 
 def test_expand_and_combine_average_each_fields_views() -> None:
@@ -63,6 +67,8 @@ def test_expand_and_combine_average_each_fields_views() -> None:
     probabilities = np.array([[1, 0], [0, 1], [0.5, 0.5], [0.2, 0.8], [0.2, 0.8], [0.8, 0.2]], np.float32)
     np.testing.assert_allclose(combine(probabilities, 3), [[0.5, 0.5], [0.4, 0.6]])
     assert expand(fields, (View(),), CENTRE) is fields  # as drawn: no copy
+    # every field of a batch is viewed alone: the same as viewing it by itself
+    np.testing.assert_array_equal(view_of(fields, View(angle=10), CENTRE)[1], seen(fields[1], View(angle=10)))
 
 
 def test_views_round_trip_and_bad_ones_are_refused() -> None:
