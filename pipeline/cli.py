@@ -17,7 +17,7 @@ import click
 
 from pipeline.data import DATASETS
 from pipeline.errors import PipelineError
-from pipeline.train import DEVICES
+from pipeline.train import DEVICES, resolve_device
 from serve.repository import DEFAULT_MODEL_NAME, INT8_SUFFIX
 
 DEFAULT_RUN = Path("runs/default")
@@ -191,6 +191,7 @@ def train(ctx: click.Context, data: str, data_dir: Path | None, download: bool, 
     if download or not resume:
         dataset = load_dataset(data, data_dir, download=download)
     if nproc > 1:
+        from pipeline.distributed import check_one_gpu_per_process
         from pipeline.launch import launch_torchrun
 
         # checked here as well as in the workers, so a bad option is one line before any worker starts
@@ -198,6 +199,8 @@ def train(ctx: click.Context, data: str, data_dir: Path | None, download: bool, 
             raise PipelineError(f"--batch-size {batch_size} (the global batch) must be divisible by --nproc {nproc}")
         if resume and not (out / "checkpoint.pt").is_file():
             raise PipelineError(f"--resume: no checkpoint at {out / 'checkpoint.pt'}")
+        if resolve_device(device).type == "cuda":
+            check_one_gpu_per_process(nproc)
         worker_args = [a for name in ctx.params if name not in ("nproc", "download")
                        and ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT
                        for a in option_argv(ctx, name)]

@@ -42,6 +42,16 @@ def context_from_environment() -> DistContext:
     return DistContext(int(os.environ.get("RANK", "0")), world_size, int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def check_one_gpu_per_process(nproc: int) -> None:
+    """Training on CUDA gives each process its own GPU (process i on cuda:i)."""
+    import torch
+
+    gpus = torch.cuda.device_count()
+    if nproc > gpus:
+        raise PipelineError(f"--nproc {nproc} with --device cuda needs one GPU per process; "
+                            f"this machine has {gpus} (use --nproc {gpus}, or --device cpu)")
+
+
 def start(ctx: DistContext, device: "torch.device", batch_size: int) -> "torch.device":
     """Join the process group (gloo on CPU, nccl on CUDA); return this rank's device."""
     import torch
@@ -53,6 +63,7 @@ def start(ctx: DistContext, device: "torch.device", batch_size: int) -> "torch.d
     if batch_size // ctx.world_size < 2:
         raise PipelineError("each process needs at least 2 images per step for batch statistics")
     if device.type == "cuda":
+        check_one_gpu_per_process(ctx.world_size)
         device = torch.device("cuda", ctx.local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,8 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from click.testing import CliRunner
 
 from pipeline.checkpoint import load_checkpoint
+from pipeline.cli import cli
+from pipeline.distributed import DistContext, start
+from pipeline.errors import PipelineError
 from pipeline.export import export_model
 from pipeline.train import TrainConfig, train
 
@@ -142,6 +147,22 @@ def test_a_failed_worker_ends_the_whole_job(tmp_path) -> None:
     _, stderr = launcher.communicate(timeout=120)  # no hang: the job ends
     assert launcher.returncode == 1
     assert stderr.strip().splitlines()[-1].startswith("pipeline: error: distributed training failed")
+
+
+def test_more_processes_than_gpus_is_one_clear_error(monkeypatch, tmp_path) -> None:
+    # Without the check, rank 1 on a one-GPU machine dies in torch.cuda.set_device with
+    # "invalid device ordinal" and a traceback from every rank.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: pytest.fail("reached set_device"))
+    message = (r"--nproc 2 with --device cuda needs one GPU per process; "
+               r"this machine has 1 \(use --nproc 1, or --device cpu\)")
+    with pytest.raises(PipelineError, match=message):
+        start(DistContext(rank=0, world_size=2, local_rank=0), torch.device("cuda"), batch_size=64)
+    # and before any worker starts
+    monkeypatch.setattr("pipeline.launch.launch_torchrun", lambda *args: pytest.fail("launched torchrun"))
+    result = CliRunner().invoke(cli, ["train", "--device", "cuda", "--nproc", "2", "--out", str(tmp_path)])
+    assert result.exit_code == 1 and re.fullmatch(f"pipeline: error: {message}\n", result.stderr), result.stderr
 
 
 def _parent(proc: Path) -> int:
