@@ -10,6 +10,8 @@ usual photo of a page, a desk at one or two edges) is left to the general rule, 
 """
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 from PIL import Image, ImageDraw
 
@@ -26,7 +28,8 @@ ASPECT = 3.0  # ... is at most this elongated (a bright band of light on a page 
 PAPER_FILL = 0.7  # ... and is at least this much paper, the rest its ink and shadows ...
 STEP = 0.12  # ... and is brighter than the desk by at least this much (grey levels, 0-1)
 HUE = 0.03  # chromaticity (r, g, b over their sum): the sheet's shaded part is within this of its lit part ...
-SHADE = 0.45  # ... and at least this fraction of its brightness
+SHADES = (0.45, 0.6)  # ... and at least this fraction of its brightness: the first that gives a sheet (a
+# shadow across a card on a desk of its hue: at 0.45 the shade spills onto the desk's lit parts)
 EDGE_RINGS = ((1, 3), (5, 8))  # px of the low copy outside the sheet: just past its edge, and further out
 SHARP = 0.75  # the step to just past the edge is at least this much of the step to further out
 RIM = 2  # px of the low copy: the sheet's edge, blurred, and its convex hull's overreach
@@ -56,7 +59,7 @@ def sheet_above(low: np.ndarray, level: np.ndarray, threshold: float) -> np.ndar
     sizes = np.bincount(regions.ravel(), minlength=count + 1)
     sizes[0] = 0
     lit = regions == int(sizes.argmax())
-    for paper in (with_its_shade(low, level, lit), lit):
+    for paper in itertools.chain((with_its_shade(low, level, lit, shade) for shade in SHADES), [lit]):
         hull = convex_hull(pixel_corners(paper))
         sheet = polygon_mask(hull, paper.shape)
         if is_sheet(level, paper, sheet, hull):
@@ -100,12 +103,12 @@ def chromaticity(low: np.ndarray) -> np.ndarray:
     return low / np.maximum(low.sum(axis=2, keepdims=True), 1e-3)
 
 
-def with_its_shade(low: np.ndarray, level: np.ndarray, lit: np.ndarray) -> np.ndarray:
+def with_its_shade(low: np.ndarray, level: np.ndarray, lit: np.ndarray, shade: float) -> np.ndarray:
     """``lit`` and the region joined to it of its hue (chromaticity within HUE of its median) and at
-    least SHADE of its brightness."""
+    least ``shade`` of its brightness."""
     chroma = chromaticity(low)
     alike = np.abs(chroma - np.median(chroma[lit], axis=0)).max(axis=2) < HUE
-    alike &= level >= SHADE * float(np.median(level[lit]))
+    alike &= level >= shade * float(np.median(level[lit]))
     regions, _ = label(opened(alike | lit))
     ids = np.unique(regions[lit])
     return np.isin(regions, ids[ids > 0]) | lit

@@ -104,6 +104,23 @@ def test_a_note_lying_whole_on_a_desk_is_read_as_if_it_filled_the_frame(digit, n
     assert NOTE_AT[0] - 60 < box.y and box.bottom < NOTE_AT[0] + NOTE + 60 and box.height > 0.4 * SIZE, box
 
 
+def test_a_card_on_a_desk_of_its_hue_with_a_shadow_across_both(sample_dataset) -> None:
+    # The evaluation's first index card (seed 0): a shadow crosses the card and the desk, whose hue
+    # is the card's. Joined at 0.45 of the card's brightness, the card's shaded part spread over the
+    # desk's lit parts (no sheet of that shape), so the card's lit part below the shadow alone was
+    # taken for the sheet, and the 9 in the shadow was off it: "no ink found".
+    from pipeline.evaluate import Split, make_item
+
+    item = make_item(Split.from_dataset(sample_dataset), "note", 0, seed=0)
+    assert item.name == "note/0000-card.jpg" and item.expected == "9"
+    rgb = to_rgb(decode_image(item.data).image)
+    sheet = find_sheet(shrink(rgb, LOW_SIDE))
+    assert sheet is not None
+    assert 0.15 < float(sheet.mean()) < 0.3, sheet.mean()  # the whole card (0.06: its lit part alone)
+    page = prepare_page(item.data, item.name)
+    assert page.refusal is None and page.glyphs == 1
+
+
 def test_a_blank_note_on_a_desk_has_no_ink(digit) -> None:
     # read as a whole frame, the note itself stands out from a dark desk like a huge stroke
     rgb = note_on_desk(np.zeros_like(digit), (0.98, 0.93, 0.5), (0.12, 0.12, 0.14))
