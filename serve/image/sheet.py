@@ -24,9 +24,12 @@ DARK_DESK = 0.55  # ... "far darker": at most this fraction of the sheet's brigh
 RECTANGLE_FILL = 0.88  # ... its convex hull fills this much of the smallest rectangle around it, at any
 # angle (a sheet in perspective does; an ellipse fills pi/4 = 0.79: a fat light 0 on a dark canvas is no sheet) ...
 CUT_RECTANGLE_FILL = 0.84  # ... (0.84 for one the frame cuts: a turned quadrilateral cut off is a pentagon) ...
+QUADRILATERAL_FILL = 0.95  # ... or, inside the frame, a quadrilateral on four of its corners covers this much of it (a
+# note in steep perspective, a trapezoid, fills 0.86 of a rectangle; the largest in an ellipse covers 2/pi = 0.64) ...
 ASPECT = 3.0  # ... is at most this elongated (a bright band of light on a page is a strip) ...
 PAPER_FILL = 0.7  # ... and is at least this much paper, the rest its ink and shadows ...
-STEP = 0.12  # ... and is brighter than the desk by at least this much (grey levels, 0-1)
+STEP = 0.12  # ... and is brighter than the desk by at least this much (grey levels, 0-1) ...
+HUE_STEP = 0.06  # ... or brighter and this far from its chromaticity (an orange note in shade on a grey desk)
 HUE = 0.03  # chromaticity (r, g, b over their sum): the sheet's shaded part is within this of its lit part ...
 SHADES = (0.45, 0.6)  # ... and at least this fraction of its brightness: the first that gives a sheet (a
 # shadow across a card on a desk of its hue: at 0.45 the shade spills onto the desk's lit parts)
@@ -62,12 +65,12 @@ def sheet_above(low: np.ndarray, level: np.ndarray, threshold: float) -> np.ndar
     for paper in itertools.chain((with_its_shade(low, level, lit, shade) for shade in SHADES), [lit]):
         hull = convex_hull(pixel_corners(paper))
         sheet = polygon_mask(hull, paper.shape)
-        if is_sheet(level, paper, sheet, hull):
+        if is_sheet(low, level, paper, sheet, hull):
             return sheet
     return None
 
 
-def is_sheet(level: np.ndarray, paper: np.ndarray, sheet: np.ndarray, hull: np.ndarray) -> bool:
+def is_sheet(low: np.ndarray, level: np.ndarray, paper: np.ndarray, sheet: np.ndarray, hull: np.ndarray) -> bool:
     """Whether ``paper`` in its convex ``hull`` (``sheet``, as a mask) looks like a sheet on a desk. It
     may run off one side of the frame when the desk is far darker: the lit part of a page half in
     shadow runs off the frame too, but a shadow takes less than half the light (its hue is no guide:
@@ -79,10 +82,14 @@ def is_sheet(level: np.ndarray, paper: np.ndarray, sheet: np.ndarray, hull: np.n
     if on_frame > ON_FRAME and outside > DARK_DESK * inside:
         return False
     rectangle, aspect = smallest_rectangle(hull)
-    fill = RECTANGLE_FILL if on_frame <= ON_FRAME else CUT_RECTANGLE_FILL
-    if polygon_area(hull) < fill * rectangle or aspect > ASPECT or paper.sum() < PAPER_FILL * sheet.sum():
+    area = polygon_area(hull)
+    if on_frame <= ON_FRAME:
+        shaped = area >= RECTANGLE_FILL * rectangle or largest_quadrilateral(hull) >= QUADRILATERAL_FILL * area
+    else:
+        shaped = area >= CUT_RECTANGLE_FILL * rectangle
+    if not shaped or aspect > ASPECT or paper.sum() < PAPER_FILL * sheet.sum():
         return False
-    if inside - outside < STEP:
+    if inside - outside < STEP and not (inside > outside and hue_step(low, paper, sheet) >= HUE_STEP):
         return False
     # a sheet's edge is sharp: a little way out the desk is as dark as further out; the edge of the
     # light on a page (a shadow's, a bright band's) is a gradual step, still half lit there
@@ -90,6 +97,12 @@ def is_sheet(level: np.ndarray, paper: np.ndarray, sheet: np.ndarray, hull: np.n
     if not near.any() or not far.any():
         return False
     return inside - float(np.median(level[near])) >= SHARP * (inside - float(np.median(level[far])))
+
+
+def hue_step(low: np.ndarray, paper: np.ndarray, sheet: np.ndarray) -> float:
+    """How far the paper's chromaticity (median) is from that of what lies outside the ``sheet``."""
+    chroma = chromaticity(low)
+    return float(np.abs(np.median(chroma[paper], axis=0) - np.median(chroma[~sheet], axis=0)).max())
 
 
 def ring(mask: np.ndarray, reach: tuple[int, int]) -> np.ndarray:
@@ -151,6 +164,19 @@ def smallest_rectangle(polygon: np.ndarray) -> tuple[float, float]:
     best = int((sides[0] * sides[1]).argmin())
     long, short = float(sides[:, best].max()), float(sides[:, best].min())
     return long * short, long / max(short, 1e-9)
+
+
+def largest_quadrilateral(hull: np.ndarray, directions: int = 16) -> float:
+    """The area of the largest quadrilateral whose corners are among the points of the convex ``hull``
+    (counterclockwise) that lie furthest out in ``directions`` evenly spaced directions: a sheet's
+    corners are among those, whatever its perspective."""
+    angles = np.linspace(0.0, 2 * np.pi, directions, endpoint=False)
+    extreme = np.unique((hull @ np.stack([np.cos(angles), np.sin(angles)])).argmax(axis=0))  # in hull order
+    if len(extreme) < 4:
+        return 0.0
+    corners = hull[np.array(list(itertools.combinations(extreme.tolist(), 4)))]  # [C, 4, 2], each convex
+    x, y = corners[..., 0], corners[..., 1]
+    return float(0.5 * np.abs((x * np.roll(y, -1, axis=1) - y * np.roll(x, -1, axis=1)).sum(axis=1)).max())
 
 
 def convex_hull(points: np.ndarray) -> np.ndarray:
