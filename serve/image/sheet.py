@@ -62,15 +62,16 @@ def sheet_above(low: np.ndarray, level: np.ndarray, threshold: float) -> np.ndar
     sizes = np.bincount(regions.ravel(), minlength=count + 1)
     sizes[0] = 0
     lit = regions == int(sizes.argmax())
-    for paper in itertools.chain((with_its_shade(low, level, lit, shade) for shade in SHADES), [lit]):
+    chroma = chromaticity(low)
+    for paper in itertools.chain((with_its_shade(chroma, level, lit, shade) for shade in SHADES), [lit]):
         hull = convex_hull(pixel_corners(paper))
         sheet = polygon_mask(hull, paper.shape)
-        if is_sheet(low, level, paper, sheet, hull):
+        if is_sheet(chroma, level, paper, sheet, hull):
             return sheet
     return None
 
 
-def is_sheet(low: np.ndarray, level: np.ndarray, paper: np.ndarray, sheet: np.ndarray, hull: np.ndarray) -> bool:
+def is_sheet(chroma: np.ndarray, level: np.ndarray, paper: np.ndarray, sheet: np.ndarray, hull: np.ndarray) -> bool:
     """Whether ``paper`` in its convex ``hull`` (``sheet``, as a mask) looks like a sheet on a desk. It
     may run off one side of the frame when the desk is far darker: the lit part of a page half in
     shadow runs off the frame too, but a shadow takes less than half the light (its hue is no guide:
@@ -89,7 +90,7 @@ def is_sheet(low: np.ndarray, level: np.ndarray, paper: np.ndarray, sheet: np.nd
         shaped = area >= CUT_RECTANGLE_FILL * rectangle
     if not shaped or aspect > ASPECT or paper.sum() < PAPER_FILL * sheet.sum():
         return False
-    if inside - outside < STEP and not (inside > outside and hue_step(low, paper, sheet) >= HUE_STEP):
+    if inside - outside < STEP and not (inside > outside and hue_step(chroma, paper, sheet) >= HUE_STEP):
         return False
     # a sheet's edge is sharp: a little way out the desk is as dark as further out; the edge of the
     # light on a page (a shadow's, a bright band's) is a gradual step, still half lit there
@@ -99,9 +100,8 @@ def is_sheet(low: np.ndarray, level: np.ndarray, paper: np.ndarray, sheet: np.nd
     return inside - float(np.median(level[near])) >= SHARP * (inside - float(np.median(level[far])))
 
 
-def hue_step(low: np.ndarray, paper: np.ndarray, sheet: np.ndarray) -> float:
-    """How far the paper's chromaticity (median) is from that of what lies outside the ``sheet``."""
-    chroma = chromaticity(low)
+def hue_step(chroma: np.ndarray, paper: np.ndarray, sheet: np.ndarray) -> float:
+    """How far the paper's chromaticity (median of ``chroma``) is from that of what lies outside the ``sheet``."""
     return float(np.abs(np.median(chroma[paper], axis=0) - np.median(chroma[~sheet], axis=0)).max())
 
 
@@ -116,10 +116,9 @@ def chromaticity(low: np.ndarray) -> np.ndarray:
     return low / np.maximum(low.sum(axis=2, keepdims=True), 1e-3)
 
 
-def with_its_shade(low: np.ndarray, level: np.ndarray, lit: np.ndarray, shade: float) -> np.ndarray:
-    """``lit`` and the region joined to it of its hue (chromaticity within HUE of its median) and at
-    least ``shade`` of its brightness."""
-    chroma = chromaticity(low)
+def with_its_shade(chroma: np.ndarray, level: np.ndarray, lit: np.ndarray, shade: float) -> np.ndarray:
+    """``lit`` and the region joined to it of its hue (``chroma``, the chromaticity, within HUE of its
+    median) and at least ``shade`` of its brightness."""
     alike = np.abs(chroma - np.median(chroma[lit], axis=0)).max(axis=2) < HUE
     alike &= level >= shade * float(np.median(level[lit]))
     regions, _ = label(opened(alike | lit))
@@ -148,8 +147,13 @@ def polygon_mask(polygon: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def polygon_area(polygon: np.ndarray) -> float:
-    x, y = polygon[:, 0], polygon[:, 1]
-    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
+    return float(polygon_areas(polygon))
+
+
+def polygon_areas(polygons: np.ndarray) -> np.ndarray:
+    """The areas of polygons [..., k, 2] (the shoelace formula)."""
+    x, y = polygons[..., 0], polygons[..., 1]
+    return 0.5 * np.abs((x * np.roll(y, -1, axis=-1) - y * np.roll(x, -1, axis=-1)).sum(axis=-1))
 
 
 def smallest_rectangle(polygon: np.ndarray) -> tuple[float, float]:
@@ -175,8 +179,7 @@ def largest_quadrilateral(hull: np.ndarray, directions: int = 16) -> float:
     if len(extreme) < 4:
         return 0.0
     corners = hull[np.array(list(itertools.combinations(extreme.tolist(), 4)))]  # [C, 4, 2], each convex
-    x, y = corners[..., 0], corners[..., 1]
-    return float(0.5 * np.abs((x * np.roll(y, -1, axis=1) - y * np.roll(x, -1, axis=1)).sum(axis=1)).max())
+    return float(polygon_areas(corners).max())
 
 
 def convex_hull(points: np.ndarray) -> np.ndarray:
