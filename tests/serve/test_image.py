@@ -104,14 +104,19 @@ def test_a_note_lying_whole_on_a_desk_is_read_as_if_it_filled_the_frame(digit, n
     assert NOTE_AT[0] - 60 < box.y and box.bottom < NOTE_AT[0] + NOTE + 60 and box.height > 0.4 * SIZE, box
 
 
+def evaluation_image(dataset, condition: str, index: int, seed: int):
+    """Image ``index`` of ``condition`` of `pipeline evaluate`'s set (the same bytes for the same seed)."""
+    from pipeline.evaluate import Split, make_item
+
+    return make_item(Split.from_dataset(dataset), condition, index, seed)
+
+
 def test_a_card_on_a_desk_of_its_hue_with_a_shadow_across_both(sample_dataset) -> None:
     # The evaluation's first index card (seed 0): a shadow crosses the card and the desk, whose hue
     # is the card's. Joined at 0.45 of the card's brightness, the card's shaded part spread over the
     # desk's lit parts (no sheet of that shape), so the card's lit part below the shadow alone was
     # taken for the sheet, and the 9 in the shadow was off it: "no ink found".
-    from pipeline.evaluate import Split, make_item
-
-    item = make_item(Split.from_dataset(sample_dataset), "note", 0, seed=0)
+    item = evaluation_image(sample_dataset, "note", 0, seed=0)
     assert item.name == "note/0000-card.jpg" and item.expected == "9"
     rgb = to_rgb(decode_image(item.data).image)
     sheet = find_sheet(shrink(rgb, LOW_SIDE))
@@ -125,9 +130,7 @@ def test_a_coloured_note_in_shade_on_a_desk_nearly_as_bright(sample_dataset) -> 
     # An orange note of the evaluation (seed 5), half in a shadow, on a grey desk: the note is only
     # 0.09 brighter than the desk (a sheet needed 0.12), so no sheet was found and the shadow's edge
     # became the main mark. Its hue tells it from the desk.
-    from pipeline.evaluate import Split, make_item
-
-    item = make_item(Split.from_dataset(sample_dataset), "note", 155, seed=5)
+    item = evaluation_image(sample_dataset, "note", 155, seed=5)
     assert item.name == "note/0155-sticky-note.jpg" and item.expected == "8"
     sheet = find_sheet(shrink(to_rgb(decode_image(item.data).image), LOW_SIDE))
     assert sheet is not None
