@@ -26,7 +26,7 @@ import numpy as np
 
 from serve.image.lines import WALL_LENGTH, between_lines, thin_only, wall_shaped
 from serve.image.morph import blob_shaped, extents, label
-from serve.image.normalize import BOX_THRESHOLD
+from serve.image.normalize import BOX_THRESHOLD, stroke_width
 
 SPECK = 0.2  # components smaller than this fraction of the largest one's height (and width) are specks
 SMALL_AREA = 0.02  # ... or than this fraction of its ink area, unless inside one of the SHAPES largest marks
@@ -56,6 +56,9 @@ SMALL_FRAME = 64  # frames up to this size (MNIST-form inputs, thumbnails) keep 
 FILLS = 0.9  # a mark this tall and wide (of the frame) is what the image was cropped to
 FRAMED = 0.35  # a mark inside another's box, at least this tall (of the other), and surrounded by it ...
 RAYS, OPEN_RAYS = 16, 3  # ... (met by all but this many of this many rays from its centre) is what a box or ring frames
+PRINTED_STROKE = 0.5  # a straight upright glyph at most this thick for the pen of the other glyphs ...
+PRINTED_HEIGHT = 0.8  # ... and at least this tall for them is a printed box's wall, not a 1
+WALL_ENDS = 2  # px: rows at each end of a wall not judged for straightness (a stub of the box's corner)
 
 
 @dataclass(frozen=True)
@@ -123,12 +126,31 @@ def find_glyphs(ink: np.ndarray) -> list[Glyph]:
         if cut:
             glyph.pieces = [g for g in (cut_out(piece, labels, ink) for piece in cut) if g is not None] or None
         glyphs.append(glyph)
+    glyphs = without_printed_walls(glyphs)
     glyphs.sort(key=lambda g: g.box.x + g.box.width / 2)
     glyphs = glyphs[:MAX_DIGITS]
     for glyph, following in zip(glyphs, glyphs[1:]):
         if may_be_one(glyph.box, following.box):
             glyph.joined_with_next = joined(glyph, following)
     return glyphs
+
+
+def without_printed_walls(glyphs: list[Glyph]) -> list[Glyph]:
+    """Glyphs without the walls of a printed box or comb that the line finder left (their top and
+    bottom lines were long enough to find, the walls too short): straight and upright, drawn far
+    thinner than the other glyphs (PRINTED_STROKE) and standing about as tall or taller
+    (PRINTED_HEIGHT). The digits of a number are written with one pen, so a 1 among them is as
+    thick as they are."""
+    if len(glyphs) < 2:
+        return glyphs
+    straight = [wall_shaped(g.ink > 0, WALL_ENDS, float(g.box.width)) for g in glyphs]
+    drawn = [g for g, s in zip(glyphs, straight) if not s]
+    if not drawn:
+        return glyphs
+    pen = float(np.median([stroke_width(g.ink) for g in drawn]))
+    height = float(np.median([g.box.height for g in drawn]))
+    return [g for g, s in zip(glyphs, straight)
+            if not (s and g.box.height >= PRINTED_HEIGHT * height and stroke_width(g.ink) <= PRINTED_STROKE * pen)]
 
 
 def candidate_parts(parts: list[Part], labels: np.ndarray, small: bool) -> list[Part]:

@@ -536,8 +536,35 @@ def test_a_mark_off_the_digits_row_is_not_one_of_them() -> None:
     ink[300:420, 250:262] = ink[300:420, 318:330] = 1.0  # a "0" 120 px tall
     ink[300:312, 250:330] = ink[408:420, 250:330] = 1.0
     ink[500:600, 400:404] = 1.0  # a thin "1"-like mark below and beside it (a grid line's remains)
-    ink[320:420, 380:384] = 1.0  # and a real "1" in the row
-    assert [g.box for g in find_glyphs(ink)] == [Box(250, 300, 80, 120), Box(380, 320, 4, 100)]
+    ink[320:420, 380:392] = 1.0  # and a real "1" in the row, in the 0's pen
+    assert [g.box for g in find_glyphs(ink)] == [Box(250, 300, 80, 120), Box(380, 320, 12, 100)]
+
+
+def sevens_and_a_mark(mark_width: int) -> np.ndarray:
+    """A 7 written with a 12 px pen, and an upright straight mark ``mark_width`` px thick beside it,
+    taller than the 7 (a box's wall stands above and below the digit in it)."""
+    image = Image.new("L", (800, 600), 0)
+    draw = ImageDraw.Draw(image)
+    draw.line([(300, 206), (390, 206), (330, 350)], fill=255, width=12, joint="curve")
+    draw.rectangle([450, 170, 450 + mark_width - 1, 370], fill=255)
+    return np.asarray(image, np.float32) / 255
+
+
+def test_a_printed_wall_beside_a_digit_is_not_a_1_and_a_1_in_the_digits_pen_is() -> None:
+    # a comb of printed boxes whose top and bottom lines the line finder took leaves its walls: thin,
+    # straight, as tall as the boxes. Beside a digit drawn 12 px thick, a 2 px wall is no digit; a
+    # 1 drawn with the same pen is
+    assert [g.box.x for g in find_glyphs(sevens_and_a_mark(2))] == [300]  # the 7's bar starts at x = 300
+    assert [g.box.x for g in find_glyphs(sevens_and_a_mark(12))] == [300, 450]
+
+
+def test_the_wall_of_a_comb_beside_a_digit_in_it(sample_dataset) -> None:
+    # The evaluation's comb of boxes (seed 0, its 10th framed digit): the wall left of the 5 stayed
+    # (1.9 px thick against the pen's 4.3), and the 5 was read as "15"
+    item = evaluation_image(sample_dataset, "framed", 9, seed=0)
+    assert item.name == "framed/0009-comb.jpg" and item.expected == "5"
+    page = prepare_page(item.data, item.name)
+    assert page.refusal is None and page.glyphs == 1
 
 
 def test_a_strip_along_the_frame_with_nothing_inside_is_no_digit() -> None:
