@@ -40,6 +40,11 @@ FLAT_MAJORITY = 0.5  # ... the background, when this share of the frame is withi
 # frame as the background (a bold digit's soft edges take much of a close crop).
 CROP_FLAT, CROP_NOISE = 0.3, 1.5 / 255
 CROSSING_INK, CROP_EDGES, LIGHT_RUN = 0.25, 1.5, 0.5
+# ... or, for a crop enlarged smoothly or saved as JPEG (soft edges wider than its strokes), up to
+# CROP_SOFT_EDGES per stroke pixel when the ring away from the strokes (further than CROP_REACH of the frame's
+# longer side) keeps to the colour exactly over CROP_AWAY_FLAT of it: a photo's paper is noisy (about half
+# of it within CROP_NOISE) or drifts off its colour away from any stroke
+CROP_SOFT_EDGES, CROP_AWAY_FLAT, CROP_REACH = 3.0, 0.75, 0.08
 CROP_MAJORITY = 0.25
 CROP_BAND = 3  # px: the strokes come this close to every side
 CROP_BINS = 50  # the one colour is the commonest of this many grey levels
@@ -279,13 +284,34 @@ def crossed_ring(rgb: np.ndarray, background: np.ndarray) -> bool:
     """Whether the outermost ring of ``rgb`` that strokes cross (at least CROSSING_INK off ``background``;
     a pixel or two inside the border where a margin or soft edges keep them off it; the border itself
     when none is crossed) keeps to the background exactly over CROP_FLAT of it, with at most CROP_EDGES
-    soft-edge pixels per stroke pixel."""
+    soft-edge pixels per stroke pixel (or CROP_SOFT_EDGES, with the ring exact away from the strokes)."""
     h, w = rgb.shape[:2]
-    rings = [colour_distance(border(rgb[d:h - d, d:w - d]), background)
+    rings = [(d, colour_distance(border(rgb[d:h - d, d:w - d]), background))
              for d in range(min(CROP_BAND, (min(h, w) - 1) // 2))]
-    off = next((ring for ring in rings if (ring >= CROSSING_INK).any()), rings[0])
+    depth, off = next(((d, ring) for d, ring in rings if (ring >= CROSSING_INK).any()), rings[0])
     flat, crossing = float(np.mean(off <= CROP_NOISE)), float(np.mean(off >= CROSSING_INK))
-    return flat >= CROP_FLAT and 1.0 - flat - crossing <= CROP_EDGES * crossing
+    if flat < CROP_FLAT:
+        return False
+    soft = 1.0 - flat - crossing
+    if soft <= CROP_EDGES * crossing:
+        return True
+    away = ~beside_strokes(rgb, background, depth, max(2, round(CROP_REACH * max(h, w))))
+    return soft <= CROP_SOFT_EDGES * crossing and bool(away.any()) \
+        and float(np.mean(off[away] <= CROP_NOISE)) >= CROP_AWAY_FLAT
+
+
+def beside_strokes(rgb: np.ndarray, background: np.ndarray, depth: int, reach: int) -> np.ndarray:
+    """For each pixel of the ring ``depth`` px inside the frame (in border()'s order), whether a stroke
+    pixel (CROSSING_INK off ``background``) lies within ``reach`` px of it: its strips along the four
+    sides are all that is looked at."""
+    h, w = rgb.shape[:2]
+    band = min(depth + reach + 1, h, w)
+    strips = (rgb[:band], rgb[h - band:], rgb[:, :band], rgb[:, w - band:])
+    near = [box_mean((colour_distance(strip, background) >= CROSSING_INK).astype(np.float32), reach) > 0
+            for strip in strips]
+    top, bottom = near[0][depth, depth:w - depth], near[1][band - 1 - depth, depth:w - depth]
+    left, right = near[2][depth + 1:h - depth - 1, depth], near[3][depth + 1:h - depth - 1, band - 1 - depth]
+    return np.concatenate([top, bottom, left, right])
 
 
 def lighter_strokes(sample: np.ndarray, expected: np.ndarray) -> bool | None:
