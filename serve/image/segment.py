@@ -143,6 +143,7 @@ def without_printed_walls(glyphs: list[Glyph]) -> list[Glyph]:
     thick as they are."""
     if len(glyphs) < 2:
         return glyphs
+    # straight and upright whatever their thickness (the box's width bounds none): that is judged below
     straight = [wall_shaped(g.ink > 0, WALL_ENDS, float(g.box.width)) for g in glyphs]
     drawn = [g for g, s in zip(glyphs, straight) if not s]
     if not drawn:
