@@ -23,6 +23,7 @@ from serve.image.morph import LUMA, blob_shaped, border, box_mean, extents, labe
 from serve.image.sheet import eroded, find_sheet, sheet_interior
 
 SMALL_SIDE = 64  # images up to this size: one global background level
+THIN_SIDE = 8  # ... and images narrower than this (a strip a few pixels across has no paper around its ink to estimate)
 LOW_SIDE = 128  # the background is estimated on a copy this small (longer side)
 MEDIAN_SIDE = 64  # and its first, median estimate on one smaller still
 MEDIAN_FRACTION = 0.25  # median window, as a fraction of the low copy's longer side
@@ -74,7 +75,7 @@ class NoDigitFound(ValueError):
 def ink_map(rgb: np.ndarray) -> np.ndarray:
     """float32 [H, W] ink, white on black, strongest strokes near 1, background exactly 0."""
     gray = luminance(rgb)
-    if max(gray.shape) <= SMALL_SIDE:
+    if max(gray.shape) <= SMALL_SIDE or min(gray.shape) < THIN_SIDE:
         return global_ink(gray)
     flat = flat_background(rgb)
     # a sheet lying on a desk is photographed: a one-colour border is a canvas's or a clean scan's

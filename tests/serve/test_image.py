@@ -1192,6 +1192,20 @@ def test_a_light_digit_cropped_and_enlarged_smoothly_is_found(sample_dataset, se
     assert page.refusal is None and page.glyphs == 1, page.refusal
 
 
+@pytest.mark.parametrize("shape", [(1, 300), (2, 300), (3, 593), (7, 300), (300, 1), (636, 2), (300, 7)])
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_a_strip_a_few_pixels_across_is_prepared_not_a_crash(shape, fmt) -> None:
+    # a frame longer than a small image's but only a few pixels across has no ring inside its border
+    # and no paper around its marks to estimate: the border and background rules raised IndexError and
+    # ValueError, and `serve predict` stopped the whole batch with a traceback. Now it is read with the
+    # small images' one background level, like any other image (the model decides what its marks are)
+    rgb = np.full(shape + (3,), 0.98, np.float32)
+    rgb[:, ::7] = rgb[::7, :] = 0.05  # dark marks across it
+    page = prepare_page(rgb_bytes(rgb, fmt), "strip")
+    assert page.error is None and len(page.fields) == len(page.boxes)
+    assert all(0 <= b.x and b.right <= shape[1] and 0 <= b.y and b.bottom <= shape[0] for b in page.boxes)
+
+
 def test_a_bold_digit_cropped_with_a_pixel_to_spare_is_read_whole(sample_dataset) -> None:
     # the border is all paper, exactly one colour, but the strokes and their soft edges are most of the
     # frame: not a uniform desk around a sheet (a sheet is lighter than its desk; these strokes are darker)
