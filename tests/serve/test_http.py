@@ -206,6 +206,15 @@ def test_predict_endpoint_matches_serve_predict_json(client, model, digits, tmp_
     assert client.post("/predict", files={"other": ("a.png", png)}).status_code == 400
 
 
+def test_predict_answers_a_strip_one_pixel_tall(client) -> None:
+    # a 1 x 300 image: the crop rule found no ring inside its border (IndexError), a 500 before
+    strip = np.full((1, 300), 250, np.uint8)
+    strip[:, ::7] = 0
+    response = client.post("/predict", files={"file": ("strip.png", encode(Image.fromarray(strip)), "image/png")})
+    assert response.status_code == 200, response.text
+    assert response.json()["not_a_digit"] is True
+
+
 def test_predict_reads_a_number_left_to_right_with_boxes(client, model, number_png, tmp_path) -> None:
     response = client.post("/predict", files={"file": ("number.png", number_png, "image/png")})
     assert response.status_code == 200, response.text
