@@ -381,7 +381,8 @@ def luminance(rgb: np.ndarray) -> np.ndarray:
 
 
 def global_ink(gray: np.ndarray) -> np.ndarray:
-    """The rule for small images: invert a light background, subtract the border's median level."""
+    """The rule for small and thin images (SMALL_SIDE, THIN_SIDE): invert a light background, subtract the
+    border's median level."""
     if np.median(border(gray)) > 0.5:  # light paper, dark ink
         gray = 1.0 - gray
     level = float(np.median(border(gray)))
