@@ -134,6 +134,17 @@ def count_ops(model: "onnx.ModelProto", op_type: str) -> int:
 CALIBRATION_FALSE_REFUSALS = 0.003
 
 
+@dataclass(frozen=True)
+class ThresholdValidation:
+    """How many validation images the threshold is calibrated on (9 views each: ~10 s of an export here)."""
+    real_digits: int = 2000  # training digits, re-distorted
+    drawn_digits: int = 1000
+    non_digits: int = 1000
+
+
+THRESHOLD_VALIDATION = ThresholdValidation()
+
+
 def calibrate_min_confidence(logits: Logits, dataset: Dataset, labels: list[str], seed: int = 7) -> dict[str, Any]:
     """The digit-probability threshold below which serving refuses, chosen on validation data that
     is neither the test split nor the training images as trained: training digits re-distorted
@@ -147,14 +158,15 @@ def calibrate_min_confidence(logits: Logits, dataset: Dataset, labels: list[str]
     from pipeline.synth import non_digits, stroke_digits
     from pipeline.train import augment_batch, augment_real
 
+    sizes = THRESHOLD_VALIDATION
     rng = np.random.default_rng([seed, 1125])
     generator = torch.Generator().manual_seed(seed)
-    real = torch.from_numpy(model_input(dataset.train_images[:2000]))
+    real = torch.from_numpy(model_input(dataset.train_images[:sizes.real_digits]))
     real = augment_real(augment_batch(real, generator), generator)
-    drawn, drawn_labels = stroke_digits(1000, rng)
+    drawn, drawn_labels = stroke_digits(sizes.drawn_digits, rng)
     digits = torch.cat([real, torch.from_numpy(model_input(drawn))])
-    digit_labels = np.concatenate([dataset.train_labels[:2000], drawn_labels])
-    others = torch.from_numpy(model_input(non_digits(1000, rng)))
+    digit_labels = np.concatenate([dataset.train_labels[:sizes.real_digits], drawn_labels])
+    others = torch.from_numpy(model_input(non_digits(sizes.non_digits, rng)))
     p_digits = viewed_probabilities(logits, digits.numpy())
     p_others = viewed_probabilities(logits, others.numpy())
     reject = labels.index(REJECT_LABEL) if REJECT_LABEL in labels else None

@@ -49,3 +49,12 @@ def exported_run(tmp_path_factory, trained_run: Path) -> Path:
     shutil.copytree(trained_run, run)
     export_model(run)
     return run
+
+
+@pytest.fixture
+def quick_calibration(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Exports in this test calibrate the refusal threshold on a tenth of the validation images (1 s
+    instead of 10): for tests of other things. The full calibration is checked on ``exported_run``."""
+    from pipeline import export
+
+    monkeypatch.setattr(export, "THRESHOLD_VALIDATION", export.ThresholdValidation(200, 100, 100))

@@ -65,6 +65,7 @@ def test_weights_that_miss_the_recorded_accuracy_are_not_exported(trained_run: P
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("quick_calibration")
 def test_export_records_the_checkpoint_bytes_it_loaded(trained_run: Path, tmp_path: Path, monkeypatch) -> None:
     run = copy_run(trained_run, tmp_path)
     loaded = hashlib.sha256((run / "checkpoint.pt").read_bytes()).hexdigest()
@@ -122,6 +123,7 @@ def test_a_full_disk_during_training_is_one_line_and_keeps_the_last_checkpoint(s
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("quick_calibration")
 def test_a_full_disk_during_export_is_one_line_and_writes_no_model(trained_run: Path, small_disk: Path) -> None:
     run = small_disk / "run"
     run.mkdir()

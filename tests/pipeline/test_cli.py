@@ -19,6 +19,10 @@ from tests.helpers import assert_one_line_error
 REPO = Path(__file__).resolve().parents[2]
 
 
+# fewer generated images than the default 6,500 (8 s to draw) where the defaults are not what is tested
+FEW_DRAWN = ("--stroke-digits", "200", "--non-digits", "200")
+
+
 def run(*args: str) -> Result:
     return CliRunner().invoke(cli, list(args))
 
@@ -65,7 +69,7 @@ def test_train_a_few_steps_writes_the_run_directory(tmp_path: Path) -> None:
 def test_no_bn_and_sgd_options_reach_the_run(tmp_path: Path) -> None:
     out = tmp_path / "run"
     result = run("train", "--out", str(out), "--max-steps", "2", "--no-bn", "--optimizer", "sgd", "--lr", "0.05",
-                 "--no-augment", "--quiet")
+                 "--no-augment", "--quiet", *FEW_DRAWN)
     assert result.exit_code == 0, result.output
     config = json.loads((out / "config.json").read_text())
     assert config["model"]["bn"] is False
@@ -113,7 +117,7 @@ def test_unwritable_out_is_reported(tmp_path: Path) -> None:
 def test_resume_errors(tmp_path: Path) -> None:
     assert_one_line_error(run("train", "--out", str(tmp_path / "none"), "--resume", "--quiet"), "no checkpoint")
     out = tmp_path / "r"
-    assert run("train", "--out", str(out), "--max-steps", "2", "--quiet").exit_code == 0
+    assert run("train", "--out", str(out), "--max-steps", "2", "--quiet", *FEW_DRAWN).exit_code == 0
     assert_one_line_error(run("train", "--out", str(out), "--resume", "--no-bn", "--quiet"), "bn=False differs")
     (out / "checkpoint.pt").write_bytes(b"\x00" * 100)
     assert_one_line_error(run("train", "--out", str(out), "--resume", "--quiet"), "not a readable checkpoint")
@@ -124,7 +128,7 @@ def test_ctrl_c_saves_a_resumable_checkpoint_and_resume_finishes(tmp_path: Path)
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "pipeline", "train", "--out", str(out), "--epochs", "2", "--batch-size", "32",
-           "--max-steps", "200"]
+           "--max-steps", "200", *FEW_DRAWN]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     # wait for the progress bar to show a few steps done, then press Ctrl-C
     seen = ""

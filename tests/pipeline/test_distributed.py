@@ -84,6 +84,7 @@ def test_the_equivalence_check_would_catch_per_process_statistics(tmp_path) -> N
     assert (full.mean((0, 2, 3)) - half.mean((0, 2, 3))).abs().max() > 1e-3
 
 
+@pytest.mark.usefixtures("quick_calibration")
 def test_a_distributed_checkpoint_exports_and_passes_parity(two_process_step: Path, tmp_path) -> None:
     result = export_model(two_process_step, tmp_path / "model.onnx")
     assert result.parity.passed and result.folded
@@ -130,7 +131,10 @@ def test_a_failed_worker_ends_the_whole_job(tmp_path) -> None:
     out = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     launcher = subprocess.Popen([sys.executable, "-m", "pipeline", "train", "--nproc", "2", "--out", str(out),
-                                 "--epochs", "50", "--quiet"], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+                                 "--epochs", "50", "--quiet",
+                                 # no generated images: each worker would draw 6,500 before its first step
+                                 "--stroke-digits", "0", "--non-digits", "0"],
+                                cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     workers: dict[int, int] = {}
     while time.monotonic() < deadline and len(workers) < 2:

@@ -111,6 +111,7 @@ def test_the_refusal_threshold_is_calibrated_recorded_and_read_by_serve(exported
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("quick_calibration")
 def test_no_fold_export_keeps_batchnorm_and_still_passes(trained_run: Path, tmp_path: Path) -> None:
     result = export_model(trained_run, tmp_path / "unfolded.onnx", fold=False)
     assert "BatchNormalization" in op_types(tmp_path / "unfolded.onnx")
@@ -119,6 +120,7 @@ def test_no_fold_export_keeps_batchnorm_and_still_passes(trained_run: Path, tmp_
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("quick_calibration")
 def test_export_of_a_no_bn_run(tmp_path: Path) -> None:
     run = make_run(tmp_path / "nobn", bn=False, max_steps=10)
     result = export_model(run)
@@ -130,6 +132,7 @@ def test_export_of_a_no_bn_run(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("quick_calibration")
 def test_recompute_stats_exports_exact_statistics_and_verify_uses_them(trained_run: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
@@ -144,6 +147,7 @@ def test_recompute_stats_exports_exact_statistics_and_verify_uses_them(trained_r
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("quick_calibration")
 def test_failed_parity_leaves_no_model(trained_run: Path, tmp_path: Path, monkeypatch) -> None:
     import pipeline.export as export_module
 
@@ -187,6 +191,7 @@ def test_verify_fails_on_a_tampered_model(exported_run: Path, tmp_path: Path) ->
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("quick_calibration")
 def test_export_cli_prints_the_parity_table(trained_run: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["export", "--run", str(trained_run), "--out", str(tmp_path / "m.onnx")])
     assert result.exit_code == 0, result.output
@@ -236,6 +241,7 @@ def test_verify_bad_input(exported_run: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("quick_calibration")
 def test_int8_export_loads_predicts_and_agrees_with_fp32(trained_run: Path, tmp_path: Path) -> None:
     from serve.model import load_model
 

@@ -169,6 +169,7 @@ def test_repository_problems_are_one_line_before_the_export(tmp_path: Path) -> N
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("quick_calibration")
 def test_export_cli_publishes_the_model_and_its_int8_model(trained_run: Path, tmp_path: Path) -> None:
     repository = tmp_path / "repository"
     result = CliRunner().invoke(cli, ["export", "--run", str(trained_run), "--out", str(tmp_path / "m.onnx"),
