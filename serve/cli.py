@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import NoReturn
 
@@ -272,6 +273,9 @@ def is_loopback(host: str) -> bool:
 
 
 def main() -> None:
+    # Pillow warns about damage it reads past or stops at ("Truncated File Read", "Corrupt EXIF data"),
+    # printed with its own source line; each image's line (its reading, or one error) is what a user needs
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
     cli(prog_name="serve")
 
 

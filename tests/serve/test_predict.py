@@ -4,6 +4,7 @@ import ast
 import json
 import os
 import re
+import io
 import subprocess
 import sys
 from pathlib import Path
@@ -160,6 +161,20 @@ def test_bad_inputs_are_reported_and_good_ones_still_predicted(model_path, digit
     assert [r["image"] for r in records if "error" in r] == [str(tmp_path / n) for n in expected_reasons]
     assert [r["image"] for r in records if "text" in r] == [args[0], args[-1]]
     assert [r["skipped"] for r in records if "skipped" in r] == ["not an image file by its name (.txt)"]
+
+
+def test_a_file_pillow_warns_about_is_one_line_without_the_warning(model_path, digit_dir, tmp_path) -> None:
+    """Pillow warns as it reads a damaged file ("Truncated File Read"), with its source line; the
+    command prints the file's one error line only. A subprocess: pytest turns warnings into errors."""
+    tiff = io.BytesIO()
+    Image.new("RGB", (8, 8), (255, 255, 255)).save(tiff, "TIFF")
+    (tmp_path / "cut.tif").write_bytes(tiff.getvalue()[:100])  # its tags run past the end
+    result = subprocess.run([sys.executable, "-m", "serve", "predict", "--model", str(model_path),
+                             str(tmp_path / "cut.tif"), str(digit_dir / "0000.png")],
+                            cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and result.stdout.startswith(f"{digit_dir / '0000.png'}: ")
+    assert result.stderr.splitlines() == [f"serve: error: {tmp_path / 'cut.tif'}: corrupt TIFF file "
+                                          "(its header cannot be read)"], result.stderr
 
 
 def test_model_problems_exit_1_with_one_line(tmp_path, digit_dir) -> None:
