@@ -23,6 +23,9 @@ ALONG_LENGTH = 3.0  # for at least this many line widths along it
 WALL_LENGTH, WALL_LEAN = 3, 0.3  # a box's wall is at least this many line widths long, leaning at most this much,
 WALL_WIDTH = 2.0  # and at most this many times as thick as the lines on average,
 WALL_COVER = 0.6  # a wall in pieces covers at least this much of the way between its lines
+REMNANT_WIDTH = 3  # px: a piece of a paper line the finder missed is at most this thick (lines are 1-3 px here),
+REMNANT_LENGTH = 4  # ... at least this many times longer,
+REMNANT_REACH, REMNANT_TRACK = 2, 1 / 3  # ... and its line goes on beyond both its ends
 WALL_BEND, WALL_BEND_PX = 0.03, 1.5  # and straight: no row's centre further than this (of its length, or px)
 # from a straight line
 
@@ -50,11 +53,43 @@ def find_lines(faint: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 def without_lines(mask: np.ndarray, lines: np.ndarray, thickness: int) -> np.ndarray:
-    """``mask`` without the ``lines`` found, except where a stroke crosses them."""
+    """``mask`` without the ``lines`` found, except where a stroke crosses them, and without the pieces
+    of a line the finder missed (line_remnants)."""
     if not lines.any():
         return mask
     kept = mask & ~lines
-    return kept | (lines & mask & crossed(kept, thickness + 1))
+    kept |= lines & mask & crossed(kept, thickness + 1)
+    return kept & ~line_remnants(kept, lines)
+
+
+def line_remnants(kept: np.ndarray, lines: np.ndarray) -> np.ndarray:
+    """The marks of ``kept`` that are pieces of a found line where it fades too much to be found: as
+    thin as a line (REMNANT_WIDTH), long for it, and with the line going on beyond both ends (``lines``
+    over REMNANT_TRACK of the stretch of REMNANT_REACH times the mark's length in its columns or rows).
+    A pen's 1 in a square of the grid ends at the square's lines, which it meets across."""
+    labels, count = label(kept)
+    boxes = extents(labels, count)
+    tall, wide = boxes[:, 1] - boxes[:, 0] + 1, boxes[:, 3] - boxes[:, 2] + 1
+    narrow, long = np.minimum(tall, wide), np.maximum(tall, wide)
+    candidates = np.flatnonzero((narrow <= REMNANT_WIDTH) & (long >= REMNANT_LENGTH * narrow))
+    found = np.zeros(count + 1, bool)
+    for k in candidates[candidates > 0][:MANY_PIECES]:
+        top, bottom, left, right, _ = boxes[k]
+        if tall[k] >= wide[k]:
+            found[k] = line_goes_on(lines, top, bottom, left, right)
+        else:
+            found[k] = line_goes_on(lines.T, left, right, top, bottom)
+    return found[labels]
+
+
+def line_goes_on(lines: np.ndarray, top: int, bottom: int, left: int, right: int) -> bool:
+    """Whether ``lines`` cover REMNANT_TRACK of the rows in columns ``left``..``right`` (and one beside)
+    over REMNANT_REACH times the length ``top``..``bottom`` above it and below it, each in the frame."""
+    h, w = lines.shape
+    reach = REMNANT_REACH * (bottom - top + 1)
+    track = lines[:, max(left - 1, 0):min(right + 2, w)].any(axis=1)
+    above, below = track[max(top - reach, 0):top], track[bottom + 1:min(bottom + 1 + reach, h)]
+    return all(len(side) >= reach // 2 and side.mean() >= REMNANT_TRACK for side in (above, below))
 
 
 def dilate(mask: np.ndarray) -> np.ndarray:

@@ -290,6 +290,32 @@ def test_a_thin_stroke_crossing_a_ruled_line_stays_one_piece() -> None:
     assert not kept[:, :150].any()
 
 
+def test_a_piece_of_a_faded_grid_line_goes_and_a_thin_one_in_a_square_stays() -> None:
+    # squared paper photographed: where one upright line fades, the finder misses a stretch of it, and
+    # the piece left (1 px wide) was read as a 1 beside the digit ("16" at 0.9999); a 1 drawn as thin
+    # from one line of its square to the next is no such piece: no line goes on beyond its ends
+    lines = np.zeros((1024, 1024), bool)
+    for at in range(0, 1024, 60):
+        lines[at:at + 2] = lines[:, at:at + 2] = True
+    lines[250:370, 300:302] = False  # the faded stretch the finder missed
+    for at in (300, 360):
+        lines[at:at + 2] = True  # the flat lines across it were found
+    mask = lines.copy()
+    mask[275:346, 300] = True  # what is left of the faded stretch
+    mask[242:300, 450:452] = True  # a thin pen's 1, from one flat line to the next
+    kept = without_lines(mask, lines, thickness=14)
+    assert not kept[250:370, 295:306].any()
+    assert kept[242:300, 450:452].all()
+
+
+def test_the_evaluations_faded_grid_line_is_not_a_1(sample_dataset) -> None:
+    # a pencil 6 on squared paper (seed 0): one upright line fades beside it, and its piece was a 1
+    item = evaluation_image(sample_dataset, "ruled", 11, seed=0)
+    assert item.name == "ruled/0011-grid.jpg" and item.expected == "6"
+    page = prepare_page(item.data, item.name)
+    assert page.refusal is None and page.glyphs == 1
+
+
 @pytest.mark.parametrize("tilt_deg", [-7.0, -4.75, -1.25, 3.0, 7.5])
 def test_thin_lines_at_any_small_tilt_are_found(tilt_deg: float) -> None:
     # a photo's lines are rarely at a round angle: a thin line searched 1 degree off drifts 4 px over
