@@ -87,7 +87,7 @@ def line_goes_on(lines: np.ndarray, top: int, bottom: int, left: int, right: int
     over REMNANT_REACH times the length ``top``..``bottom`` above it and below it, each in the frame."""
     h, w = lines.shape
     reach = REMNANT_REACH * (bottom - top + 1)
-    track = lines[:, max(left - 1, 0):min(right + 2, w)].any(axis=1)
+    track = np.asarray(lines[:, max(left - 1, 0):min(right + 2, w)].any(axis=1))
     above, below = track[max(top - reach, 0):top], track[bottom + 1:min(bottom + 1 + reach, h)]
     return all(len(side) >= reach // 2 and side.mean() >= REMNANT_TRACK for side in (above, below))
 
