@@ -83,7 +83,7 @@ def machine_info() -> dict[str, str]:
 
 def prepare_models(work: Path, smoke: bool) -> dict[str, Path]:
     """A trained run with fp32 folded, fp32 unfolded and int8 ONNX exports."""
-    from pipeline.export import export_model
+    from pipeline.export import QUICK_THRESHOLD_VALIDATION, export_model
     from pipeline.train import TrainConfig, train
 
     run = work / "run"
@@ -93,8 +93,10 @@ def prepare_models(work: Path, smoke: bool) -> dict[str, Path]:
         if smoke:
             cfg = dataclasses.replace(cfg, max_steps=5, stroke_digits=200, non_digits=200)
         train(cfg, run, progress=False)
-    export_model(run, run / "model.onnx")
-    export_model(run, run / "model-unfolded.onnx", fold=False)
+    # a smoke run's exports calibrate the refusal threshold on a tenth of the images (1 s instead of 10)
+    validation = QUICK_THRESHOLD_VALIDATION if smoke else None
+    export_model(run, run / "model.onnx", threshold_validation=validation)
+    export_model(run, run / "model-unfolded.onnx", fold=False, threshold_validation=validation)
     # quantized directly: `export --quantize` also gates on accuracy, which a smoke run's model may miss
     from pipeline.data import load_dataset, model_input
     from pipeline.quantize import CALIBRATION_IMAGES, quantize_int8

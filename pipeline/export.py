@@ -143,9 +143,11 @@ class ThresholdValidation:
 
 
 THRESHOLD_VALIDATION = ThresholdValidation()
+QUICK_THRESHOLD_VALIDATION = ThresholdValidation(200, 100, 100)  # 1 s: smoke runs, tests of other things
 
 
-def calibrate_min_confidence(logits: Logits, dataset: Dataset, labels: list[str], seed: int = 7) -> dict[str, Any]:
+def calibrate_min_confidence(logits: Logits, dataset: Dataset, labels: list[str], seed: int = 7,
+                             sizes: ThresholdValidation | None = None) -> dict[str, Any]:
     """The digit-probability threshold below which serving refuses, chosen on validation data that
     is neither the test split nor the training images as trained: training digits re-distorted
     (affine + elastic/thickness/contrast), newly drawn stroke digits, and newly drawn non-digits.
@@ -158,7 +160,7 @@ def calibrate_min_confidence(logits: Logits, dataset: Dataset, labels: list[str]
     from pipeline.synth import non_digits, stroke_digits
     from pipeline.train import augment_batch, augment_real
 
-    sizes = THRESHOLD_VALIDATION
+    sizes = sizes or THRESHOLD_VALIDATION
     rng = np.random.default_rng([seed, 1125])
     generator = torch.Generator().manual_seed(seed)
     real = torch.from_numpy(model_input(dataset.train_images[:sizes.real_digits]))
@@ -211,13 +213,15 @@ def int8_path_for(model_path: Path) -> Path:
 
 def export_model(run_dir: Path, out: Path | None = None, opset: int = DEFAULT_OPSET, fold: bool = True,
                  recompute_stats: bool = False, quantize: str | None = None, repository: Path | None = None,
-                 model_name: str = DEFAULT_MODEL_NAME) -> ExportResult:
+                 model_name: str = DEFAULT_MODEL_NAME,
+                 threshold_validation: ThresholdValidation | None = None) -> ExportResult:
     """Export the run's checkpoint to ONNX at ``out`` (default RUN/model.onnx), only if parity passes.
 
     With ``quantize="int8"`` also write OUT-int8.onnx (onnxruntime static quantization), only if its
     test accuracy is within 0.3 points of fp32; its report goes to parity-int8.json. With
     ``repository``, then publish what was written there in Triton's layout (pipeline/repository.py),
     as model ``model_name`` (and ``model_name``-int8); nothing is published if any check fails.
+    ``threshold_validation``: how many images calibrate the refusal threshold (THRESHOLD_VALIDATION).
     """
     import onnx
 
@@ -273,7 +277,8 @@ def export_model(run_dir: Path, out: Path | None = None, opset: int = DEFAULT_OP
     is_digits = class_names[:10] == [str(d) for d in range(10)]
     with atomic_path(out) as tmp:
         onnx_export(net, tmp, opset, optimize=fold)
-        calibration = calibrate_min_confidence(graph_logits(tmp), dataset, class_names) if is_digits else None
+        calibration = (calibrate_min_confidence(graph_logits(tmp), dataset, class_names, sizes=threshold_validation)
+                       if is_digits else None)
         proto = onnx.load(str(tmp))
         refusal = {} if calibration is None else {
             "min_confidence": repr(calibration["min_confidence"]), "calibration": calibration,

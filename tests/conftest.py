@@ -57,4 +57,4 @@ def quick_calibration(monkeypatch: pytest.MonkeyPatch) -> None:
     instead of 10): for tests of other things. The full calibration is checked on ``exported_run``."""
     from pipeline import export
 
-    monkeypatch.setattr(export, "THRESHOLD_VALIDATION", export.ThresholdValidation(200, 100, 100))
+    monkeypatch.setattr(export, "THRESHOLD_VALIDATION", export.QUICK_THRESHOLD_VALIDATION)
