@@ -23,11 +23,11 @@ ALONG_LENGTH = 3.0  # for at least this many line widths along it
 WALL_LENGTH, WALL_LEAN = 3, 0.3  # a box's wall is at least this many line widths long, leaning at most this much,
 WALL_WIDTH = 2.0  # and at most this many times as thick as the lines on average,
 WALL_COVER = 0.6  # a wall in pieces covers at least this much of the way between its lines
+WALL_BEND, WALL_BEND_PX = 0.03, 1.5  # and straight: no row's centre further than this (of its length, or px)
+# from a straight line
 REMNANT_WIDTH = 3  # px: a piece of a paper line the finder missed is at most this thick (lines are 1-3 px here),
 REMNANT_LENGTH = 4  # ... at least this many times longer,
 REMNANT_REACH, REMNANT_TRACK = 2, 1 / 3  # ... and its line goes on beyond both its ends
-WALL_BEND, WALL_BEND_PX = 0.03, 1.5  # and straight: no row's centre further than this (of its length, or px)
-# from a straight line
 
 
 def find_lines(faint: np.ndarray) -> tuple[np.ndarray, int]:
