@@ -62,6 +62,7 @@ PAPER_SHARE = 0.3  # a photo in which less than this share of the frame has the 
 PAPER_TOLERANCE = 0.05  # ... within this of its median chromaticity (r, g, b over their sum)
 BLOB_CANDIDATES = 8  # the largest marks judged as blobs when the threshold's peak is looked for
 FAINT = 0.5  # paper lines are looked for at this fraction of the ink threshold, where they are unbroken
+PEN_OVER_LINE = 2.0  # ink on a paper line this many times stronger than the line (its 90th percentile) is a pen's
 
 
 NO_INK = "no ink found"
@@ -501,7 +502,9 @@ def threshold_ink(raw: np.ndarray, gray: np.ndarray, dark_ink: bool = True,
     strong, faint = raw >= cut, raw >= FAINT * cut  # faint holds strong
     lines, thickness = find_lines(faint)
     if lines.any():  # on ruled paper the faint ink is mostly the lines' rims: no links through it
-        mask = without_lines(strong, lines, thickness)
+        # ink far stronger than the lines is a pen's lying on one (a 4's bar written on the line)
+        pen = raw >= PEN_OVER_LINE * float(np.percentile(raw[lines], 90))
+        mask = without_lines(strong, lines, thickness, pen)
     else:
         inkiness = 1.0 - gray if dark_ink else gray  # the grey level itself: flat across a shadow
         paper = max(float(np.median(1.0 - inkiness)), 0.15)

@@ -52,13 +52,17 @@ def find_lines(faint: np.ndarray) -> tuple[np.ndarray, int]:
     return lines, thickness * factor
 
 
-def without_lines(mask: np.ndarray, lines: np.ndarray, thickness: int) -> np.ndarray:
-    """``mask`` without the ``lines`` found, except where a stroke crosses them, and without the pieces
-    of a line the finder missed (line_remnants)."""
+def without_lines(mask: np.ndarray, lines: np.ndarray, thickness: int, pen: np.ndarray | None = None) -> np.ndarray:
+    """``mask`` without the ``lines`` found, except where a stroke crosses them or where ``pen`` says the
+    ink on a line is a pen's (far darker than the line: a 4's bar written on a ruled line as thick as
+    it), and without the pieces of a line the finder missed (line_remnants)."""
     if not lines.any():
         return mask
     kept = mask & ~lines
-    kept |= lines & mask & crossed(kept, thickness + 1)
+    stroke = crossed(kept, thickness + 1)
+    if pen is not None:
+        stroke |= pen
+    kept |= lines & mask & stroke
     return kept & ~line_remnants(kept, lines)
 
 

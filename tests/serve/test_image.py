@@ -277,6 +277,23 @@ def test_ruled_and_squared_paper_lines_are_removed_and_the_strokes_kept(digit, s
     assert_one_glyph_on_the_digit(rgb)
 
 
+def test_a_bar_written_on_a_ruled_line_as_thick_as_it_stays() -> None:
+    # a 4 whose bar lies on a ruled line, drawn as thick as the line: no stroke "along" the line by its
+    # width, but far darker than the line, so it is the pen's (it was removed, and the 4 read as 1)
+    rgb = paper(H, W)
+    blue = np.array([0.5, 0.6, 0.9], np.float32)
+    for y in range(30, H, 55):
+        rgb[y:y + 3] = rgb[y:y + 3] * 0.5 + blue * 0.5
+    pen = np.zeros((H, W), np.float32)
+    pen[250:450, 420:423] = 1.0  # the stem
+    pen[270:363, 330:333] = 1.0  # the left arm, down to the line
+    pen[360:363, 330:423] = 1.0  # the bar, exactly on the line at 360
+    put_ink(rgb, pen, 0, 0, colour=(0.1, 0.1, 0.5))
+    ink = ink_map(to_rgb(decode_image(rgb_bytes(rgb)).image))
+    assert (ink[360:363, 340:410] > 0).mean() > 0.8
+    assert (ink[355:368, 450:780] > 0).mean() < 0.02  # the line beside it is still removed
+
+
 def test_a_thin_stroke_crossing_a_ruled_line_stays_one_piece() -> None:
     mask = np.zeros((400, 400), bool)
     for y in range(40, 400, 60):
