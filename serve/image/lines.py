@@ -63,7 +63,10 @@ def without_lines(mask: np.ndarray, lines: np.ndarray, thickness: int, pen: np.n
     if pen is not None:
         stroke |= pen
     kept |= lines & mask & stroke
-    return kept & ~line_remnants(kept, lines)
+    remnants = line_remnants(kept, lines)
+    if pen is not None:
+        remnants &= ~pen  # what is left of a faded line is faint: a pen's stroke lying on a line is no remnant
+    return kept & ~remnants
 
 
 def line_remnants(kept: np.ndarray, lines: np.ndarray) -> np.ndarray:

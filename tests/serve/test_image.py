@@ -288,10 +288,13 @@ def test_a_bar_written_on_a_ruled_line_as_thick_as_it_stays() -> None:
     pen[250:450, 420:423] = 1.0  # the stem
     pen[270:363, 330:333] = 1.0  # the left arm, down to the line
     pen[360:363, 330:423] = 1.0  # the bar, exactly on the line at 360
+    pen[415:418, 480:580] = 1.0  # and a detached bar on the next line (a 5's top): no faded piece of it
     put_ink(rgb, pen, 0, 0, colour=(0.1, 0.1, 0.5))
     ink = ink_map(to_rgb(decode_image(rgb_bytes(rgb)).image))
     assert (ink[360:363, 340:410] > 0).mean() > 0.8
-    assert (ink[355:368, 450:780] > 0).mean() < 0.02  # the line beside it is still removed
+    assert (ink[415:418, 485:575] > 0).mean() > 0.8
+    assert (ink[355:368, 450:780] > 0).mean() < 0.02  # the lines beside them are still removed
+    assert (ink[410:423, 600:780] > 0).mean() < 0.02
 
 
 def test_a_thin_stroke_crossing_a_ruled_line_stays_one_piece() -> None:
