@@ -144,13 +144,13 @@ def page_of_image(image: "Image.Image", name: str, spec: FieldSpec = FieldSpec()
     scale *= pixel
     try:
         ink = ink_map(rgb)
+        if ink.max(initial=0.0) < INK_MIN:
+            return Page(name, empty, [], refusal=NO_INK)
+        if is_field_form(ink, spec):  # already what MNIST's own preprocessing produces: leave it alone
+            return Page(name, ink[None].astype(np.float32), [Box(0, 0, spec.size, spec.size)])
+        glyphs = find_glyphs(ink)
     except NoDigitFound as exc:
         return Page(name, empty, [], refusal=str(exc))
-    if ink.max(initial=0.0) < INK_MIN:
-        return Page(name, empty, [], refusal=NO_INK)
-    if is_field_form(ink, spec):  # already what MNIST's own preprocessing produces: leave it alone
-        return Page(name, ink[None].astype(np.float32), [Box(0, 0, spec.size, spec.size)])
-    glyphs = find_glyphs(ink)
     if not glyphs:
         return Page(name, empty, [], refusal=NO_INK)
     ordered, pieces, joins = list(glyphs), {}, {}

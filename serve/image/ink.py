@@ -63,10 +63,16 @@ PAPER_TOLERANCE = 0.05  # ... within this of its median chromaticity (r, g, b ov
 BLOB_CANDIDATES = 8  # the largest marks judged as blobs when the threshold's peak is looked for
 FAINT = 0.5  # paper lines are looked for at this fraction of the ink threshold, where they are unbroken
 PEN_OVER_LINE = 2.0  # ink on a paper line this many times stronger than the line (its 90th percentile) is a pen's
+# A highlighter's band (without_colour_only): ink whose brightness differs from the paper's less than
+COLOUR_ONLY = 0.75  # this share of its colour's (contrast in the channel where it differs most),
+COLOUR_MIN, DARK_LUMA = 0.15, 0.35  # by at least this much in colour and under this much in brightness,
+BAND_SHARE = 0.1  # at least this share of the ink, where at least
+NEUTRAL_SHARE, NEUTRAL_LUMA = 0.1, 0.2  # this share of it is neutral (grey, black: a pen), this much darker
 
 
 NO_INK = "no ink found"
 NO_PAPER = "no paper: most of the image has no one background colour"
+NO_BARS = "bars of a barcode"
 
 
 class NoDigitFound(ValueError):
@@ -147,7 +153,8 @@ def frame_ink(rgb: np.ndarray, gray: np.ndarray, flat: np.ndarray | None) -> np.
     raw = contrast(rgb, background, dark_ink)
     # the noise of the background itself: the ink of a digit cropped to it can be most of the frame
     paper = colour_distance(rgb, background) < FLAT_MAJORITY_TOLERANCE
-    return threshold_ink(raw, gray, dark_ink, noise_cut=noise_level(raw[paper]) if paper.any() else None)
+    ink = threshold_ink(raw, gray, dark_ink, noise_cut=noise_level(raw[paper]) if paper.any() else None)
+    return without_colour_only(ink, raw, luma_contrast(gray, background, dark_ink))
 
 
 def photo_ink(rgb: np.ndarray, gray: np.ndarray) -> np.ndarray:
@@ -162,7 +169,9 @@ def photo_ink(rgb: np.ndarray, gray: np.ndarray) -> np.ndarray:
     low_background = paper_colour(low, dark_ink)
     background = resize_channels(low_background, (rgb.shape[1], rgb.shape[0]), Image.Resampling.BILINEAR)
     desk = desk_beside(low_background, gray.shape)
-    return without_desk(threshold_ink(contrast(rgb, background, dark_ink), gray, dark_ink, desk), desk)
+    raw = contrast(rgb, background, dark_ink)
+    ink = without_desk(threshold_ink(raw, gray, dark_ink, desk), desk)
+    return without_colour_only(ink, raw, luma_contrast(gray, background, dark_ink))
 
 
 def hue_distance(low: np.ndarray) -> np.ndarray:
@@ -478,9 +487,20 @@ def contrast(rgb: np.ndarray, background: np.ndarray, dark_ink: bool) -> np.ndar
     """How much each pixel differs from the paper in the ink's direction, in the channel where it
     differs most, relative to the paper's brightness (so a shadow does not weaken the ink)."""
     diff = background - rgb if dark_ink else rgb - background
+    return (diff.max(axis=2) / paper_reference(background @ LUMA, dark_ink)).astype(np.float32)
+
+
+def luma_contrast(gray: np.ndarray, background: np.ndarray, dark_ink: bool) -> np.ndarray:
+    """contrast() in brightness alone: small where ink differs from the paper only in colour (a
+    highlighter's band), as large where it is darker (a pen's stroke)."""
     paper_luma = background @ LUMA
-    reference = np.maximum(paper_luma, 0.15) if dark_ink else np.maximum(1.0 - paper_luma, 0.15)
-    return (diff.max(axis=2) / reference).astype(np.float32)
+    diff = paper_luma - gray if dark_ink else gray - paper_luma
+    return (diff / paper_reference(paper_luma, dark_ink)).astype(np.float32)
+
+
+def paper_reference(paper_luma: np.ndarray, dark_ink: bool) -> np.ndarray:
+    """What contrast is relative to: the paper's brightness (its darkness, for light ink on a board)."""
+    return np.maximum(paper_luma, 0.15) if dark_ink else np.maximum(1.0 - paper_luma, 0.15)
 
 
 def threshold_ink(raw: np.ndarray, gray: np.ndarray, dark_ink: bool = True,
@@ -517,6 +537,28 @@ def threshold_ink(raw: np.ndarray, gray: np.ndarray, dark_ink: bool = True,
     hollow = hollow_stroke_interiors(mask, gray)
     ink[hollow] = 1.0
     return ink.astype(np.float32)
+
+
+def without_colour_only(ink: np.ndarray, raw: np.ndarray, luma: np.ndarray) -> np.ndarray:
+    """``ink`` without a highlighter's band across the digit: light ink that differs from the paper
+    far more in colour (``raw`` contrast) than in brightness (``luma`` contrast), a broad region of it
+    (BAND_SHARE), where neutral ink, grey or black, is there too (NEUTRAL_SHARE): a pen's or pencil's
+    digit under the band. Coloured ink of the paper's brightness (blue on yellow), with no neutral
+    ink beside it, is the digit; a green or light blue pen's stroke is darker than any highlighter."""
+    mask = ink > 0
+    neutral = luma >= COLOUR_ONLY * raw  # what differs in brightness as much as in colour: along a stroke
+    # the two shrink alike towards its edges, so a coloured ink's stroke is not neutral anywhere
+    if (mask & neutral & (luma >= NEUTRAL_LUMA)).sum() < NEUTRAL_SHARE * mask.sum():
+        return ink
+    # colour with too little contrast to tell is no highlighter: inside a filled blob the paper's colour
+    # is guessed from the blob itself, and both contrasts are noise there
+    band = mask & ~(neutral | (luma >= DARK_LUMA) | (raw < COLOUR_MIN))
+    if band.sum() < BAND_SHARE * mask.sum():  # a band is broad: a few such pixels are noise
+        return ink
+    kept = np.where(band, 0.0, ink).astype(np.float32)
+    if not kept.any():
+        raise NoDigitFound(NO_INK)
+    return kept
 
 
 def inner_peak(smooth: np.ndarray, noise_cut: float, desk: np.ndarray | None = None) -> float:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from serve.image.ink import NO_BARS, NoDigitFound
 from serve.image.lines import WALL_LENGTH, between_lines, thin_only, wall_shaped
 from serve.image.morph import blob_shaped, extents, label
 from serve.image.normalize import BOX_THRESHOLD, stroke_width
@@ -35,6 +36,7 @@ DASH_ASPECT = 10  # a part this many times wider than tall is a piece of a line,
 DASHES, DASH_FILL = 4, 0.06  # a "glyph" of at least this many parts filling less than this of its box
 SLIVER_HEIGHT, SLIVER_WIDTH = 2.0, 0.25  # taller than twice every other mark, and this thin: not a digit
 SHORT = 0.45  # glyphs shorter than this fraction of the tallest are not digits (dashes, fragments)
+FAINT = 0.25  # a glyph with less ink than this fraction of the strongest one's does not set the height
 OVERLAP = 0.5  # components sharing this fraction of the narrower one's columns are one glyph ...
 STACK_ROWS, STACK_GAP = 0.3, 0.2  # ... or some columns, when one stands above the other (rows and gap, of the heights)
 FAR_BELOW = 2.0  # ... unless the space between them is more than this times the taller one's height
@@ -48,6 +50,12 @@ JOIN_ASPECT = 1.0  # ... whose union is at most this wide for its height may be 
 OVERLAP_JOIN_ASPECT = 1.7  # ... or this wide, when the two overlap across (the halves of a wide 0)
 ROW_OVERLAP = 0.5  # a digit shares at least this much of its height with the main glyph's rows
 MAX_PARTS = 64  # bounds the work on noisy images
+OBJECT_CANDIDATES = 4  # the largest marks looked at as objects lying on the paper (a pen) ...
+BAR_FILL, BAR_ASPECT = 0.85, 5.0  # ... straight filled bars: filling this much of their rectangle, this long
+OBJECT_THICK, OBJECT_LONG = 2.0, 2.0  # ... this many times thicker than another mark's strokes and longer than it
+OBJECT_DIGIT, OBJECT_AREA = 0.1, 0.02  # ... which is this long for the bar and has this much of its ink (not dust)
+UNDERLINE_FLAT, UNDERLINE_BELOW = 3.0, 0.5  # an underline is this many times wider than tall, at most this far below
+UNDERLINE_WIDTH, UNDERLINE_THIN = 0.9, 0.25  # ... as wide as the marks above it and this thin for their height
 THREAD = 0.004  # what a missed paper line leaves is at most this thick (of the frame's longer side, >= 2 px) ...
 RESCUED = 4  # ... in the largest marks cut by the frame, which are looked at for digits it ties to the edge
 LEVEL = 0.1  # two walls of a comb start and end this close (of their height)
@@ -59,6 +67,7 @@ RAYS, OPEN_RAYS = 16, 3  # ... (met by all but this many of this many rays from 
 PRINTED_STROKE = 0.5  # a straight upright glyph at most this thick for the pen of the other glyphs ...
 PRINTED_HEIGHT = 0.8  # ... and at least this tall for them is a printed box's wall, not a 1
 WALL_ENDS = 2  # px: rows at each end of a wall not judged for straightness (a stub of the box's corner)
+BARS, BAR_SHARE, BAR_LEVEL = 5, 0.8, 0.05  # a barcode: this many bars or more, this share of the glyphs, this level
 
 
 @dataclass(frozen=True)
@@ -127,6 +136,8 @@ def find_glyphs(ink: np.ndarray) -> list[Glyph]:
             glyph.pieces = [g for g in (cut_out(piece, labels, ink) for piece in cut) if g is not None] or None
         glyphs.append(glyph)
     glyphs = without_printed_walls(glyphs)
+    if is_barcode(glyphs):
+        raise NoDigitFound(NO_BARS)
     glyphs.sort(key=lambda g: g.box.x + g.box.width / 2)
     glyphs = glyphs[:MAX_DIGITS]
     for glyph, following in zip(glyphs, glyphs[1:]):
@@ -140,18 +151,37 @@ def without_printed_walls(glyphs: list[Glyph]) -> list[Glyph]:
     bottom lines were long enough to find, the walls too short): straight and upright, drawn far
     thinner than the other glyphs (PRINTED_STROKE) and standing about as tall or taller
     (PRINTED_HEIGHT). The digits of a number are written with one pen, so a 1 among them is as
-    thick as they are."""
+    thick as they are; where every glyph is straight, the thickest is the pen's if it is a sliver
+    too (a pen's 1 beside a wall; a symmetric 0's row centres are as straight)."""
     if len(glyphs) < 2:
         return glyphs
     # straight and upright whatever their thickness (the box's width bounds none): that is judged below
     straight = [wall_shaped(g.ink > 0, WALL_ENDS, float(g.box.width)) for g in glyphs]
     drawn = [g for g, s in zip(glyphs, straight) if not s]
     if not drawn:
-        return glyphs
+        thickest = max(glyphs, key=lambda g: stroke_width(g.ink))
+        if thickest.box.width >= SLIVER_WIDTH * thickest.box.height:
+            return glyphs
+        drawn = [thickest]
     pen = float(np.median([stroke_width(g.ink) for g in drawn]))
     height = float(np.median([g.box.height for g in drawn]))
     return [g for g, s in zip(glyphs, straight)
             if not (s and g.box.height >= PRINTED_HEIGHT * height and stroke_width(g.ink) <= PRINTED_STROKE * pen)]
+
+
+def is_barcode(glyphs: list[Glyph]) -> bool:
+    """Whether the glyphs are a barcode's bars: at least BARS of them, nearly all (BAR_SHARE) straight,
+    upright slivers whose tops are level within BAR_LEVEL of their height. Each bar is a perfect "1" to
+    the model; a person's row of 1s leans, bends and starts at different heights."""
+    if len(glyphs) < BARS:
+        return False
+    bars = [g for g in glyphs if g.box.width < SLIVER_WIDTH * g.box.height
+            and wall_shaped(g.ink > 0, WALL_ENDS, float(g.box.width))]
+    if len(bars) < BAR_SHARE * len(glyphs):
+        return False
+    top = float(np.median([g.box.y for g in bars]))
+    height = float(np.median([g.box.height for g in bars]))
+    return sum(abs(g.box.y - top) <= BAR_LEVEL * height for g in bars) >= BAR_SHARE * len(glyphs)
 
 
 def candidate_parts(parts: list[Part], labels: np.ndarray, small: bool) -> list[Part]:
@@ -174,6 +204,8 @@ def candidate_parts(parts: list[Part], labels: np.ndarray, small: bool) -> list[
                  and not hairline(p)]
         if not parts:
             return []
+    parts = without_lying_objects(parts, labels)
+    parts = without_underlines(parts)
     parts = drop_specks(parts)
     if len(parts) > MAX_PARTS:  # noise or texture: the largest marks are the only candidates worth the time
         parts = sorted(parts, key=lambda p: p.area, reverse=True)[:MAX_PARTS]
@@ -275,16 +307,20 @@ def digit_groups(parts: list[Part], strength: np.ndarray) -> list[Part]:
     ``strength``: each label's ink (the sum of its ink values)."""
     groups = group_stacked(parts)
     groups = drop_slivers([g for g in groups if not is_dash_stack(g)] or groups)
-    groups = of_digit_height(groups)
+    groups = of_digit_height(groups, strength)
     return on_main_row(groups, strength)
 
 
-def of_digit_height(groups: list[Part]) -> list[Part]:
+def of_digit_height(groups: list[Part], strength: np.ndarray) -> list[Part]:
     """The digits of a number stand about alike: glyphs far shorter (dashes, fragments) or far taller
     (margin lines, shadow edges) than the tallest glyph that is not a thin sliver are dropped. Thin
-    slivers do not set the height, since paper and shadows leave long ones; a lone 1 still counts."""
-    solid = [g for g in groups if g.box.width >= SLIVER_WIDTH * g.box.height]
-    reference = max(g.box.height for g in (solid or groups))
+    slivers do not set the height, since paper and shadows leave long ones; a lone 1 still counts.
+    Nor do faint marks (under FAINT of the strongest glyph's ink, ``strength`` per label): the
+    speckle of a shadow's edge beside a pen's 1 is no digit to measure the 1 by."""
+    ink = [float(strength[g.labels].sum()) for g in groups]
+    strong = [g for g, s in zip(groups, ink) if s >= FAINT * max(ink)]
+    solid = [g for g in strong if g.box.width >= SLIVER_WIDTH * g.box.height]
+    reference = max(g.box.height for g in (solid or strong))
     return [g for g in groups if SHORT * reference <= g.box.height <= reference / SHORT]
 
 
@@ -342,6 +378,63 @@ def is_line_or_edge(part: Part, shape: tuple[int, int]) -> bool:
     touches = b.x == 0 or b.y == 0 or b.right >= w or b.bottom >= h
     filled = part.area > 0.6 * b.width * b.height and part.area > 0.05 * h * w
     return long_thin or (touches and filled)
+
+
+def without_lying_objects(parts: list[Part], labels: np.ndarray) -> list[Part]:
+    """Without a pen or pencil lying on the paper beside the digit: a straight filled bar (bar_shape)
+    far thicker than the strokes of another mark of some size (OBJECT_DIGIT, OBJECT_AREA: not a speck
+    or a paper line's remains) and far longer than it (OBJECT_THICK, OBJECT_LONG). Shrunk to a field,
+    such a bar is a perfect 1, and beside it the digit is a speck.
+    A 1 of the number is as thick as its other digits (one pen) and about as tall."""
+    largest = sorted(parts, key=lambda p: p.area, reverse=True)[:OBJECT_CANDIDATES]
+    objects = set()
+    for part in largest:
+        shape = bar_shape(own_mask(part, labels))
+        if shape is None:
+            continue
+        length, width = shape
+        others = [p for p in largest if p is not part and p.area >= OBJECT_AREA * part.area
+                  and max(p.box.height, p.box.width) >= OBJECT_DIGIT * length]
+        if any(width >= OBJECT_THICK * stroke_width(own_mask(p, labels).astype(np.float32))
+               and length >= OBJECT_LONG * max(p.box.height, p.box.width) for p in others):
+            objects.add(id(part))
+    return [p for p in parts if id(p) not in objects]
+
+
+def without_underlines(parts: list[Part]) -> list[Part]:
+    """Without the lines drawn under the digits (an answer underlined, once or twice): a flat mark
+    (UNDERLINE_FLAT) just below marks whose columns it shares (within UNDERLINE_BELOW of their height),
+    as wide as all of them (UNDERLINE_WIDTH) and far thinner than they are tall (UNDERLINE_THIN).
+    Joined to the digit above it, a 7 underlined was a 2. A 5's detached bar lies above it."""
+    flat = [p for p in parts if p.box.width >= UNDERLINE_FLAT * p.box.height]
+    lines = set()
+    for line in flat:
+        b = line.box
+        above = [p.box for p in parts if p is not line and p.box.width < UNDERLINE_FLAT * p.box.height
+                 and min(p.box.right, b.right) > max(p.box.x, b.x) and p.box.bottom <= b.y + b.height
+                 and b.y - p.box.bottom <= UNDERLINE_BELOW * p.box.height]
+        if not above:
+            continue
+        span = above[0]
+        for box in above[1:]:
+            span = span.union(box)
+        if b.width >= UNDERLINE_WIDTH * span.width and b.height <= UNDERLINE_THIN * span.height:
+            lines.add(id(line))
+    return [p for p in parts if id(p) not in lines]
+
+
+def bar_shape(mask: np.ndarray) -> tuple[float, float] | None:
+    """The length and width of a mark that is a straight filled bar (its pixels fill BAR_FILL of the
+    rectangle their principal axes give, at least BAR_ASPECT times longer than wide), else None."""
+    ys, xs = np.nonzero(mask)
+    if len(xs) < 3:
+        return None
+    spread = np.sort(np.linalg.eigvalsh(np.cov(np.stack([xs, ys]).astype(np.float64))))
+    # a filled rectangle of length L has variance L^2 / 12 along it
+    length, width = float(np.sqrt(12 * spread[1])), float(np.sqrt(12 * max(spread[0], 0.0)))
+    if width <= 0 or length < BAR_ASPECT * width or len(xs) < BAR_FILL * length * width:
+        return None
+    return length, width
 
 
 def drop_specks(parts: list[Part]) -> list[Part]:

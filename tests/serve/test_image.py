@@ -9,7 +9,8 @@ import pytest
 from PIL import Image, ImageDraw
 
 from serve.image.decode import decode_image, to_rgb
-from serve.image.ink import LOW_SIDE, NoDigitFound, ink_map, off_frame, paper_colour, sheet_ink, shrink, two_wide
+from serve.image.ink import (LOW_SIDE, NO_BARS, NoDigitFound, ink_map, off_frame, paper_colour, sheet_ink, shrink,
+                             two_wide)
 from serve.image.lines import find_lines, without_lines
 from serve.image.morph import LUMA, blob_shaped, label, runs_at_least
 from serve.image.normalize import MAX_PASSES, normalize_stroke, stroke_width
@@ -373,6 +374,43 @@ def test_coloured_ink_on_paper_of_the_same_brightness(digit) -> None:
     assert_one_glyph_on_the_digit(put_ink(paper(H, W, yellow), digit, TOP, LEFT, colour=blue))
 
 
+@pytest.mark.parametrize("band", [(1.0, 0.98, 0.45), (0.65, 0.95, 0.5), (1.0, 0.7, 0.82)],
+                         ids=["yellow", "green", "pink"])
+def test_a_highlighter_band_across_the_digit_is_not_ink(digit, band) -> None:
+    # a highlighter differs from the paper in colour far more than in brightness; taken for ink, it
+    # joined the digit into one wide mark, refused as "not a digit"
+    rgb = paper(H, W, (0.95, 0.95, 0.93))
+    rgb[TOP + 150:TOP + 260, LEFT - 60:LEFT + SIZE + 60] *= np.array(band, np.float32)
+    assert_one_glyph_on_the_digit(put_ink(rgb, digit, TOP, LEFT))
+
+
+@pytest.mark.parametrize("pen", [(0.1, 0.5, 0.2), (0.3, 0.6, 0.9)], ids=["green", "light blue"])
+def test_a_coloured_pen_s_digit_is_ink_beside_dark_ink(digit, pen) -> None:
+    # the highlighter rule keeps a pen's colour: a green or light blue stroke is darker than any
+    # highlighter, though it differs from the paper more in colour than in brightness
+    rgb = put_ink(paper(H, W, (0.95, 0.95, 0.93)), digit, TOP, LEFT, colour=pen)
+    rgb[TOP + 40:TOP + 60, LEFT + SIZE + 40:LEFT + SIZE + 60] = 0.1  # a small dark mark: dark ink is there
+    assert_one_glyph_on_the_digit(rgb)
+
+
+def test_a_pen_lying_beside_the_digit_is_not_a_1(sample_dataset) -> None:
+    # a pen on the page: a straight filled bar far thicker than the digit's strokes and far longer.
+    # Shrunk to a field it is a perfect 1, and beside it the digit had been dropped as a speck
+    top, left, size = 400, 150, 210
+    rgb = put_ink(paper(H, W), upscale_digit(sample_dataset.test_images[1], size), top, left)
+    yy, xx = np.mgrid[0:H, 0:W]
+    along = (yy - 100) / 800  # from (560, 100) to (640, 900), 60 px thick
+    rgb[(along >= 0) & (along <= 1) & (np.abs(xx - (560 + 80 * along)) <= 30)] = (0.15, 0.2, 0.6)
+    boxes = glyph_boxes(rgb)
+    assert len(boxes) == 1 and left <= boxes[0].x and boxes[0].right <= left + size, boxes
+
+
+def test_a_1_as_thick_as_the_other_digits_is_no_pen() -> None:
+    # the 1 of a number is a straight filled bar too, but drawn with the digits' pen and as tall
+    rgb = np.asarray(written(number_strokes("171", 150, 350, 300, 200), (W, H), pen=20), np.float32) / 255
+    assert len(glyph_boxes(rgb)) == 3
+
+
 def test_thin_pen_on_a_large_canvas_is_one_glyph(sample_dataset) -> None:
     thin = upscale_digit(sample_dataset.test_images[3], SIZE)
     thin = thin * (thin > 0.95)  # only the stroke's core: a few px wide
@@ -602,6 +640,84 @@ def test_a_printed_wall_beside_a_digit_is_not_a_1_and_a_1_in_the_digits_pen_is()
     # 1 drawn with the same pen is
     assert [g.box.x for g in find_glyphs(sevens_and_a_mark(2))] == [300]  # the 7's bar starts at x = 300
     assert [g.box.x for g in find_glyphs(sevens_and_a_mark(12))] == [300, 450]
+
+
+def test_a_printed_wall_beside_a_straight_1_is_not_a_digit() -> None:
+    # every glyph straight and upright: a pen's 1 (8 px) and a box's wall (3 px, taller). The 1 is the
+    # pen the wall is judged by (it had been read "11"); a symmetric 0, as straight by its row centres,
+    # is no such pen (test_a_heavy_zero_keeps_its_hole_and_is_not_a_blob)
+    ink = np.zeros((600, 600), np.float32)
+    ink[200:343, 100:103] = 1.0
+    ink[230:316, 300:308] = 1.0
+    assert [g.box for g in find_glyphs(ink)] == [Box(300, 230, 8, 86)]
+
+
+def test_an_underline_is_not_part_of_the_digit() -> None:
+    # a 7 underlined: the line (too thick for a paper line's dash) shares the 7's columns just below it,
+    # and joined to it as one glyph the two were read "2"
+    ink = np.zeros((600, 600), np.float32)
+    ink[200:216, 240:360] = 1.0  # the 7's bar
+    for y in range(216, 400):
+        x = 350 - (y - 216) * 90 // 184
+        ink[y, x - 8:x + 8] = 1.0  # its stem
+    ink[425:443, 215:390] = 1.0  # the underline, 18 px thick (a dash is 10 times longer than thick)
+    boxes = [g.box for g in find_glyphs(ink)]
+    assert len(boxes) == 1 and boxes[0].y == 200 and boxes[0].bottom == 400, boxes
+
+
+def test_a_1_underlined_twice_is_a_1() -> None:
+    # short lines under one digit are too thick for their length to be a paper line's dashes
+    rgb = np.asarray(written(number_strokes("1", 300, 300, 300, 0), (W, H), pen=20), np.float32) / 255
+    for y in (640, 675):
+        rgb[y:y + 16, 330:450] = 0.0
+    boxes = glyph_boxes(rgb)
+    assert len(boxes) == 1 and boxes[0].bottom <= 615, boxes
+
+
+def test_a_barcode_is_bars_not_ones() -> None:
+    # every bar of a barcode is a perfect 1 to the model: "111111111" at 1.00 before
+    ink = np.zeros((400, 600), np.float32)
+    x = 100
+    for width in (6, 3, 9, 3, 6, 12, 3, 6, 9, 3):
+        ink[100:300, x:x + width] = 1.0
+        x += width + 8
+    with pytest.raises(NoDigitFound, match=NO_BARS):
+        find_glyphs(ink)
+
+
+def test_a_row_of_written_ones_is_no_barcode() -> None:
+    ink = np.zeros((400, 900), np.float32)
+    for i, top in enumerate((100, 118, 95, 125, 108, 90)):
+        ink[top:top + 200, 100 + 120 * i:112 + 120 * i] = 1.0
+    assert len(find_glyphs(ink)) == 6
+
+
+def test_a_photographed_barcode_is_refused_as_bars() -> None:
+    rgb = paper(H, W)
+    x = 200
+    for width in (12, 6, 18, 6, 12, 24, 6, 12, 18, 6, 12, 6):
+        rgb[300:600, x:x + width] = 0.1
+        x += width + 14
+    assert prepare_page(rgb_bytes(rgb, "JPEG", quality=90), "photo").refusal == NO_BARS
+
+
+def test_a_faint_mark_does_not_set_the_digits_height() -> None:
+    # the speckle of a shadow's edge (faint, wider than a sliver) beside a pen's "11" (slivers, which set
+    # no height): measured by the speckle, the 1s were far too tall to be digits and were dropped
+    ink = np.zeros((600, 600), np.float32)
+    ink[300:400, 300:310] = ink[300:400, 360:370] = 1.0
+    ink[100:125, 50:65] = 0.1
+    assert [g.box for g in find_glyphs(ink)] == [Box(300, 300, 10, 100), Box(360, 300, 10, 100)]
+
+
+def test_the_comb_of_a_lone_1_in_a_shadow(sample_dataset) -> None:
+    # the evaluation's 1 in a comb of boxes under a shadow (seed 0, framed 73): the comb's end wall,
+    # the 1 and the shadow's speckle were left; the speckle set the height and was the one glyph
+    item = evaluation_image(sample_dataset, "framed", 73, seed=0)
+    assert item.name == "framed/0073-comb.jpg" and item.expected == "1"
+    page = prepare_page(item.data, item.name)
+    assert page.refusal is None and page.glyphs == 1
+    assert page.boxes[0].height > 3 * page.boxes[0].width  # the 1, not the speckle
 
 
 def test_the_wall_of_a_comb_beside_a_digit_in_it(sample_dataset) -> None:
