@@ -9,7 +9,8 @@ measured is what ``serve predict`` answers. Each item is generated from its own 
 
 Conditions (see ``CONDITIONS``): the 28x28 digits themselves, user-style canvases, phone photos of
 digits written on plain, ruled and squared paper, on notes lying on a desk, in a form's printed boxes,
-circled, or on a notebook page with punched holes, clean scans with dust, coloured ink on coloured
+circled, or on a notebook page with punched holes, beside a pen lying on the page, under a
+highlighter's band or underlined, clean scans with dust, coloured ink on coloured
 paper of about the same brightness, strokes from a hairline pen to a fat marker, distorted "other
 writers", typeset digits in the fonts shipped inside matplotlib (never used for training), numbers of
 2-4 digits, things that must be refused, and a few 48-megapixel photos.
@@ -36,8 +37,8 @@ from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageFont, ImageOps
 
 from pipeline.errors import PipelineError
 
-CONDITIONS = ("mnist-28", "canvas", "photo", "note", "ruled", "framed", "specks", "colour", "thick-thin", "writers",
-              "small", "cropped", "typeset", "numbers", "not-digits", "big")
+CONDITIONS = ("mnist-28", "canvas", "photo", "note", "ruled", "framed", "beside", "specks", "colour", "thick-thin",
+              "writers", "small", "cropped", "typeset", "numbers", "not-digits", "big")
 DEFAULT_PER_CONDITION = 100
 BIG_MAX = 3  # 48-megapixel photos are slow to make: at most this many
 BIG_SIZE = (8000, 6000)
@@ -47,7 +48,7 @@ BATCH_PAGES = 48
 
 # The goals of the issue, and the conditions each is measured on here.
 GOALS = (
-    ("photographed single digits", ("photo", "note", "ruled", "framed", "big"), "accuracy", 0.95),
+    ("photographed single digits", ("photo", "note", "ruled", "framed", "beside", "big"), "accuracy", 0.95),
     ("handwriting of other writers", ("writers",), "accuracy", 0.95),
     ("typeset digits", ("typeset",), "accuracy", 0.99),
     ("numbers of 2-4 digits, exact", ("numbers",), "accuracy", 0.90),
@@ -1298,6 +1299,88 @@ def make_framed(split: Split, rng: np.random.Generator) -> tuple[bytes, str, str
     return data, ext, kind, label
 
 
+def make_beside(split: Split, rng: np.random.Generator) -> tuple[bytes, str, str, str]:
+    """A digit photographed with something else on the page: a pen or pencil lying beside it, a
+    highlighter's band across it, or an underline in its ink."""
+    digit, label = _digit(split, rng)
+    ink = pick_ink(rng)
+    kind = _pick(rng, ["pen", "highlighter", "underline"])
+    around: dict[str, Decoration] = {"pen": _pen_beside, "highlighter": _highlighter_across,
+                                     "underline": _underline}
+    plan = PhotoPlan(size=_photo_size(rng), paper=Paper(), ink=ink, mark_height=_u(rng, 0.1, 0.25),
+                     around=around[kind], desk=False)
+    data, ext = _phone_jpeg(photograph(handwriting(digit, label, rng, ink), rng, plan), rng)
+    return data, ext, kind, label
+
+
+# blue, black, red, a yellow pencil, steel
+PEN_BODIES = ((30, 60, 170), (25, 25, 30), (180, 30, 30), (235, 190, 40), (170, 170, 175))
+
+
+def _pen_beside(sheet: Image.Image, mark: tuple[float, float, float, float], ink: InkStyle,
+                rng: np.random.Generator) -> None:
+    """A pen or pencil lying on the page beside the digit, in any direction: a shaded cylinder (a pen is
+    about 1 cm thick and 14 long, a digit 1-3 cm tall) with a darker tip and a soft shadow, passing the
+    digit at a gap; the frame often cuts it."""
+    x, y, w, h = mark
+    length, thick = h * _u(rng, 4.0, 9.0), h * _u(rng, 0.3, 0.7)
+    side = math.radians(_u(rng, 0, 360))  # where the pen lies, seen from the digit
+    reach = math.hypot(w, h) / 2 + thick / 2 + h * _u(rng, 0.05, 0.4)
+    cx, cy = x + w / 2 + reach * math.cos(side), y + h / 2 + reach * math.sin(side)
+    ux, uy = -math.sin(side), math.cos(side)  # the pen's axis, across the line to the digit; "across" points to it
+    start = _u(rng, -0.8, -0.2) * length  # how far the pen runs on each side of the point nearest the digit
+    yy, xx = np.mgrid[0:sheet.height, 0:sheet.width].astype(np.float32)
+    along = (xx - cx) * ux + (yy - cy) * uy - start
+    across = (xx - cx) * -uy + (yy - cy) * ux
+    tip = np.clip((along - length) / (0.8 * thick), 0, None)  # the cone beyond the body, 0 on the body
+    body = (along >= 0) & (along <= length) & (np.abs(across) <= thick / 2)
+    cone = (along > length) & (np.abs(across) <= thick / 2 * (1 - tip))
+    out = np.asarray(sheet, np.float32)
+    shadow = ((along >= 0) & (along <= length) & (np.abs(across + 0.25 * thick) <= thick / 2)).astype(np.float32)
+    shadow = _box_blur(shadow, max(1, round(thick / 4)))
+    out *= (1 - 0.35 * shadow)[..., None]
+    colour = np.array(_pick(rng, list(PEN_BODIES)), np.float32)
+    # a cylinder lit from one side: bright along one flank, dark along the other
+    shade = 0.55 + 0.45 * np.cos(np.clip(across / (thick / 2), -1, 1) * math.pi / 2 + 0.5)
+    out[body] = (colour * shade[body][:, None]).clip(0, 255)
+    out[cone] = np.array(ink.colour, np.float32) * 0.8
+    sheet.paste(Image.fromarray(out.clip(0, 255).astype(np.uint8)))
+
+
+HIGHLIGHTERS = ((255, 240, 80), (140, 235, 110), (255, 180, 80), (255, 140, 200))  # yellow, green, orange, pink
+
+
+def _highlighter_across(sheet: Image.Image, mark: tuple[float, float, float, float], ink: InkStyle,
+                        rng: np.random.Generator) -> None:
+    """A highlighter's translucent band across the digit (under its ink, as marked afterwards it
+    would multiply the same), a little longer than the digit is wide, slightly tilted."""
+    x, y, w, h = mark
+    band = h * _u(rng, 0.25, 0.5)
+    mid = y + h * _u(rng, 0.3, 0.7)
+    left, right = x - h * _u(rng, 0.2, 0.8), x + w + h * _u(rng, 0.2, 0.8)
+    slope = math.tan(math.radians(_u(rng, -4, 4)))
+    yy, xx = np.mgrid[0:sheet.height, 0:sheet.width].astype(np.float32)
+    inside = (xx >= left) & (xx <= right) & (np.abs(yy - (mid + (xx - x) * slope)) <= band / 2)
+    alpha = _box_blur(inside.astype(np.float32), 1) * _u(rng, 0.6, 0.9)
+    colour = np.array(_pick(rng, list(HIGHLIGHTERS)), np.float32) / 255
+    out = np.asarray(sheet, np.float32) * (1 - alpha[..., None] * (1 - colour))
+    sheet.paste(Image.fromarray(out.clip(0, 255).astype(np.uint8)))
+
+
+def _underline(sheet: Image.Image, mark: tuple[float, float, float, float], ink: InkStyle,
+               rng: np.random.Generator) -> None:
+    """The digit underlined in its own ink, once or twice."""
+    x, y, w, h = mark
+    pen = max(2, round(h * _u(rng, 0.03, 0.07)))
+    below = y + h * _u(rng, 1.05, 1.2)
+    left, right = x - w * _u(rng, 0.0, 0.4), x + w * _u(rng, 1.0, 1.4)
+    draw = ImageDraw.Draw(sheet)
+    for k in range(2 if rng.random() < 0.25 else 1):
+        at = below + k * 2.5 * pen
+        draw.line([(left, at + _u(rng, -0.03, 0.03) * h), (right, at + _u(rng, -0.03, 0.03) * h)],
+                  fill=ink.colour, width=pen)
+
+
 def _printed_boxes(sheet: Image.Image, mark: tuple[float, float, float, float], ink: InkStyle,
                    rng: np.random.Generator, comb: bool) -> None:
     """A printed box around the mark, or a comb of 3-6 boxes (a code, a date) with the mark in one."""
@@ -1664,7 +1747,8 @@ def make_big(split: Split, rng: np.random.Generator) -> tuple[bytes, str, str, s
 
 MAKERS: dict[str, Callable[[Split, np.random.Generator], tuple[bytes, str, str, str | None]]] = {
     "mnist-28": make_mnist28, "canvas": make_canvas, "photo": make_photo, "note": make_note, "ruled": make_ruled,
-    "framed": make_framed, "specks": make_specks, "colour": make_colour, "thick-thin": make_thick_thin,
+    "framed": make_framed, "beside": make_beside, "specks": make_specks, "colour": make_colour,
+    "thick-thin": make_thick_thin,
     "writers": make_writers, "small": make_small, "cropped": make_cropped,
     "typeset": make_typeset, "numbers": make_numbers, "not-digits": make_not_digits, "big": make_big,
 }

@@ -89,7 +89,7 @@ def claimed_size_ok(item: ev.Item, size: tuple[int, int]) -> bool:
         return (w, h) == (28, 28)
     if item.condition == "canvas":
         return canvas
-    if item.condition in ("photo", "note", "ruled", "framed"):
+    if item.condition in ("photo", "note", "ruled", "framed", "beside"):
         return photo
     if item.condition == "specks":
         return scan
@@ -198,6 +198,31 @@ def test_coloured_ink_and_paper_differ_in_hue_not_brightness() -> None:
         hue = lambda c: colorsys.rgb_to_hsv(*(v / 255 for v in c))[0]  # noqa: E731
         distance = abs(hue(ink) - hue(paper))
         assert min(distance, 1 - distance) > 0.2, (ink, paper)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_what_lies_beside_the_digit_is_where_it_is_meant_to_be(seed: int) -> None:
+    # the `beside` condition's things, each drawn on a blank sheet around a digit's box (x, y, w, h):
+    # a pen outside the box (beside the digit, never over it) and far longer than the digit is tall;
+    # a highlighter's band across the box's middle rows; an underline below the box, in the ink
+    box = (400, 300, 100, 160)
+    ink = ev.InkStyle((30, 40, 150), 1.0, 0.0)
+
+    def drawn(decoration) -> np.ndarray:
+        sheet = Image.new("RGB", (1200, 1000), (240, 240, 235))
+        decoration(sheet, box, ink, np.random.default_rng(seed))
+        return np.abs(np.asarray(sheet, np.int16) - (240, 240, 235)).max(axis=2) > 30
+
+    x, y, w, h = box
+    pen = drawn(ev._pen_beside)
+    assert not pen[y:y + h, x:x + w].any() and pen.any()
+    ys, xs = np.nonzero(pen)
+    assert max(np.ptp(ys), np.ptp(xs)) > 2 * h or pen[[0, -1]].any() or pen[:, [0, -1]].any()  # or cut by the sheet
+    band = drawn(ev._highlighter_across)
+    rows = np.flatnonzero(band[:, x + w // 2])
+    assert y <= rows.min() and rows.max() <= y + h and band[:, x - 1].any() and band[:, x + w].any()
+    line = drawn(ev._underline)
+    assert line.any() and np.flatnonzero(line.any(axis=1)).min() > y + h
 
 
 def test_typeset_fonts_are_matplotlibs_own() -> None:
