@@ -54,6 +54,8 @@ OBJECT_CANDIDATES = 4  # the largest marks looked at as objects lying on the pap
 BAR_FILL, BAR_ASPECT = 0.85, 5.0  # ... straight filled bars: filling this much of their rectangle, this long
 OBJECT_THICK, OBJECT_LONG = 2.0, 2.0  # ... this many times thicker than another mark's strokes and longer than it
 OBJECT_DIGIT, OBJECT_AREA = 0.1, 0.02  # ... which is this long for the bar and has this much of its ink (not dust)
+OBJECT_INK = 0.5  # ... in ink this strong on average (strokes near 1; a shadow's speckle is faint)
+OBJECT_STROKES = 0.25  # ... and in strokes at most this thick for its size
 UNDERLINE_FLAT, UNDERLINE_BELOW = 3.0, 0.5  # an underline is this many times wider than tall, at most this far below
 UNDERLINE_WIDTH, UNDERLINE_THIN = 0.9, 0.25  # ... as wide as the marks above it and this thin for their height
 THREAD = 0.004  # what a missed paper line leaves is at most this thick (of the frame's longer side, >= 2 px) ...
@@ -117,7 +119,7 @@ def find_glyphs(ink: np.ndarray) -> list[Glyph]:
     labels, count = label(mask)
     if count == 0:
         return []
-    parts = candidate_parts(components(labels, count), labels, small)
+    parts = candidate_parts(components(labels, count), labels, ink, small)
     if not parts:
         return []
     groups = digit_groups(parts, np.bincount(labels.ravel(), weights=ink.ravel(), minlength=count + 1))
@@ -184,9 +186,9 @@ def is_barcode(glyphs: list[Glyph]) -> bool:
     return sum(abs(g.box.y - top) <= BAR_LEVEL * height for g in bars) >= BAR_SHARE * len(glyphs)
 
 
-def candidate_parts(parts: list[Part], labels: np.ndarray, small: bool) -> list[Part]:
-    """The components (of ``labels``) that may be (parts of) digits: no line remains, slivers, specks
-    or frame cuts."""
+def candidate_parts(parts: list[Part], labels: np.ndarray, ink: np.ndarray, small: bool) -> list[Part]:
+    """The components (of ``labels``; their ``ink``) that may be (parts of) digits: no line remains,
+    slivers, specks, frame cuts, or things lying on the paper."""
     shape = labels.shape
     parts = [p for p in parts if not is_line_or_edge(p, shape) and not is_dash(p)] or parts
     inside = [p for p in parts if not touches_frame(p.box, shape)]
@@ -204,11 +206,11 @@ def candidate_parts(parts: list[Part], labels: np.ndarray, small: bool) -> list[
                  and not hairline(p)]
         if not parts:
             return []
-    parts = without_lying_objects(parts, labels)
-    parts = without_underlines(parts)
+    parts = without_lying_objects(parts, labels, ink)
     parts = drop_specks(parts)
     if len(parts) > MAX_PARTS:  # noise or texture: the largest marks are the only candidates worth the time
         parts = sorted(parts, key=lambda p: p.area, reverse=True)[:MAX_PARTS]
+    parts = without_underlines(parts)
     if not small:
         parts = [p for p in parts if not is_blob(p, labels) or within_another(p, parts)] or parts
         parts = without_frames(parts, labels)
@@ -380,24 +382,29 @@ def is_line_or_edge(part: Part, shape: tuple[int, int]) -> bool:
     return long_thin or (touches and filled)
 
 
-def without_lying_objects(parts: list[Part], labels: np.ndarray) -> list[Part]:
+def without_lying_objects(parts: list[Part], labels: np.ndarray, ink: np.ndarray) -> list[Part]:
     """Without a pen or pencil lying on the paper beside the digit: a straight filled bar (bar_shape)
-    far thicker than the strokes of another mark of some size (OBJECT_DIGIT, OBJECT_AREA: not a speck
-    or a paper line's remains) and far longer than it (OBJECT_THICK, OBJECT_LONG). Shrunk to a field,
-    such a bar is a perfect 1, and beside it the digit is a speck.
-    A 1 of the number is as thick as its other digits (one pen) and about as tall."""
+    far thicker than the strokes of another mark and far longer than it (OBJECT_THICK, OBJECT_LONG),
+    a mark clear of the bar (beyond its width from its axis) that is no dust (OBJECT_DIGIT,
+    OBJECT_AREA), is drawn in strokes (OBJECT_STROKES: no blot) and in solid ink (OBJECT_INK: not a
+    shadow's speckle or a line's remains).
+    Shrunk to a field, such a bar is a perfect 1, and beside it the digit is a speck. A 1 of the
+    number is as thick as its other digits (one pen) and about as tall; what a marker's 1 leaves
+    beside itself (a blot, its flag cut off) lies against it."""
     largest = sorted(parts, key=lambda p: p.area, reverse=True)[:OBJECT_CANDIDATES]
     objects = set()
     for part in largest:
-        shape = bar_shape(own_mask(part, labels))
-        if shape is None:
+        bar = bar_shape(own_mask(part, labels), part.box)
+        if bar is None:
             continue
-        length, width = shape
         others = [p for p in largest if p is not part and p.area >= OBJECT_AREA * part.area
-                  and max(p.box.height, p.box.width) >= OBJECT_DIGIT * length]
-        if any(width >= OBJECT_THICK * stroke_width(own_mask(p, labels).astype(np.float32))
-               and length >= OBJECT_LONG * max(p.box.height, p.box.width) for p in others):
-            objects.add(id(part))
+                  and max(p.box.height, p.box.width) >= OBJECT_DIGIT * bar.length and bar.clear_of(p.box)
+                  and float(ink[p.box.y:p.box.bottom, p.box.x:p.box.right][own_mask(p, labels)].mean()) >= OBJECT_INK]
+        for p in others:
+            size, stroke = max(p.box.height, p.box.width), stroke_width(own_mask(p, labels).astype(np.float32))
+            drawn = stroke <= OBJECT_STROKES * size
+            if drawn and bar.width >= OBJECT_THICK * stroke and bar.length >= OBJECT_LONG * size:
+                objects.add(id(part))
     return [p for p in parts if id(p) not in objects]
 
 
@@ -423,18 +430,32 @@ def without_underlines(parts: list[Part]) -> list[Part]:
     return [p for p in parts if id(p) not in lines]
 
 
-def bar_shape(mask: np.ndarray) -> tuple[float, float] | None:
-    """The length and width of a mark that is a straight filled bar (its pixels fill BAR_FILL of the
-    rectangle their principal axes give, at least BAR_ASPECT times longer than wide), else None."""
+@dataclass(frozen=True)
+class Bar:
+    length: float
+    width: float
+    centre: tuple[float, float]  # x, y in the frame
+    across: tuple[float, float]  # unit vector across the bar
+
+    def clear_of(self, box: Box) -> bool:
+        """Whether ``box``'s centre lies beyond the bar's width from its axis (beside it, not against it)."""
+        dx, dy = box.x + box.width / 2 - self.centre[0], box.y + box.height / 2 - self.centre[1]
+        return abs(dx * self.across[0] + dy * self.across[1]) >= self.width
+
+
+def bar_shape(mask: np.ndarray, box: Box) -> Bar | None:
+    """The mark (``mask`` within ``box``) as a straight filled bar: its pixels fill BAR_FILL of the
+    rectangle their principal axes give, at least BAR_ASPECT times longer than wide; else None."""
     ys, xs = np.nonzero(mask)
     if len(xs) < 3:
         return None
-    spread = np.sort(np.linalg.eigvalsh(np.cov(np.stack([xs, ys]).astype(np.float64))))
+    spread, axes = np.linalg.eigh(np.cov(np.stack([xs, ys]).astype(np.float64)))  # ascending
     # a filled rectangle of length L has variance L^2 / 12 along it
     length, width = float(np.sqrt(12 * spread[1])), float(np.sqrt(12 * max(spread[0], 0.0)))
     if width <= 0 or length < BAR_ASPECT * width or len(xs) < BAR_FILL * length * width:
         return None
-    return length, width
+    centre = (box.x + float(xs.mean()), box.y + float(ys.mean()))
+    return Bar(length, width, centre, (float(axes[0, 0]), float(axes[1, 0])))
 
 
 def drop_specks(parts: list[Part]) -> list[Part]:

@@ -674,6 +674,31 @@ def test_a_1_underlined_twice_is_a_1() -> None:
     assert len(boxes) == 1 and boxes[0].bottom <= 615, boxes
 
 
+def test_looking_for_underlines_and_pens_in_noise_is_bounded_work(monkeypatch) -> None:
+    # each flat mark is checked against every other mark as an underline (n^2 work): only the MAX_PARTS
+    # largest are; a bar's shape is measured for the OBJECT_CANDIDATES largest marks only
+    import serve.image.segment as segment
+
+    seen: list[int] = []
+    shapes: list[tuple[int, ...]] = []
+    underlines, bar_shape = segment.without_underlines, segment.bar_shape
+
+    def counted_underlines(parts: list) -> list:
+        seen.append(len(parts))
+        return underlines(parts)
+
+    def counted_bar_shape(mask: np.ndarray, box: Box) -> segment.Bar | None:
+        shapes.append(mask.shape)
+        return bar_shape(mask, box)
+
+    monkeypatch.setattr(segment, "without_underlines", counted_underlines)
+    monkeypatch.setattr(segment, "bar_shape", counted_bar_shape)
+    ink = np.zeros((1200, 1600), np.float32)
+    ink[::40, ::20] = ink[::40, 1::20] = ink[::40, 2::20] = 1.0  # 2,400 flat dashes, 3 px long
+    find_glyphs(ink)
+    assert seen and max(seen) <= segment.MAX_PARTS and 0 < len(shapes) <= segment.OBJECT_CANDIDATES
+
+
 def test_a_barcode_is_bars_not_ones() -> None:
     # every bar of a barcode is a perfect 1 to the model: "111111111" at 1.00 before
     ink = np.zeros((400, 600), np.float32)
