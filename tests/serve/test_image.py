@@ -405,6 +405,21 @@ def test_a_pen_lying_beside_the_digit_is_not_a_1(sample_dataset) -> None:
     assert len(boxes) == 1 and left <= boxes[0].x and boxes[0].right <= left + size, boxes
 
 
+@pytest.mark.parametrize("beside", ["blot", "speckle"])
+def test_a_marker_s_1_beside_a_blot_or_speckle_is_no_pen(beside: str) -> None:
+    # a fat marker's 1 is a straight filled bar far thicker than a blot's or a speckle's "strokes", and
+    # far longer: neither is a digit drawn beside a pen (the evaluation's seed 5 had six such 1s refused)
+    ink = np.zeros((800, 600), np.float32)
+    ink[200:580, 270:330] = 1.0  # the 1: 60 x 380
+    yy, xx = np.mgrid[0:800, 0:600]
+    spot = ((yy - 150) / 14) ** 2 + ((xx - 150) / 24) ** 2 <= 1  # 48 x 28, beside the 1's top
+    ink[spot] = 1.0 if beside == "blot" else 0.3
+    if beside == "speckle":
+        ink[spot & ((yy + xx) % 3 == 0)] = 0.0  # faint and broken up
+    boxes = [g.box for g in find_glyphs(ink)]
+    assert Box(270, 200, 60, 380) in boxes, boxes
+
+
 def test_a_1_as_thick_as_the_other_digits_is_no_pen() -> None:
     # the 1 of a number is a straight filled bar too, but drawn with the digits' pen and as tall
     rgb = np.asarray(written(number_strokes("171", 150, 350, 300, 200), (W, H), pen=20), np.float32) / 255
