@@ -66,7 +66,7 @@ PEN_OVER_LINE = 2.0  # ink on a paper line this many times stronger than the lin
 # A highlighter's band (without_colour_only): ink whose brightness differs from the paper's less than
 COLOUR_ONLY = 0.75  # this share of its colour's (contrast in the channel where it differs most),
 COLOUR_MIN, DARK_LUMA = 0.15, 0.35  # by at least this much in colour and under this much in brightness,
-BAND_SHARE = 0.1  # at least this share of the ink, where at least
+BAND_SHARE, BAND_DEPTH = 0.1, 2  # at least this share of the ink this many px inside it, where at least
 NEUTRAL_SHARE, NEUTRAL_LUMA = 0.1, 0.2  # this share of it is neutral (grey, black: a pen), this much darker
 
 
@@ -542,7 +542,7 @@ def threshold_ink(raw: np.ndarray, gray: np.ndarray, dark_ink: bool = True,
 def without_colour_only(ink: np.ndarray, raw: np.ndarray, luma: np.ndarray) -> np.ndarray:
     """``ink`` without a highlighter's band across the digit: light ink that differs from the paper
     far more in colour (``raw`` contrast) than in brightness (``luma`` contrast), a broad region of it
-    (BAND_SHARE), where neutral ink, grey or black, is there too (NEUTRAL_SHARE): a pen's or pencil's
+    (BAND_SHARE, BAND_DEPTH), where neutral ink, grey or black, is there too (NEUTRAL_SHARE): a pen's or pencil's
     digit under the band. Coloured ink of the paper's brightness (blue on yellow), with no neutral
     ink beside it, is the digit; a green or light blue pen's stroke is darker than any highlighter."""
     mask = ink > 0
@@ -553,7 +553,8 @@ def without_colour_only(ink: np.ndarray, raw: np.ndarray, luma: np.ndarray) -> n
     # colour with too little contrast to tell is no highlighter: inside a filled blob the paper's colour
     # is guessed from the blob itself, and both contrasts are noise there
     band = mask & ~(neutral | (luma >= DARK_LUMA) | (raw < COLOUR_MIN))
-    if band.sum() < BAND_SHARE * mask.sum():  # a band is broad: a few such pixels are noise
+    # a band is broad: a few such pixels, or the coloured rims of a grid's lines, are no band
+    if eroded(band, BAND_DEPTH).sum() < BAND_SHARE * mask.sum():
         return ink
     kept = np.where(band, 0.0, ink).astype(np.float32)
     if not kept.any():

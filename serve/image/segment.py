@@ -53,7 +53,7 @@ MAX_PARTS = 64  # bounds the work on noisy images
 OBJECT_CANDIDATES = 4  # the largest marks looked at as objects lying on the paper (a pen) ...
 BAR_FILL, BAR_ASPECT = 0.85, 5.0  # ... straight filled bars: filling this much of their rectangle, this long
 OBJECT_THICK, OBJECT_LONG = 2.0, 2.0  # ... this many times thicker than another mark's strokes and longer than it
-OBJECT_DIGIT, OBJECT_AREA = 0.1, 0.02  # ... which is this long for the bar and has this much of its ink (not dust)
+OBJECT_DIGIT, OBJECT_AREA = 0.1, 0.02  # ... which is this long for the bar (and its width) and has this much of its ink
 OBJECT_INK = 0.5  # ... in ink this strong on average (strokes near 1; a shadow's speckle is faint)
 OBJECT_STROKES = 0.25  # ... and in strokes at most this thick for its size
 UNDERLINE_FLAT, UNDERLINE_BELOW = 3.0, 0.5  # an underline is this many times wider than tall, at most this far below
@@ -384,28 +384,36 @@ def is_line_or_edge(part: Part, shape: tuple[int, int]) -> bool:
 
 def without_lying_objects(parts: list[Part], labels: np.ndarray, ink: np.ndarray) -> list[Part]:
     """Without a pen or pencil lying on the paper beside the digit: a straight filled bar (bar_shape)
-    far thicker than the strokes of another mark and far longer than it (OBJECT_THICK, OBJECT_LONG),
-    a mark clear of the bar (beyond its width from its axis) that is no dust (OBJECT_DIGIT,
-    OBJECT_AREA), is drawn in strokes (OBJECT_STROKES: no blot) and in solid ink (OBJECT_INK: not a
-    shadow's speckle or a line's remains).
-    Shrunk to a field, such a bar is a perfect 1, and beside it the digit is a speck. A 1 of the
-    number is as thick as its other digits (one pen) and about as tall; what a marker's 1 leaves
-    beside itself (a blot, its flag cut off) lies against it."""
+    at least OBJECT_THICK times as thick as the strokes of the largest mark drawn beside it and
+    OBJECT_LONG times as long. Shrunk to a field, such a bar is a perfect 1, and beside it the digit
+    is a speck. A 1 of a number is as thick as its other digits (one pen) and about as tall; what a
+    marker's 1 leaves beside itself (a blot, its flag cut off) lies against it or is no drawing."""
     largest = sorted(parts, key=lambda p: p.area, reverse=True)[:OBJECT_CANDIDATES]
     objects = set()
     for part in largest:
         bar = bar_shape(own_mask(part, labels), part.box)
         if bar is None:
             continue
-        others = [p for p in largest if p is not part and p.area >= OBJECT_AREA * part.area
-                  and max(p.box.height, p.box.width) >= OBJECT_DIGIT * bar.length and bar.clear_of(p.box)
-                  and float(ink[p.box.y:p.box.bottom, p.box.x:p.box.right][own_mask(p, labels)].mean()) >= OBJECT_INK]
-        for p in others:
-            size, stroke = max(p.box.height, p.box.width), stroke_width(own_mask(p, labels).astype(np.float32))
-            drawn = stroke <= OBJECT_STROKES * size
-            if drawn and bar.width >= OBJECT_THICK * stroke and bar.length >= OBJECT_LONG * size:
+        # a digit beside a pen is taller than the pen is thick: a smaller mark is a letter's dot, dust
+        beside = [p for p in largest if p is not part and p.area >= OBJECT_AREA * part.area and bar.clear_of(p.box)
+                  and max(p.box.height, p.box.width) >= max(OBJECT_DIGIT * bar.length, bar.width)]
+        # measured by the largest: a fragment of a digit (a loop a gap cut off) is no digit
+        drawn = [(p, stroke) for p in beside if (stroke := drawing_stroke(p, labels, ink)) is not None]
+        if drawn:
+            other, stroke = max(drawn, key=lambda d: d[0].area)
+            size = max(other.box.height, other.box.width)
+            if bar.width >= OBJECT_THICK * stroke and bar.length >= OBJECT_LONG * size:
                 objects.add(id(part))
     return [p for p in parts if id(p) not in objects]
+
+
+def drawing_stroke(part: Part, labels: np.ndarray, ink: np.ndarray) -> float | None:
+    """The stroke width of a mark drawn in strokes (at most OBJECT_STROKES of its size thick: no blot)
+    of solid ink (OBJECT_INK on average: no shadow's speckle or paper line's remains), else None."""
+    b, mask = part.box, own_mask(part, labels)
+    stroke = stroke_width(mask.astype(np.float32))
+    solid = float(ink[b.y:b.bottom, b.x:b.right][mask].mean()) >= OBJECT_INK
+    return stroke if solid and stroke <= OBJECT_STROKES * max(b.height, b.width) else None
 
 
 def without_underlines(parts: list[Part]) -> list[Part]:

@@ -420,6 +420,20 @@ def test_a_marker_s_1_beside_a_blot_or_speckle_is_no_pen(beside: str) -> None:
     assert Box(270, 200, 60, 380) in boxes, boxes
 
 
+def test_a_marker_s_1_is_measured_against_the_largest_mark_beside_it() -> None:
+    # "891" with the 8's lower loop cut off by a gap, and a letter's dot: each far smaller than the
+    # fat 1 (32 px across, 160 tall) is long; the 9 beside it is as tall, so the 1 is no pen
+    ink = np.zeros((700, 900), np.float32)
+    yy, xx = np.mgrid[0:700, 0:900]
+    ring = lambda cy, cx, ry, rx: np.abs(np.hypot((yy - cy) / ry, (xx - cx) / rx) - 1) <= 0.1  # noqa: E731
+    ink[ring(300, 200, 55, 45)] = 1.0  # the 8's upper loop
+    ink[ring(430, 190, 22, 35) & (yy > 420)] = 1.0  # its lower loop's bottom, cut off
+    ink[ring(320, 380, 60, 50) | ((np.abs(xx - 428) <= 6) & (yy >= 320) & (yy <= 440))] = 1.0  # the 9
+    ink[280:440, 560:592] = 1.0  # the 1
+    ink[200:212, 700:712] = 1.0  # a dot
+    assert any(g.box == Box(560, 280, 32, 160) for g in find_glyphs(ink))
+
+
 def test_a_1_as_thick_as_the_other_digits_is_no_pen() -> None:
     # the 1 of a number is a straight filled bar too, but drawn with the digits' pen and as tall
     rgb = np.asarray(written(number_strokes("171", 150, 350, 300, 200), (W, H), pen=20), np.float32) / 255
