@@ -52,10 +52,11 @@ ROW_OVERLAP = 0.5  # a digit shares at least this much of its height with the ma
 MAX_PARTS = 64  # bounds the work on noisy images
 OBJECT_CANDIDATES = 4  # the largest marks looked at as objects lying on the paper (a pen) ...
 BAR_FILL, BAR_ASPECT = 0.85, 5.0  # ... straight filled bars: filling this much of their rectangle, this long
+OBJECT_FRAME = 0.2  # ... at least this long for the frame's longer side (a pen is ~14 cm, the frame rarely 5 times it)
 OBJECT_THICK, OBJECT_LONG = 2.0, 2.0  # ... this many times thicker than the largest drawing beside them and longer,
-OBJECT_DIGIT, OBJECT_AREA = 0.1, 0.02  # ... a drawing this long for the bar (and its width) with this much of its ink
-OBJECT_INK = 0.5  # ... in ink this strong on average (strokes near 1; a shadow's speckle is faint)
-OBJECT_STROKES = 0.25  # ... and in strokes at most this thick for its size
+OBJECT_DIGIT = 0.1  # ... a drawing at least this long for the bar (and its width)
+OBJECT_TRACE = 2.0  # ... whose strokes run at least this many times as long as the bar's are wide (stroke_width)
+OBJECT_STROKES = 0.25  # ... in strokes at most this thick for its size
 UNDERLINE_FLAT, UNDERLINE_BELOW = 3.0, 0.5  # an underline is this many times wider than tall, at most this far below
 UNDERLINE_WIDTH, UNDERLINE_THIN = 0.9, 0.25  # ... as wide as the marks above it and this thin for their height
 THREAD = 0.004  # what a missed paper line leaves is at most this thick (of the frame's longer side, >= 2 px) ...
@@ -119,7 +120,7 @@ def find_glyphs(ink: np.ndarray) -> list[Glyph]:
     labels, count = label(mask)
     if count == 0:
         return []
-    parts = candidate_parts(components(labels, count), labels, ink, small)
+    parts = candidate_parts(components(labels, count), labels, small)
     if not parts:
         return []
     groups = digit_groups(parts, np.bincount(labels.ravel(), weights=ink.ravel(), minlength=count + 1))
@@ -186,8 +187,8 @@ def is_barcode(glyphs: list[Glyph]) -> bool:
     return sum(abs(g.box.y - top) <= BAR_LEVEL * height for g in bars) >= BAR_SHARE * len(glyphs)
 
 
-def candidate_parts(parts: list[Part], labels: np.ndarray, ink: np.ndarray, small: bool) -> list[Part]:
-    """The components (of ``labels``; their ``ink``) that may be (parts of) digits: no line remains,
+def candidate_parts(parts: list[Part], labels: np.ndarray, small: bool) -> list[Part]:
+    """The components (of ``labels``) that may be (parts of) digits: no line remains,
     slivers, specks, frame cuts, or things lying on the paper."""
     shape = labels.shape
     parts = [p for p in parts if not is_line_or_edge(p, shape) and not is_dash(p)] or parts
@@ -206,7 +207,7 @@ def candidate_parts(parts: list[Part], labels: np.ndarray, ink: np.ndarray, smal
                  and not hairline(p)]
         if not parts:
             return []
-    parts = without_lying_objects(parts, labels, ink)
+    parts = without_lying_objects(parts, labels)
     parts = drop_specks(parts)
     if len(parts) > MAX_PARTS:  # noise or texture: the largest marks are the only candidates worth the time
         parts = sorted(parts, key=lambda p: p.area, reverse=True)[:MAX_PARTS]
@@ -382,24 +383,31 @@ def is_line_or_edge(part: Part, shape: tuple[int, int]) -> bool:
     return long_thin or (touches and filled)
 
 
-def without_lying_objects(parts: list[Part], labels: np.ndarray, ink: np.ndarray) -> list[Part]:
-    """Without a pen or pencil lying on the paper beside the digit: a straight filled bar (bar_shape)
-    at least OBJECT_THICK times as thick as the strokes of the largest mark drawn beside it and
-    OBJECT_LONG times as long. Shrunk to a field, such a bar is a perfect 1, and beside it the digit
-    is a speck. A 1 of a number is as thick as its other digits (one pen) and about as tall; what a
-    marker's 1 leaves beside itself (a blot, its flag cut off) lies against it or is no drawing."""
+def without_lying_objects(parts: list[Part], labels: np.ndarray) -> list[Part]:
+    """Without a pen or pencil lying on the paper beside the digit: a straight filled bar (bar_shape),
+    long for the frame (OBJECT_FRAME), at least OBJECT_THICK times as thick as the strokes of the
+    largest mark drawn beside it and OBJECT_LONG times as long. Shrunk to a field, such a bar is a
+    perfect 1, and beside it the digit is a speck. A 1 of a number is as thick as its other digits
+    (one pen) and about as tall; what a marker's 1 leaves beside itself (a blot, its flag cut off) lies
+    against it or is no drawing; what a paper line leaves is short strokes (OBJECT_TRACE).
+    The drawing's ink is not judged: beside a black pen a pencil's digit is pale."""
     largest = sorted(parts, key=lambda p: p.area, reverse=True)[:OBJECT_CANDIDATES]
     objects = set()
     for part in largest:
-        bar = bar_shape(own_mask(part, labels), part.box)
-        if bar is None:
+        mask = own_mask(part, labels)
+        bar = bar_shape(mask, part.box)
+        if bar is None or bar.length < OBJECT_FRAME * max(labels.shape):
             continue
         # a digit beside a pen is taller than the pen is thick: a smaller mark is a letter's dot, dust
-        beside = [p for p in largest if p is not part and p.area >= OBJECT_AREA * part.area and bar.clear_of(p.box)
-                  and max(p.box.height, p.box.width) >= max(OBJECT_DIGIT * bar.length, bar.width)]
-        # measured by the largest: a fragment of a digit (a loop a gap cut off) is no digit
-        drawn = [(p, stroke) for p in beside if (stroke := drawing_stroke(p, labels, ink)) is not None]
-        if drawn:
+        smallest = max(OBJECT_DIGIT * bar.length, bar.width)
+        beside = [p for p in largest if p is not part and bar.clear_of(p.box)
+                  and max(p.box.height, p.box.width) >= smallest]
+        # a drawing's strokes run far longer than a pen is wide (area / stroke width: their length);
+        # what a paper line leaves is as short as the line's remains
+        trace = OBJECT_TRACE * stroke_width(mask.astype(np.float32))
+        drawn = [(p, stroke) for p in beside
+                 if (stroke := drawing_stroke(p, labels)) is not None and p.area / stroke >= trace]
+        if drawn:  # measured by the largest: a fragment of a digit (a loop a gap cut off) is no digit
             other, stroke = max(drawn, key=lambda d: d[0].area)
             size = max(other.box.height, other.box.width)
             if bar.width >= OBJECT_THICK * stroke and bar.length >= OBJECT_LONG * size:
@@ -407,13 +415,11 @@ def without_lying_objects(parts: list[Part], labels: np.ndarray, ink: np.ndarray
     return [p for p in parts if id(p) not in objects]
 
 
-def drawing_stroke(part: Part, labels: np.ndarray, ink: np.ndarray) -> float | None:
-    """The stroke width of a mark drawn in strokes (at most OBJECT_STROKES of its size thick: no blot)
-    of solid ink (OBJECT_INK on average: no shadow's speckle or paper line's remains), else None."""
-    b, mask = part.box, own_mask(part, labels)
-    stroke = stroke_width(mask.astype(np.float32))
-    solid = float(ink[b.y:b.bottom, b.x:b.right][mask].mean()) >= OBJECT_INK
-    return stroke if solid and stroke <= OBJECT_STROKES * max(b.height, b.width) else None
+def drawing_stroke(part: Part, labels: np.ndarray) -> float | None:
+    """The stroke width of a mark drawn in strokes (at most OBJECT_STROKES of its size thick: no blot), else None."""
+    b = part.box
+    stroke = stroke_width(own_mask(part, labels).astype(np.float32))
+    return stroke if stroke <= OBJECT_STROKES * max(b.height, b.width) else None
 
 
 def without_underlines(parts: list[Part]) -> list[Part]:

@@ -405,6 +405,49 @@ def test_a_pen_lying_beside_the_digit_is_not_a_1(sample_dataset) -> None:
     assert len(boxes) == 1 and left <= boxes[0].x and boxes[0].right <= left + size, boxes
 
 
+@pytest.mark.parametrize("digit_ink", ["pale", "thin 1"])
+def test_a_pale_or_thin_digit_beside_a_dark_pen_is_read(sample_dataset, digit_ink: str) -> None:
+    # the pen sets the ink's scale: a grey pencil's digit beside a black pen is "faint" (0.3-0.4 of it on
+    # average), and a thin 1 holds a sixtieth of the pen's ink; both are what the photo is of
+    # (seed 5 beside 55, 145, 150; 53)
+    top, left, size = 400, 150, 210
+    if digit_ink == "pale":
+        rgb = put_ink(paper(H, W), upscale_digit(sample_dataset.test_images[1], size), top, left,
+                      colour=(0.62, 0.62, 0.62))
+    else:
+        rgb = np.asarray(written(number_strokes("1", left + 80, top, size, 0), (W, H), pen=4), np.float32) / 255
+    yy, xx = np.mgrid[0:H, 0:W]
+    along = (yy - 100) / 800  # from (560, 100) to (640, 900), 60 px thick
+    rgb[(along >= 0) & (along <= 1) & (np.abs(xx - (560 + 80 * along)) <= 30)] = (0.05, 0.05, 0.08)
+    boxes = glyph_boxes(rgb)
+    assert len(boxes) == 1 and left <= boxes[0].x and boxes[0].right <= left + size, boxes
+
+
+@pytest.mark.parametrize("remains", ["a line's remains", "a thin arc"])
+def test_a_1_beside_what_a_paper_line_leaves_is_no_pen(remains: str) -> None:
+    # what the evaluation's ruled and squared paper left beside a pen's 1 (seed 5 ruled 36, 55, 148):
+    # no pen beside a drawing. A line's remains are strokes far shorter than the 1 is thick (a fat 1
+    # as long as a pen for the frame); and a 1 is short for the frame (OBJECT_FRAME), as a pen is not
+    # (a leaning 1 6 px thick beside a thin arc, which the other rules let pass)
+    ink = np.zeros((1000, 1000), np.float32)
+    if remains == "a thin arc":
+        yy, xx = np.mgrid[0:1000, 0:1000]
+        along = ((xx - 600) * 40 + (yy - 300) * 70) / np.hypot(40, 70)  # from (600, 300) to (640, 370)
+        across = np.abs((xx - 600) * 70 - (yy - 300) * 40) / np.hypot(40, 70)
+        ink[(along >= 0) & (along <= np.hypot(40, 70)) & (across <= 3)] = 1.0
+        for col in range(200, 226):  # a 3 px arc, 26 px across
+            y = 600 + int(6 * np.sin((col - 200) / 26 * np.pi))
+            ink[y:y + 3, col] = 0.4
+        tall = 70
+    else:
+        ink[300:550, 600:614] = 1.0  # a fat 1, 14 x 250
+        for col in range(300, 330):  # a 1 px line's remains, 30 px across, zigzagging (no dash)
+            ink[800 + abs(col % 8 - 4), col] = 0.4
+        tall = 200
+    boxes = [g.box for g in find_glyphs(ink)]
+    assert len([b for b in boxes if b.height >= tall]) == 1, boxes
+
+
 @pytest.mark.parametrize("beside", ["blot", "speckle"])
 def test_a_marker_s_1_beside_a_blot_or_speckle_is_no_pen(beside: str) -> None:
     # a fat marker's 1 is a straight filled bar far thicker than a blot's or a speckle's "strokes", and
