@@ -67,7 +67,8 @@ PEN_OVER_LINE = 2.0  # ink on a paper line this many times stronger than the lin
 COLOUR_ONLY = 0.75  # this share of its colour's (contrast in the channel where it differs most),
 COLOUR_MIN, DARK_LUMA = 0.15, 0.35  # by at least this much in colour and under this much in brightness,
 BAND_SHARE, BAND_DEPTH = 0.1, 2  # at least this share of the ink this many px inside it, where at least
-NEUTRAL_SHARE, NEUTRAL_LUMA = 0.1, 0.2  # this share of it is neutral (grey, black: a pen), this much darker
+NEUTRAL_SHARE, NEUTRAL_LUMA = 0.1, 0.2  # this share of it is neutral (grey, black: a pen), this much darker,
+OUT_FROM_UNDER, BAND_REACH = 0.03, 3  # or this share in strokes running out from under the band (this many px)
 
 
 NO_INK = "no ink found"
@@ -542,13 +543,17 @@ def threshold_ink(raw: np.ndarray, gray: np.ndarray, dark_ink: bool = True,
 def without_colour_only(ink: np.ndarray, raw: np.ndarray, luma: np.ndarray) -> np.ndarray:
     """``ink`` without a highlighter's band across the digit: light ink that differs from the paper
     far more in colour (``raw`` contrast) than in brightness (``luma`` contrast), a broad region of it
-    (BAND_SHARE, BAND_DEPTH), where neutral ink, grey or black, is there too (NEUTRAL_SHARE): a pen's or pencil's
-    digit under the band. Coloured ink of the paper's brightness (blue on yellow), with no neutral
-    ink beside it, is the digit; a green or light blue pen's stroke is darker than any highlighter."""
+    (BAND_SHARE, BAND_DEPTH), where neutral ink, grey or black, is there too: a pen's or pencil's digit
+    under the band, a tenth of the ink (NEUTRAL_SHARE) or, beside a band far larger than a thin digit,
+    strokes running out from under it (OUT_FROM_UNDER). Coloured ink of the paper's brightness (blue
+    on yellow), with no neutral ink beside it, is the digit; a green or light blue pen's stroke is
+    darker than any highlighter; what is neutral where the frame cuts it (a desk, a sleeve) is no pen's
+    digit."""
     mask = ink > 0
     neutral = luma >= COLOUR_ONLY * raw  # what differs in brightness as much as in colour: along a stroke
     # the two shrink alike towards its edges, so a coloured ink's stroke is not neutral anywhere
-    if (mask & neutral & (luma >= NEUTRAL_LUMA)).sum() < NEUTRAL_SHARE * mask.sum():
+    pen = mask & neutral & (luma >= NEUTRAL_LUMA)
+    if pen.sum() < OUT_FROM_UNDER * mask.sum():
         return ink
     # colour with too little contrast to tell is no highlighter: inside a filled blob the paper's colour
     # is guessed from the blob itself, and both contrasts are noise there
@@ -556,10 +561,23 @@ def without_colour_only(ink: np.ndarray, raw: np.ndarray, luma: np.ndarray) -> n
     # a band is broad: a few such pixels, or the coloured rims of a grid's lines, are no band
     if eroded(band, BAND_DEPTH).sum() < BAND_SHARE * mask.sum():
         return ink
+    pen = off_frame(pen)
+    if pen.sum() < NEUTRAL_SHARE * mask.sum() and out_from_under(pen, band) < OUT_FROM_UNDER * mask.sum():
+        return ink
     kept = np.where(band, 0.0, ink).astype(np.float32)
     if not kept.any():
         raise NoDigitFound(NO_INK)
     return kept
+
+
+def out_from_under(pen: np.ndarray, band: np.ndarray) -> int:
+    """The ``pen`` pixels in strokes that run beyond BAND_REACH of the ``band``: a digit written across
+    a highlighter's band. The flecks a coloured stroke's noise leaves neutral lie inside it."""
+    strokes, count = label(pen)
+    beyond = np.zeros(count + 1, bool)
+    beyond[strokes[pen & (box_mean(band.astype(np.float32), BAND_REACH) <= 0)]] = True
+    beyond[0] = False
+    return int(beyond[strokes].sum())
 
 
 def inner_peak(smooth: np.ndarray, noise_cut: float, desk: np.ndarray | None = None) -> float:

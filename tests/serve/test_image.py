@@ -12,7 +12,7 @@ from serve.image.decode import decode_image, to_rgb
 from serve.image.ink import (LOW_SIDE, NO_BARS, NoDigitFound, ink_map, off_frame, paper_colour, sheet_ink, shrink,
                              two_wide)
 from serve.image.lines import find_lines, without_lines
-from serve.image.morph import LUMA, blob_shaped, label, runs_at_least
+from serve.image.morph import LUMA, blob_shaped, box_mean, label, runs_at_least
 from serve.image.normalize import MAX_PASSES, normalize_stroke, stroke_width
 from serve.image.segment import Box, find_glyphs
 from serve.image.sheet import find_sheet, largest_quadrilateral, polygon_area, smallest_rectangle
@@ -382,6 +382,36 @@ def test_a_highlighter_band_across_the_digit_is_not_ink(digit, band) -> None:
     rgb = paper(H, W, (0.95, 0.95, 0.93))
     rgb[TOP + 150:TOP + 260, LEFT - 60:LEFT + SIZE + 60] *= np.array(band, np.float32)
     assert_one_glyph_on_the_digit(put_ink(rgb, digit, TOP, LEFT))
+
+
+def test_a_thin_pencil_digit_across_a_broad_band_is_read() -> None:
+    # a band far larger than the thin grey digit written across it: its neutral ink is a twentieth of
+    # all the ink, but its strokes run out from under the band (seed 5 beside 41, 87, 144, 194 refused)
+    digit = np.asarray(written(number_strokes("7", 330, 300, 300, 0), (W, H), pen=5), np.float32)[..., 0] < 128
+    rgb = paper(H, W, (0.93, 0.95, 0.97))
+    rgb[400:520, 200:600] *= np.array((1.0, 0.75, 0.45), np.float32)  # an orange band, 400 x 120
+    put_ink(rgb, digit.astype(np.float32), 0, 0, colour=(0.4, 0.4, 0.4))
+    boxes = glyph_boxes(rgb)
+    assert len(boxes) == 1 and 300 <= boxes[0].height <= 330 and boxes[0].width < 250, boxes
+
+
+def test_flecks_in_a_coloured_stroke_do_not_make_it_a_band(digit) -> None:
+    # a light orange marker's stroke (colour only: a band's kind of ink) that noise leaves neutral in
+    # places (a twentieth of it): the flecks lie inside the stroke, and no pen's digit runs out from
+    # under it, so the stroke is the digit
+    rgb = put_ink(paper(H, W, (0.98, 0.96, 0.9)), digit, TOP, LEFT, colour=(1.0, 0.7, 0.4))
+    seeds = (digit > 0.9) & (np.random.default_rng(1).random(digit.shape) < 0.01)
+    flecks = (box_mean(seeds.astype(np.float32), 1) > 0) & (digit > 0.9)  # 3 x 3 px each
+    rgb[TOP:TOP + SIZE, LEFT:LEFT + SIZE][flecks] = 0.55
+    assert_one_glyph_on_the_digit(rgb)
+
+
+def test_a_light_marker_s_digit_beside_something_grey_the_frame_cuts_is_read(digit) -> None:
+    # a light orange marker's digit (colour only, as a band is) and something grey at the frame's edge
+    # (a desk, a sleeve): no pen's digit under a band, and the digit had been removed ("no ink found")
+    rgb = put_ink(paper(H, W, (0.98, 0.96, 0.9)), digit, TOP, LEFT, colour=(1.0, 0.7, 0.4))
+    rgb[0:20, 300:700] = 0.5
+    assert_one_glyph_on_the_digit(rgb)
 
 
 @pytest.mark.parametrize("pen", [(0.1, 0.5, 0.2), (0.3, 0.6, 0.9)], ids=["green", "light blue"])
