@@ -19,7 +19,8 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from serve.image.lines import find_lines, without_lines
-from serve.image.morph import LUMA, blob_shaped, border, box_mean, extents, label, resize_channels
+from serve.image.morph import LUMA, Box, blob_shaped, border, box_mean, extents, label, resize_channels
+from serve.image.objects import bar_shape, long_for_frame
 from serve.image.sheet import eroded, find_sheet, sheet_interior
 
 SMALL_SIDE = 64  # images up to this size: one global background level
@@ -595,7 +596,26 @@ def inner_peak(smooth: np.ndarray, noise_cut: float, desk: np.ndarray | None = N
     if not inside.any():
         return strongest
     strokes = inside & ~blobs(marks, count, inside)
-    return float(smooth[(strokes if strokes.any() else inside)[marks]].max())
+    return float(smooth[without_lying_pen(marks, count, strokes if strokes.any() else inside)[marks]].max())
+
+
+def without_lying_pen(marks: np.ndarray, count: int, among: np.ndarray) -> np.ndarray:
+    """``among`` (bool [count + 1], of the labelled ``marks``) without a pen lying beside a drawing: a
+    long straight filled bar (serve/image/objects.py) among the BLOB_CANDIDATES largest, with a mark
+    of a digit's size beside it. A black pen beside a pencil's digit set the threshold above the
+    digit's strokes, which fell apart into pieces, and the pen was read as a sure 1."""
+    boxes = extents(marks, count)
+    candidates = np.flatnonzero(among)
+    largest = candidates[np.argsort(boxes[candidates, 4])[::-1][:BLOB_CANDIDATES]]
+    found = {int(k): Box(int(left), int(top), int(right - left + 1), int(bottom - top + 1))
+             for k, (top, bottom, left, right, _) in zip(largest, boxes[largest])}
+    kept = among.copy()
+    for k, box in found.items():
+        bar = bar_shape(marks[box.y:box.bottom, box.x:box.right] == k, box)
+        if bar is not None and long_for_frame(bar, marks.shape) and any(
+                bar.beside(other) for j, other in found.items() if j != k):
+            kept[k] = False
+    return kept if kept.any() else among
 
 
 def blobs(marks: np.ndarray, count: int, among: np.ndarray) -> np.ndarray:

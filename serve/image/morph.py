@@ -1,6 +1,8 @@
 """Small numpy building blocks for the image steps: window means, run filters, connected components."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from PIL import Image
 
@@ -9,6 +11,26 @@ BLOB_FILL, BLOB_ASPECT = 0.6, 1.6  # a mark with no hole filling this much of it
 # square, is a blob (a punched hole, a stain, a pen's blot), not strokes: a digit's strokes fill far less
 BLOB_CORE, BLOB_CORE_FILL = 0.9, 0.75  # or its core (thin bits stuck to it set aside) holds this much of its
 # ink and fills this much of its own box (a disc fills 0.79, a punched hole in a photo 0.82 or more)
+
+
+@dataclass(frozen=True)
+class Box:
+    x: int
+    y: int
+    width: int
+    height: int
+
+    @property
+    def right(self) -> int:
+        return self.x + self.width
+
+    @property
+    def bottom(self) -> int:
+        return self.y + self.height
+
+    def union(self, other: "Box") -> "Box":
+        x, y = min(self.x, other.x), min(self.y, other.y)
+        return Box(x, y, max(self.right, other.right) - x, max(self.bottom, other.bottom) - y)
 
 
 def border(a: np.ndarray) -> np.ndarray:

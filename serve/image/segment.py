@@ -26,8 +26,9 @@ import numpy as np
 
 from serve.image.ink import NO_BARS, NoDigitFound
 from serve.image.lines import WALL_LENGTH, between_lines, thin_only, wall_shaped
-from serve.image.morph import blob_shaped, extents, label
+from serve.image.morph import Box, blob_shaped, extents, label
 from serve.image.normalize import BOX_THRESHOLD, stroke_width
+from serve.image.objects import bar_shape, long_for_frame
 
 SPECK = 0.2  # components smaller than this fraction of the largest one's height (and width) are specks
 SMALL_AREA = 0.02  # ... or than this fraction of its ink area, unless inside one of the SHAPES largest marks
@@ -50,11 +51,8 @@ JOIN_ASPECT = 1.0  # ... whose union is at most this wide for its height may be 
 OVERLAP_JOIN_ASPECT = 1.7  # ... or this wide, when the two overlap across (the halves of a wide 0)
 ROW_OVERLAP = 0.5  # a digit shares at least this much of its height with the main glyph's rows
 MAX_PARTS = 64  # bounds the work on noisy images
-OBJECT_CANDIDATES = 4  # the largest marks looked at as objects lying on the paper (a pen) ...
-BAR_FILL, BAR_ASPECT = 0.85, 5.0  # ... straight filled bars: filling this much of their rectangle, this long
-OBJECT_FRAME = 0.2  # ... at least this long for the frame's longer side (a pen is ~14 cm, the frame rarely 5 times it)
+OBJECT_CANDIDATES = 4  # the largest marks looked at as objects lying on the paper (serve/image/objects.py) ...
 OBJECT_THICK, OBJECT_LONG = 2.0, 2.0  # ... this many times thicker than the largest drawing beside them and longer,
-OBJECT_DIGIT = 0.1  # ... a drawing at least this long for the bar (and its width)
 OBJECT_TRACE = 2.0  # ... whose strokes run at least this many times as long as the bar's are wide (stroke_width)
 OBJECT_STROKES = 0.25  # ... in strokes at most this thick for its size
 UNDERLINE_FLAT, UNDERLINE_BELOW = 3.0, 0.5  # an underline is this many times wider than tall, at most this far below
@@ -71,26 +69,6 @@ PRINTED_STROKE = 0.5  # a straight upright glyph at most this thick for the pen 
 PRINTED_HEIGHT = 0.8  # ... and at least this tall for them is a printed box's wall, not a 1
 WALL_ENDS = 2  # px: rows at each end of a wall not judged for straightness (a stub of the box's corner)
 BARS, BAR_SHARE, BAR_LEVEL = 5, 0.8, 0.05  # a barcode: this many bars or more, this share of the glyphs, this level
-
-
-@dataclass(frozen=True)
-class Box:
-    x: int
-    y: int
-    width: int
-    height: int
-
-    @property
-    def right(self) -> int:
-        return self.x + self.width
-
-    @property
-    def bottom(self) -> int:
-        return self.y + self.height
-
-    def union(self, other: "Box") -> "Box":
-        x, y = min(self.x, other.x), min(self.y, other.y)
-        return Box(x, y, max(self.right, other.right) - x, max(self.bottom, other.bottom) - y)
 
 
 @dataclass
@@ -385,7 +363,7 @@ def is_line_or_edge(part: Part, shape: tuple[int, int]) -> bool:
 
 def without_lying_objects(parts: list[Part], labels: np.ndarray) -> list[Part]:
     """Without a pen or pencil lying on the paper beside the digit: a straight filled bar (bar_shape),
-    long for the frame (OBJECT_FRAME), at least OBJECT_THICK times as thick as the strokes of the
+    long for the frame (long_for_frame), at least OBJECT_THICK times as thick as the strokes of the
     largest mark drawn beside it and OBJECT_LONG times as long. Shrunk to a field, such a bar is a
     perfect 1, and beside it the digit is a speck. A 1 of a number is as thick as its other digits
     (one pen) and about as tall; what a marker's 1 leaves beside itself (a blot, its flag cut off) lies
@@ -396,12 +374,9 @@ def without_lying_objects(parts: list[Part], labels: np.ndarray) -> list[Part]:
     for part in largest:
         mask = own_mask(part, labels)
         bar = bar_shape(mask, part.box)
-        if bar is None or bar.length < OBJECT_FRAME * max(labels.shape):
+        if bar is None or not long_for_frame(bar, labels.shape):
             continue
-        # a digit beside a pen is taller than the pen is thick: a smaller mark is a letter's dot, dust
-        smallest = max(OBJECT_DIGIT * bar.length, bar.width)
-        beside = [p for p in largest if p is not part and bar.clear_of(p.box)
-                  and max(p.box.height, p.box.width) >= smallest]
+        beside = [p for p in largest if p is not part and bar.beside(p.box)]
         # a drawing's strokes run far longer than a pen is wide (area / stroke width: their length);
         # what a paper line leaves is as short as the line's remains
         trace = OBJECT_TRACE * stroke_width(mask.astype(np.float32))
@@ -442,34 +417,6 @@ def without_underlines(parts: list[Part]) -> list[Part]:
         if b.width >= UNDERLINE_WIDTH * span.width and b.height <= UNDERLINE_THIN * span.height:
             lines.add(id(line))
     return [p for p in parts if id(p) not in lines]
-
-
-@dataclass(frozen=True)
-class Bar:
-    length: float
-    width: float
-    centre: tuple[float, float]  # x, y in the frame
-    across: tuple[float, float]  # unit vector across the bar
-
-    def clear_of(self, box: Box) -> bool:
-        """Whether ``box``'s centre lies beyond the bar's width from its axis (beside it, not against it)."""
-        dx, dy = box.x + box.width / 2 - self.centre[0], box.y + box.height / 2 - self.centre[1]
-        return abs(dx * self.across[0] + dy * self.across[1]) >= self.width
-
-
-def bar_shape(mask: np.ndarray, box: Box) -> Bar | None:
-    """The mark (``mask`` within ``box``) as a straight filled bar: its pixels fill BAR_FILL of the
-    rectangle their principal axes give, at least BAR_ASPECT times longer than wide; else None."""
-    ys, xs = np.nonzero(mask)
-    if len(xs) < 3:
-        return None
-    spread, axes = np.linalg.eigh(np.cov(np.stack([xs, ys]).astype(np.float64)))  # ascending
-    # a filled rectangle of length L has variance L^2 / 12 along it
-    length, width = float(np.sqrt(12 * spread[1])), float(np.sqrt(12 * max(spread[0], 0.0)))
-    if width <= 0 or length < BAR_ASPECT * width or len(xs) < BAR_FILL * length * width:
-        return None
-    centre = (box.x + float(xs.mean()), box.y + float(ys.mean()))
-    return Bar(length, width, centre, (float(axes[0, 0]), float(axes[1, 0])))
 
 
 def drop_specks(parts: list[Part]) -> list[Part]:
