@@ -69,7 +69,7 @@ COLOUR_ONLY = 0.75  # this share of its colour's (contrast in the channel where 
 COLOUR_MIN, DARK_LUMA = 0.15, 0.35  # by at least this much in colour and under this much in brightness,
 BAND_SHARE, BAND_DEPTH = 0.1, 2  # at least this share of the ink this many px inside it, where at least
 NEUTRAL_SHARE, NEUTRAL_LUMA = 0.1, 0.2  # this share of it is neutral (grey, black: a pen), this much darker,
-OUT_FROM_UNDER, BAND_REACH = 0.03, 3  # or this share in strokes running out from under the band (this many px)
+OUT_FROM_UNDER, BAND_REACH = 0.03, 6  # or this share in strokes running from under the band (this near) to beyond
 
 
 NO_INK = "no ink found"
@@ -572,13 +572,18 @@ def without_colour_only(ink: np.ndarray, raw: np.ndarray, luma: np.ndarray) -> n
 
 
 def out_from_under(pen: np.ndarray, band: np.ndarray) -> int:
-    """The ``pen`` pixels in strokes that run beyond BAND_REACH of the ``band``: a digit written across
-    a highlighter's band. The flecks a coloured stroke's noise leaves neutral lie inside it."""
+    """The ``pen`` pixels in strokes that run from under the ``band`` (within BAND_REACH of it) to
+    beyond it: a digit written across a highlighter's band. The flecks a coloured stroke's noise
+    leaves neutral lie inside it; a coloured pencil's dark outline hugs its body, and a digit beside
+    it does not run under it."""
     strokes, count = label(pen)
-    beyond = np.zeros(count + 1, bool)
-    beyond[strokes[pen & (box_mean(band.astype(np.float32), BAND_REACH) <= 0)]] = True
-    beyond[0] = False
-    return int(beyond[strokes].sum())
+    near = box_mean(band.astype(np.float32), BAND_REACH) > 0
+    under, beyond = np.zeros(count + 1, bool), np.zeros(count + 1, bool)
+    under[strokes[pen & near]] = True
+    beyond[strokes[pen & ~near]] = True
+    across = under & beyond
+    across[0] = False
+    return int(across[strokes].sum())
 
 
 def inner_peak(smooth: np.ndarray, noise_cut: float, desk: np.ndarray | None = None) -> float:

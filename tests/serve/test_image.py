@@ -396,6 +396,15 @@ def test_a_thin_pencil_digit_across_a_broad_band_is_read() -> None:
     assert len(boxes) == 1 and 300 <= boxes[0].height <= 330 and boxes[0].width < 250, boxes
 
 
+def test_a_pencil_digit_beside_a_coloured_pencil_is_read(sample_dataset) -> None:
+    # the evaluation's seed 0 beside 30: a yellow pencil (colour only, as a band is) beside a thin 5
+    # that does not run under it; taken for a band, its body went and its dark edge joined the 5
+    item = evaluation_image(sample_dataset, "beside", 30, seed=0)
+    assert item.name == "beside/0030-pen.jpg" and item.expected == "5"
+    page = prepare_page(item.data, item.name)
+    assert page.refusal is None and page.glyphs == 1 and page.boxes[0].width < 300, page.boxes[:page.glyphs]
+
+
 def test_flecks_in_a_coloured_stroke_do_not_make_it_a_band(digit) -> None:
     # a light orange marker's stroke (colour only: a band's kind of ink) that noise leaves neutral in
     # places (a twentieth of it): the flecks lie inside the stroke, and no pen's digit runs out from
