@@ -587,9 +587,9 @@ def out_from_under(pen: np.ndarray, band: np.ndarray) -> int:
 
 
 def inner_peak(smooth: np.ndarray, noise_cut: float, desk: np.ndarray | None = None) -> float:
-    """The strongest ink that is not cut by the frame, not mostly on the ``desk`` and no blob: a dark
-    desk or a sheet's edge, or a punched hole showing the desk, is far stronger than a pencil digit,
-    and would otherwise set the threshold above it."""
+    """The strongest ink that is not cut by the frame, not mostly on the ``desk``, no blob and no pen
+    lying beside a drawing: a dark desk or a sheet's edge, a punched hole showing the desk or a black
+    pen is far stronger than a pencil digit, and would otherwise set the threshold above it."""
     strongest = float(smooth.max())
     # traced well below any threshold the peak could set, so a desk or an edge is one region
     marks, count = label(smooth >= max(noise_cut, PEAK_FRACTION ** 2 * strongest))

@@ -14,7 +14,7 @@ from serve.image.morph import Box
 
 BAR_FILL, BAR_ASPECT = 0.85, 5.0  # a straight filled bar fills this much of its rectangle, this many times longer
 OBJECT_FRAME = 0.2  # a pen is at least this long for the frame's longer side (~14 cm: the frame rarely 5 times it)
-OBJECT_DIGIT = 0.1  # a drawing beside it is at least this long for it (and as long as it is wide)
+OBJECT_DIGIT = 0.1  # a drawing beside a pen is at least this long for the pen (and as big as it is wide)
 
 
 @dataclass(frozen=True)
