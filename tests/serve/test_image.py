@@ -387,7 +387,7 @@ def test_a_highlighter_band_across_the_digit_is_not_ink(digit, band) -> None:
 
 def test_a_thin_pencil_digit_across_a_broad_band_is_read() -> None:
     # a band far larger than the thin grey digit written across it: its neutral ink is a twentieth of
-    # all the ink, but its strokes run out from under the band (seed 5 beside 41, 87, 144, 194 refused)
+    # all the ink, but its strokes run out from under the band (seed 5 beside 87, 144, 194 had been refused)
     digit = np.asarray(written(number_strokes("7", 330, 300, 300, 0), (W, H), pen=5), np.float32)[..., 0] < 128
     rgb = paper(H, W, (0.93, 0.95, 0.97))
     rgb[400:520, 200:600] *= np.array((1.0, 0.75, 0.45), np.float32)  # an orange band, 400 x 120
