@@ -1,4 +1,4 @@
-"""Small numpy building blocks for the image steps: window means, run filters, connected components."""
+"""Small numpy building blocks for the image steps: boxes, window means, run filters, connected components."""
 from __future__ import annotations
 
 from dataclasses import dataclass

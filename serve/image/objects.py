@@ -8,6 +8,7 @@ are digits) ask the same question here.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import numpy as np
 
 from serve.image.morph import Box
