@@ -549,7 +549,7 @@ def without_colour_only(ink: np.ndarray, raw: np.ndarray, luma: np.ndarray) -> n
     strokes running out from under it (OUT_FROM_UNDER). Coloured ink of the paper's brightness (blue
     on yellow), with no neutral ink beside it, is the digit; a green or light blue pen's stroke is
     darker than any highlighter; what is neutral where the frame cuts it (a desk, a sleeve) is no pen's
-    digit."""
+    digit; a long straight bar with a drawing beside it is a pencil lying on the page (lying_object)."""
     mask = ink > 0
     neutral = luma >= COLOUR_ONLY * raw  # what differs in brightness as much as in colour: along a stroke
     # the two shrink alike towards its edges, so a coloured ink's stroke is not neutral anywhere
@@ -565,10 +565,26 @@ def without_colour_only(ink: np.ndarray, raw: np.ndarray, luma: np.ndarray) -> n
     pen = off_frame(pen)
     if pen.sum() < NEUTRAL_SHARE * mask.sum() and out_from_under(pen, band) < OUT_FROM_UNDER * mask.sum():
         return ink
+    if lying_object(mask, band):
+        return ink
     kept = np.where(band, 0.0, ink).astype(np.float32)
     if not kept.any():
         raise NoDigitFound(NO_INK)
     return kept
+
+
+def lying_object(mask: np.ndarray, band: np.ndarray) -> bool:
+    """Whether the mark holding most of the ``band`` is an object lying on the page beside a drawing
+    (without_lying_pen), not a highlighter's band across it: a yellow pencil's lit body is colour
+    only, and its shadow and shaded flank are neutral, as a pen's digit under a band is. Without its
+    body the rest was a long thin bar, read as a sure 1 beside the digit; left whole, the glyph step
+    takes the pencil for what it is (segment.without_lying_objects)."""
+    marks, count = label(mask)
+    among = np.ones(count + 1, bool)
+    among[0] = False
+    holding = np.bincount(marks[band], minlength=count + 1)
+    holding[0] = 0
+    return not without_lying_pen(marks, count, among)[int(holding.argmax())]
 
 
 def out_from_under(pen: np.ndarray, band: np.ndarray) -> int:
