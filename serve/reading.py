@@ -25,8 +25,9 @@ if TYPE_CHECKING:
 @dataclass
 class Page:
     """An image prepared for the model: one field per glyph, left to right (or why there is none);
-    after those, the fields of the pieces a wide glyph may be cut into (``pieces``: glyph index →
-    field indices), for the model to decide between."""
+    after those, the fields of the pieces a glyph may be read as instead (``pieces``: glyph index →
+    field indices: a wide glyph cut into touching digits, or a digit without the underline it touches),
+    for the model to decide between."""
 
     name: str
     fields: np.ndarray  # float32 [k, size, size]
@@ -233,9 +234,9 @@ SURE_WHOLE = 0.9  # a wide glyph read as one digit this surely is not cut; its p
 
 
 def prefer_pieces(whole: tuple[DigitRead, bool], pieces: list[tuple[DigitRead, bool]], min_confidence: float) -> bool:
-    """Read a wide glyph as touching digits only when the whole is not a sure digit and every piece
-    is a sure digit (at least SURE_WHOLE), each more surely than the whole: a cut of a letter (a "u"
-    into two 1s) is rarely sure of both halves."""
+    """Read a glyph as its pieces (touching digits, or the digit above an underline) only when the
+    whole is not a sure digit and every piece is a sure digit (at least SURE_WHOLE), each more surely
+    than the whole: a cut of a letter (a "u" into two 1s) is rarely sure of both halves."""
     whole_read, whole_is_digit = whole
     sure = max(SURE_WHOLE, min_confidence)
     if whole_is_digit and whole_read.probability >= sure:

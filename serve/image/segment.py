@@ -57,6 +57,8 @@ OBJECT_TRACE = 2.0  # ... whose strokes run at least this many times as long as 
 OBJECT_STROKES = 0.25  # ... in strokes at most this thick for its size
 UNDERLINE_FLAT, UNDERLINE_BELOW = 3.0, 0.5  # an underline is this many times wider than tall, at most this far below
 UNDERLINE_WIDTH, UNDERLINE_THIN = 0.9, 0.25  # ... as wide as the marks above it and this thin for their height
+# an underline the digit touches: the lowest ink of this share of the glyph's columns on one line, within
+UNDERLINE_FILL, UNDERLINE_SLACK, UNDERLINE_SLOPE = 0.8, 2.0, 0.3  # this many px of it, at most this steep
 THREAD = 0.004  # what a missed paper line leaves is at most this thick (of the frame's longer side, >= 2 px) ...
 RESCUED = 4  # ... in the largest marks cut by the frame, which are looked at for digits it ties to the edge
 LEVEL = 0.1  # two walls of a comb start and end this close (of their height)
@@ -74,7 +76,8 @@ BARS, BAR_SHARE, BAR_LEVEL = 5, 0.8, 0.05  # a barcode: this many bars or more, 
 @dataclass
 class Glyph:
     """One digit candidate: its ink (other glyphs' ink masked out), cropped to its box in the ink map;
-    for a wide glyph, the proposed cut into touching digits."""
+    what it may be read as instead: a wide glyph's proposed cut into touching digits, or the digit
+    above an underline it touches."""
 
     ink: np.ndarray
     box: Box
@@ -91,7 +94,8 @@ class Part:
 
 def find_glyphs(ink: np.ndarray) -> list[Glyph]:
     """The digit candidates of ``ink`` (white on black, background 0), left to right, with the
-    alternative readings the model will choose between (a cut into touching digits, a join of two)."""
+    alternative readings the model will choose between (a cut into touching digits, a digit without
+    the underline it touches, a join of two)."""
     small = max(ink.shape) <= SMALL_FRAME
     # small frames come from the global rule, whose background is not exactly 0
     mask = ink > (BOX_THRESHOLD * float(ink.max()) if small else 0.0)
@@ -112,8 +116,11 @@ def find_glyphs(ink: np.ndarray) -> list[Glyph]:
         glyph = cut_out(group, labels, ink)
         if glyph is None:
             continue
-        cut = split_wide(group, mask, median_height)
-        if cut:
+        above = above_underline(glyph)
+        cut = split_wide(group, mask, median_height) if above is None else None
+        if above is not None:
+            glyph.pieces = [above]
+        elif cut:
             glyph.pieces = [g for g in (cut_out(piece, labels, ink) for piece in cut) if g is not None] or None
         glyphs.append(glyph)
     glyphs = without_printed_walls(glyphs)
@@ -417,6 +424,50 @@ def without_underlines(parts: list[Part]) -> list[Part]:
         if b.width >= UNDERLINE_WIDTH * span.width and b.height <= UNDERLINE_THIN * span.height:
             lines.add(id(line))
     return [p for p in parts if id(p) not in lines]
+
+
+def above_underline(glyph: Glyph) -> Glyph | None:
+    """The glyph without an underline drawn touching it, as the one piece it may be read as instead
+    (serve/reading.py: prefer_pieces): the lowest ink of UNDERLINE_FILL of its columns lies on one
+    straight, nearly level line, the ink above that line is at most UNDERLINE_THIN of the glyph's
+    height thick there, and the line runs on beyond the rest on both sides. Touching the digit, the
+    line is no separate mark for without_underlines to drop."""
+    mask = glyph.ink > 0
+    h, w = mask.shape
+    columns = np.flatnonzero(mask.any(axis=0))
+    if len(columns) < UNDERLINE_FILL * w or w < 8:
+        return None
+    lowest = h - 1 - np.argmax(mask[::-1, columns], axis=0)
+    on_line = np.ones(len(columns), bool)
+    for _ in range(2):  # fit, then fit again to the columns near the line (not where the digit touches it)
+        slope, offset = np.polyfit(columns[on_line], lowest[on_line], 1)
+        on_line = np.abs(lowest - (slope * columns + offset)) <= UNDERLINE_SLACK
+        if on_line.sum() < 2:
+            return None
+    if on_line.sum() < UNDERLINE_FILL * w or abs(slope) > UNDERLINE_SLOPE:
+        return None
+    thickness = float(np.median([run_up(mask[:, x], y) for x, y in zip(columns[on_line], lowest[on_line])]))
+    if thickness > UNDERLINE_THIN * h:
+        return None
+    yy, xx = np.mgrid[0:h, 0:w]
+    kept = np.where(yy < slope * xx + offset - 1.5 * thickness, glyph.ink, 0.0).astype(np.float32)
+    ys, xs = np.nonzero(kept)
+    if not len(ys) or ys.max() - ys.min() + 1 < (1 - 2 * UNDERLINE_THIN) * h:
+        return None
+    line = columns[on_line]
+    if min(xs.min() - line.min(), line.max() - xs.max()) < thickness:
+        return None  # a line ending where a stroke meets it is the digit's or a letter's own (a 2's, an L's)
+    top, left = int(ys.min()), int(xs.min())
+    box = Box(glyph.box.x + left, glyph.box.y + top, int(xs.max()) - left + 1, int(ys.max()) - top + 1)
+    return Glyph(kept[top:top + box.height, left:left + box.width], box)
+
+
+def run_up(column: np.ndarray, bottom: int) -> int:
+    """How many inked pixels of ``column`` run up from row ``bottom``."""
+    run = 0
+    while bottom - run >= 0 and column[bottom - run]:
+        run += 1
+    return run
 
 
 def drop_specks(parts: list[Part]) -> list[Part]:
