@@ -70,6 +70,7 @@ COLOUR_MIN, DARK_LUMA = 0.15, 0.35  # by at least this much in colour and under 
 BAND_SHARE, BAND_DEPTH = 0.1, 2  # at least this share of the ink this many px inside it, where at least
 NEUTRAL_SHARE, NEUTRAL_LUMA = 0.1, 0.2  # this share of it is neutral (grey, black: a pen), this much darker,
 OUT_FROM_UNDER, BAND_REACH = 0.03, 6  # or this share in strokes running from under the band (this near) to beyond
+BAND_GAPS = 2  # px: a band's gaps this wide (its faint pixels below the threshold) are closed before it is measured
 
 
 NO_INK = "no ink found"
@@ -559,8 +560,10 @@ def without_colour_only(ink: np.ndarray, raw: np.ndarray, luma: np.ndarray) -> n
     # colour with too little contrast to tell is no highlighter: inside a filled blob the paper's colour
     # is guessed from the blob itself, and both contrasts are noise there
     band = mask & ~(neutral | (luma >= DARK_LUMA) | (raw < COLOUR_MIN))
-    # a band is broad: a few such pixels, or the coloured rims of a grid's lines, are no band
-    if eroded(band, BAND_DEPTH).sum() < BAND_SHARE * mask.sum():
+    # a band is broad: a few such pixels, or the coloured rims of a grid's lines, are no band; a faint
+    # band's threshold speckles it, so its gaps (BAND_GAPS) are closed before it is measured
+    solid = eroded(box_mean(band.astype(np.float32), BAND_GAPS) > 0, BAND_GAPS + BAND_DEPTH)
+    if (solid & band).sum() < BAND_SHARE * mask.sum():
         return ink
     pen = off_frame(pen)
     if pen.sum() < NEUTRAL_SHARE * mask.sum() and out_from_under(pen, band) < OUT_FROM_UNDER * mask.sum():

@@ -385,6 +385,17 @@ def test_a_highlighter_band_across_the_digit_is_not_ink(digit, band) -> None:
     assert_one_glyph_on_the_digit(put_ink(rgb, digit, TOP, LEFT))
 
 
+def test_a_faint_band_the_threshold_speckles_is_still_a_band(sample_dataset) -> None:
+    # the evaluation's seed 5 beside 10: a marker's 1 across a light green band whose colour stands at
+    # the ink threshold, so half its pixels are ink, in specks. Eroded, it was no broad band; kept, it
+    # joined the 1 into a mark twice as wide, read as "not a digit"
+    item = evaluation_image(sample_dataset, "beside", 10, seed=5)
+    assert item.name == "beside/0010-highlighter.jpg" and item.expected == "1"
+    page = prepare_page(item.data, item.name)
+    assert page.refusal is None and page.glyphs == 1, page.boxes[:page.glyphs]
+    assert page.boxes[0].width < 0.7 * page.boxes[0].height, page.boxes[0]  # the 1 (with the band: 223 x 168)
+
+
 def test_a_thin_pencil_digit_across_a_broad_band_is_read() -> None:
     # a band far larger than the thin grey digit written across it: its neutral ink is a twentieth of
     # all the ink, but its strokes run out from under the band (seed 5 beside 87, 144, 194 had been refused)
