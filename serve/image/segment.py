@@ -117,10 +117,9 @@ def find_glyphs(ink: np.ndarray) -> list[Glyph]:
         if glyph is None:
             continue
         above = above_underline(glyph)
-        cut = split_wide(group, mask, median_height) if above is None else None
         if above is not None:
             glyph.pieces = [above]
-        elif cut:
+        elif cut := split_wide(group, mask, median_height):
             glyph.pieces = [g for g in (cut_out(piece, labels, ink) for piece in cut) if g is not None] or None
         glyphs.append(glyph)
     glyphs = without_printed_walls(glyphs)
@@ -453,7 +452,7 @@ def above_underline(glyph: Glyph) -> Glyph | None:
     kept = np.where(yy < slope * xx + offset - 1.5 * thickness, glyph.ink, 0.0).astype(np.float32)
     ys, xs = np.nonzero(kept)
     if not len(ys) or ys.max() - ys.min() + 1 < (1 - 2 * UNDERLINE_THIN) * h:
-        return None
+        return None  # what is above the line is most of the glyph: a digit, not a line's own ragged edge
     line = columns[on_line]
     if min(xs.min() - line.min(), line.max() - xs.max()) < thickness:
         return None  # a line ending where a stroke meets it is the digit's or a letter's own (a 2's, an L's)
