@@ -562,6 +562,8 @@ def without_colour_only(ink: np.ndarray, raw: np.ndarray, luma: np.ndarray) -> n
     band = mask & ~(neutral | (luma >= DARK_LUMA) | (raw < COLOUR_MIN))
     # a band is broad: a few such pixels, or the coloured rims of a grid's lines, are no band; a faint
     # band's threshold speckles it, so its gaps (BAND_GAPS) are closed before it is measured
+    if band.sum() < BAND_SHARE * mask.sum():
+        return ink  # (most photos: no colour-only ink to speak of, and nothing to close)
     solid = eroded(box_mean(band.astype(np.float32), BAND_GAPS) > 0, BAND_GAPS + BAND_DEPTH)
     if (solid & band).sum() < BAND_SHARE * mask.sum():
         return ink
