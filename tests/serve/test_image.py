@@ -452,8 +452,8 @@ def small_digit(sample_dataset) -> np.ndarray:
 
 def test_a_digit_touching_its_underline_may_be_read_without_it(small_digit) -> None:
     # one mark with the digit, the line is no separate mark for the underline rule: the glyph is
-    # offered without it, as a wide glyph is offered in pieces (seed 5 beside 3, 8, 117: refused or a 9
-    # read as 2); the model decides between the two (serve/reading.py)
+    # offered without it, as a wide glyph is offered in pieces (seed 5 beside 3 and 117 had been
+    # refused); the model decides between the two (serve/reading.py)
     page = prepare_page(rgb_bytes(underlined(small_digit, touching=True), "JPEG", quality=90), "photo")
     assert page.glyphs == 1 and list(page.pieces) == [0] and len(page.pieces[0]) == 1, page.boxes
     whole, above = page.boxes[0], page.boxes[page.pieces[0][0]]
@@ -465,8 +465,8 @@ def test_a_digit_touching_its_underline_may_be_read_without_it(small_digit) -> N
 @pytest.mark.parametrize("strokes", [[[(300, 300), (300, 600), (480, 600)]],
                                      [[(300, 300), (480, 300), (300, 600), (480, 600)]]], ids=["L", "Z"])
 def test_a_letter_s_own_base_is_no_underline(strokes) -> None:
-    # an L's or a Z's base is as flat as an underline, but a stroke meets it at its end: without it,
-    # the L was offered as a 1 and the Z as a 7, sure digits to the model where the whole is not one
+    # an L's or a Z's base is as flat as an underline, but a stroke meets it at its end: without that
+    # rule both were offered without their base, what is left a 1 and a 7 to the eye
     page = prepare_page(rgb_bytes(np.asarray(written(strokes, (W, H), pen=14), np.float32) / 255, "PNG"), "L")
     assert page.glyphs == 1 and page.pieces == {}, page.boxes
 
