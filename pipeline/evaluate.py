@@ -10,10 +10,10 @@ measured is what ``serve predict`` answers. Each item is generated from its own 
 Conditions (see ``CONDITIONS``): the 28x28 digits themselves, user-style canvases, phone photos of
 digits written on plain, ruled and squared paper, on notes lying on a desk, in a form's printed boxes,
 circled, or on a notebook page with punched holes, beside a pen lying on the page, under a
-highlighter's band or underlined, clean scans with dust, coloured ink on coloured
-paper of about the same brightness, strokes from a hairline pen to a fat marker, distorted "other
-writers", typeset digits in the fonts shipped inside matplotlib (never used for training), numbers of
-2-4 digits, things that must be refused, and a few 48-megapixel photos.
+highlighter's band or underlined, in chalk on a blackboard or paint on black card, clean scans with
+dust, coloured ink on coloured paper of about the same brightness, strokes from a hairline pen to a
+fat marker, distorted "other writers", typeset digits in the fonts shipped inside matplotlib (never
+used for training), numbers of 2-4 digits, things that must be refused, and a few 48-megapixel photos.
 
 Nothing here imports torch: numpy, Pillow, matplotlib's font files and onnxruntime via ``serve``.
 """
@@ -37,8 +37,8 @@ from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageFont, ImageOps
 
 from pipeline.errors import PipelineError
 
-CONDITIONS = ("mnist-28", "canvas", "photo", "note", "ruled", "framed", "beside", "specks", "colour", "thick-thin",
-              "writers", "small", "cropped", "typeset", "numbers", "not-digits", "big")
+CONDITIONS = ("mnist-28", "canvas", "photo", "note", "ruled", "framed", "beside", "board", "specks", "colour",
+              "thick-thin", "writers", "small", "cropped", "typeset", "numbers", "not-digits", "big")
 DEFAULT_PER_CONDITION = 100
 BIG_MAX = 3  # 48-megapixel photos are slow to make: at most this many
 BIG_SIZE = (8000, 6000)
@@ -48,7 +48,7 @@ BATCH_PAGES = 48
 
 # The goals of the issue, and the conditions each is measured on here.
 GOALS = (
-    ("photographed single digits", ("photo", "note", "ruled", "framed", "beside", "big"), "accuracy", 0.95),
+    ("photographed single digits", ("photo", "note", "ruled", "framed", "beside", "board", "big"), "accuracy", 0.95),
     ("handwriting of other writers", ("writers",), "accuracy", 0.95),
     ("typeset digits", ("typeset",), "accuracy", 0.99),
     ("numbers of 2-4 digits, exact", ("numbers",), "accuracy", 0.90),
@@ -697,6 +697,7 @@ class InkStyle:
     opacity: float
     grain: float  # pencil tooth: 0 smooth ink, 0.5 grainy graphite
     kind: str = "ink"
+    covers: bool = False  # chalk or paint: lays its own colour over the surface instead of darkening it
 
 
 def pick_ink(rng: np.random.Generator, kinds: tuple[str, ...] = ("pencil", "black", "blue")) -> InkStyle:
@@ -785,7 +786,8 @@ def _paper_texture(rng: np.random.Generator, size: tuple[int, int], strength: fl
 
 def _ink_onto(sheet: Image.Image, mask: np.ndarray, at: tuple[int, int], ink: InkStyle,
               rng: np.random.Generator) -> None:
-    """Ink (multiplied, like real ink on paper) into ``sheet`` in place, mask's top-left at ``at``."""
+    """Ink into ``sheet`` in place, mask's top-left at ``at``: multiplied, as real ink darkens paper, or
+    (chalk, paint) laid over it."""
     x, y = at
     h, w = mask.shape
     x0, y0 = max(0, x), max(0, y)
@@ -801,7 +803,7 @@ def _ink_onto(sheet: Image.Image, mask: np.ndarray, at: tuple[int, int], ink: In
     region = np.asarray(sheet.crop((x0, y0, x1, y1)), np.float32)
     colour = np.array(ink.colour, np.float32) / 255
     alpha = (m * ink.opacity)[..., None]
-    out = region * (1 - alpha * (1 - colour))
+    out = region * (1 - alpha) + 255 * colour * alpha if ink.covers else region * (1 - alpha * (1 - colour))
     sheet.paste(Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8)), (x0, y0))
 
 
@@ -882,14 +884,15 @@ def _lighting(rng: np.random.Generator, size: tuple[int, int], shadow: bool | No
 
 
 def _camera(scene: Image.Image, rng: np.random.Generator, paper_level: float, shadow: bool | None,
-            size: tuple[int, int], noise: tuple[float, float] = (1.5, 5.0)) -> Image.Image:
+            size: tuple[int, int], noise: tuple[float, float] = (1.5, 5.0),
+            exposure: tuple[float, float] = (205, 245)) -> Image.Image:
     """Light, exposure, lens blur and sharpening of a phone camera on ``scene``, then the sensor's
     resolution ``size`` (the scene is rendered at most about 1800 px: phone photos are soft at full
-    size) and its noise."""
+    size) and its noise. Auto exposure brings the paper to a grey level drawn from ``exposure``."""
     w, h = scene.size
     light, level = _lighting(rng, (w, h), shadow)
     image = ImageChops.multiply(scene, light)
-    target = _u(rng, 205, 245)
+    target = _u(rng, *exposure)
     gain = (target / 255) / max(0.05, paper_level * level)  # auto exposure: the paper comes out light
     gamma = _u(rng, 0.85, 1.1)
     lut = [int(round(255 * min(1.0, v / 255 * gain) ** gamma)) for v in range(256)]
@@ -930,6 +933,7 @@ class PhotoPlan:
     desk: bool | None = None  # None: by chance
     shadow: bool | None = None
     whole_sheet: bool = False  # the sheet lies whole in the frame, desk all around (a note, a card)
+    exposure: tuple[float, float] = (205, 245)  # the grey level auto exposure brings the paper to
     # drawn on the sheet before the mark, given the sheet and the mark's box on it (x, y, width, height)
     around: Decoration | None = None
 
@@ -1030,7 +1034,7 @@ def photograph(mark: Mark | None, rng: np.random.Generator, plan: PhotoPlan, max
         shade = shade.point(lambda v: 255 - int(v * 0.55)).resize((W, H), Image.Resampling.BILINEAR)
         desk = ImageChops.multiply(desk, Image.merge("RGB", (shade, shade, shade)))
         frame = Image.composite(frame, desk, coverage)
-    return _camera(frame, rng, luma(paper_rgb) / 255, plan.shadow, (W0, H0))
+    return _camera(frame, rng, luma(paper_rgb) / 255, plan.shadow, (W0, H0), exposure=plan.exposure)
 
 
 def _scan_image(mark: Mark | None, rng: np.random.Generator, size: tuple[int, int], height: float,
@@ -1311,6 +1315,53 @@ def make_beside(split: Split, rng: np.random.Generator) -> tuple[bytes, str, str
                      around=around[kind], desk=False)
     data, ext = _phone_jpeg(photograph(handwriting(digit, label, rng, ink), rng, plan), rng)
     return data, ext, kind, label
+
+
+BOARDS = ((30, 32, 35), (38, 62, 50), (56, 61, 67), (21, 21, 23))  # black, green and slate boards; black card
+CHALKS = ((238, 238, 230), (240, 226, 150), (245, 200, 210), (190, 220, 245))  # white, yellow, pink, blue
+PAINT = ((245, 245, 245), (200, 200, 205), (225, 190, 110))  # white, silver and gold paint markers
+BOARD_EXPOSURE = (40.0, 110.0)  # a dark board fills the frame: auto exposure lifts it to a dark grey, not to white
+
+
+def make_board(split: Split, rng: np.random.Generator) -> tuple[bytes, str, str, str]:
+    """Light on dark, photographed: a digit in chalk on a blackboard (often hazy where it was wiped),
+    or in paint marker or gel pen on black card."""
+    digit, label = _digit(split, rng)
+    kind = _pick(rng, ["chalk", "paint"], p=[0.7, 0.3])
+    if kind == "chalk":
+        board = BOARDS[int(rng.integers(3))]
+        ink = InkStyle(_pick(rng, list(CHALKS), p=[0.7, 0.1, 0.1, 0.1]), _u(rng, 0.55, 0.95), _u(rng, 0.2, 0.5),
+                       kind, covers=True)
+        mark = digit_mark(digit, pen=_u(rng, 0.06, 0.13), label=label)
+    else:
+        board = BOARDS[3]
+        ink = InkStyle(_pick(rng, list(PAINT)), _u(rng, 0.85, 1.0), _u(rng, 0.0, 0.1), kind, covers=True)
+        mark = handwriting(digit, label, rng, ink)
+    plan = _photo_plan(rng, Paper(colour=board), ink=ink)
+    plan.exposure = BOARD_EXPOSURE
+    plan.around = _wiped_chalk if kind == "chalk" and rng.random() < 0.6 else None
+    data, ext = _phone_jpeg(photograph(mark, rng, plan), rng)
+    return data, ext, kind, label
+
+
+def _wiped_chalk(sheet: Image.Image, mark: tuple[float, float, float, float], ink: InkStyle,
+                 rng: np.random.Generator) -> None:
+    """The haze a board eraser leaves: broad, soft, faint sweeps of the chalk's colour, across the digit too."""
+    w, h = sheet.size
+    low_w, low_h = max(8, w // 8), max(8, h // 8)
+    sweeps = Image.new("L", (low_w, low_h), 0)
+    draw = ImageDraw.Draw(sweeps)
+    for _ in range(int(rng.integers(1, 5))):
+        y = _u(rng, 0, low_h)
+        xs = np.linspace(-0.1 * low_w, 1.1 * low_w, 6)
+        draw.line([(float(x), y + _u(rng, -0.08, 0.08) * low_h) for x in xs], fill=int(rng.integers(90, 256)),
+                  width=max(2, int(_u(rng, 0.08, 0.3) * low_h)))
+    haze = _from_l(sweeps.filter(ImageFilter.GaussianBlur(max(1.0, 0.04 * low_h))))
+    haze *= np.clip(0.7 + 0.3 * _smooth_noise(rng, (low_w, low_h), max(low_w, low_h) / 10), 0, 1)
+    alpha = _resize_f(haze, (w, h), Image.Resampling.BILINEAR)[..., None] * _u(rng, 0.05, 0.2)
+    colour = np.array(ink.colour, np.float32)
+    out = np.asarray(sheet, np.float32) * (1 - alpha) + colour * alpha
+    sheet.paste(Image.fromarray(out.clip(0, 255).astype(np.uint8)))
 
 
 # blue, black, red, a yellow pencil, steel
@@ -1747,7 +1798,7 @@ def make_big(split: Split, rng: np.random.Generator) -> tuple[bytes, str, str, s
 
 MAKERS: dict[str, Callable[[Split, np.random.Generator], tuple[bytes, str, str, str | None]]] = {
     "mnist-28": make_mnist28, "canvas": make_canvas, "photo": make_photo, "note": make_note, "ruled": make_ruled,
-    "framed": make_framed, "beside": make_beside, "specks": make_specks, "colour": make_colour,
+    "framed": make_framed, "beside": make_beside, "board": make_board, "specks": make_specks, "colour": make_colour,
     "thick-thin": make_thick_thin,
     "writers": make_writers, "small": make_small, "cropped": make_cropped,
     "typeset": make_typeset, "numbers": make_numbers, "not-digits": make_not_digits, "big": make_big,

@@ -89,7 +89,7 @@ def claimed_size_ok(item: ev.Item, size: tuple[int, int]) -> bool:
         return (w, h) == (28, 28)
     if item.condition == "canvas":
         return canvas
-    if item.condition in ("photo", "note", "ruled", "framed", "beside"):
+    if item.condition in ("photo", "note", "ruled", "framed", "beside", "board"):
         return photo
     if item.condition == "specks":
         return scan
@@ -198,6 +198,32 @@ def test_coloured_ink_and_paper_differ_in_hue_not_brightness() -> None:
         hue = lambda c: colorsys.rgb_to_hsv(*(v / 255 for v in c))[0]  # noqa: E731
         distance = abs(hue(ink) - hue(paper))
         assert min(distance, 1 - distance) > 0.2, (ink, paper)
+
+
+def test_chalk_and_paint_lie_over_a_dark_board_and_wiping_leaves_a_faint_haze() -> None:
+    # ink darkens what it is written on (multiplied); chalk and paint lay their own colour over a
+    # board (covers), so a white stroke on a black board is nearly white, and only where it is drawn
+    board, chalk = ev.BOARDS[0], (238, 238, 230)
+    mask = np.zeros((20, 20), np.float32)
+    mask[5:15, 8:12] = 1.0
+
+    def written(covers: bool) -> np.ndarray:
+        sheet = Image.new("RGB", (60, 60), board)
+        ev._ink_onto(sheet, mask, (20, 20), ev.InkStyle(chalk, 0.9, 0.0, "chalk", covers=covers),
+                     np.random.default_rng(0))
+        return np.asarray(sheet, np.float32)
+
+    laid, multiplied = written(True), written(False)
+    stroke = np.zeros((60, 60), bool)
+    stroke[25:35, 28:32] = True
+    assert np.allclose(laid[stroke], 0.9 * np.array(chalk) + 0.1 * np.array(board), atol=1.0)
+    assert np.array_equal(laid[~stroke], np.broadcast_to(board, laid[~stroke].shape))
+    assert (multiplied[stroke] <= np.array(board) + 0.5).all()  # ink could never show on it
+    sheet = Image.new("RGB", (400, 300), board)
+    ev._wiped_chalk(sheet, (150, 100, 60, 100), ev.InkStyle(chalk, 0.9, 0.3, "chalk", covers=True),
+                    np.random.default_rng(3))
+    lift = np.asarray(sheet, np.float32) - np.array(board)
+    assert lift.min() >= 0 and 0 < lift.max() <= 0.2 * (238 - board[0]) + 1  # lighter, and faint
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -315,7 +341,8 @@ def test_help_documents_the_options() -> None:
     default = next(p.default for p in cli.commands["evaluate"].params if p.name == "per_condition")
     assert default == ev.DEFAULT_PER_CONDITION
     # the help names every condition, in order (it is written out so that --help does not import numpy)
-    listed = re.search(r"several\):(.*?)\. Default", " ".join(result.output.split()))
+    # (the help is wrapped, at a hyphen too: "not-" ends a line)
+    listed = re.search(r"several\):(.*?)\. Default", re.sub(r"-\s+", "-", " ".join(result.output.split())))
     assert listed is not None and [c.strip() for c in listed.group(1).split(",")] == list(ev.CONDITIONS)
 
 
