@@ -15,7 +15,7 @@ import numpy as np
 from serve.image.decode import DEFAULT_MAX_PIXELS, ImageError, at_drawn_scale, decode_image, to_rgb
 from serve.image.ink import NO_INK, NoDigitFound, ink_map
 from serve.image.normalize import INK_MIN, FieldSpec, fit_to_field, is_field_form
-from serve.image.segment import Box, find_glyphs
+from serve.image.segment import Box, Glyph, find_glyphs
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -127,6 +127,14 @@ def unreadable(name: str, error: str, spec: FieldSpec = FieldSpec()) -> Page:
     return Page(name, np.zeros((0, spec.size, spec.size), np.float32), [], error=error)
 
 
+def glyphs_of(ink: np.ndarray) -> list[Glyph]:
+    """The glyphs of an ink map; NoDigitFound(NO_INK) when there are none."""
+    glyphs = find_glyphs(ink) if ink.max(initial=0.0) >= INK_MIN else []
+    if not glyphs:
+        raise NoDigitFound(NO_INK)
+    return glyphs
+
+
 def prepare_page(data: bytes, name: str, spec: FieldSpec = FieldSpec(),
                  max_pixels: int = DEFAULT_MAX_PIXELS) -> Page:
     """Image bytes → fields for the model. Unreadable input is a Page with ``error``, never an exception."""
@@ -145,15 +153,17 @@ def page_of_image(image: "Image.Image", name: str, spec: FieldSpec = FieldSpec()
     scale *= pixel
     try:
         ink = ink_map(rgb)
-        if ink.max(initial=0.0) < INK_MIN:
-            return Page(name, empty, [], refusal=NO_INK)
-        if is_field_form(ink, spec):  # already what MNIST's own preprocessing produces: leave it alone
+        # already what MNIST's own preprocessing produces: leave it alone
+        if ink.max(initial=0.0) >= INK_MIN and is_field_form(ink, spec):
             return Page(name, ink[None].astype(np.float32), [Box(0, 0, spec.size, spec.size)])
-        glyphs = find_glyphs(ink)
+        glyphs = glyphs_of(ink)
     except NoDigitFound as exc:
-        return Page(name, empty, [], refusal=str(exc))
-    if not glyphs:
-        return Page(name, empty, [], refusal=NO_INK)
+        if str(exc) != NO_INK:
+            return Page(name, empty, [], refusal=str(exc))
+        try:  # a photo's ink may lie on the other side of the paper's grey (chalk on a board lit grey)
+            glyphs = glyphs_of(ink_map(rgb, other_side=True))
+        except NoDigitFound:
+            return Page(name, empty, [], refusal=str(exc))
     ordered, pieces, joins = list(glyphs), {}, {}
     for i, glyph in enumerate(glyphs):
         if glyph.pieces:

@@ -59,8 +59,10 @@ HOLE_SIDE = 256
 LINK_REACH = 2  # pixels: faint ink this close to strong ink joins it ...
 RIDGE_REACH = 3  # ... when it stands above the paper this far away on both sides
 DARK_PAPER = 0.3  # a photo whose median grey is below this is light ink on a dark board; above, dark ink
+BOTH_SIDES = (0.2, 0.55)  # ... in doubt in this range (ink_map's other_side)
 PAPER_SHARE = 0.3  # a photo in which less than this share of the frame has the paper's colour has no paper
 PAPER_TOLERANCE = 0.05  # ... within this of its median chromaticity (r, g, b over their sum)
+HUE_FLOOR = 0.3  # below this sum of r, g and b, chromaticity is taken over this sum: a dark board's noise is no hue
 BLOB_CANDIDATES = 8  # the largest marks judged as blobs when the threshold's peak is looked for
 FAINT = 0.5  # paper lines are looked for at this fraction of the ink threshold, where they are unbroken
 PEN_OVER_LINE = 2.0  # ink on a paper line this many times stronger than the line (its 90th percentile) is a pen's
@@ -82,10 +84,19 @@ class NoDigitFound(ValueError):
     """The image has nothing to read: blank, faint noise, or no paper to write on (its message says which)."""
 
 
-def ink_map(rgb: np.ndarray) -> np.ndarray:
-    """float32 [H, W] ink, white on black, strongest strokes near 1, background exactly 0."""
+def ink_map(rgb: np.ndarray, other_side: bool = False) -> np.ndarray:
+    """float32 [H, W] ink, white on black, strongest strokes near 1, background exactly 0.
+
+    ``other_side``: a second look at a photo in which none was found (photo_ink): dim paper and a
+    board the camera lifted to a dark grey overlap in grey level; NoDigitFound where there is no doubt
+    which side of the paper's grey the ink is on (a canvas, a sheet on a desk, a bright or dark frame)."""
     gray = luminance(rgb)
-    if max(gray.shape) <= SMALL_SIDE or min(gray.shape) < THIN_SIDE:
+    small = max(gray.shape) <= SMALL_SIDE or min(gray.shape) < THIN_SIDE
+    if other_side:
+        if small or flat_background(rgb) is not None or find_sheet(shrink(rgb, LOW_SIDE)) is not None:
+            raise NoDigitFound(NO_INK)
+        return photo_ink(rgb, gray, other_side=True)
+    if small:
         return global_ink(gray)
     flat = flat_background(rgb)
     # a sheet lying on a desk is photographed: a one-colour border is a canvas's or a clean scan's
@@ -160,15 +171,23 @@ def frame_ink(rgb: np.ndarray, gray: np.ndarray, flat: np.ndarray | None) -> np.
     return without_colour_only(ink, raw, luma_contrast(gray, background, dark_ink))
 
 
-def photo_ink(rgb: np.ndarray, gray: np.ndarray) -> np.ndarray:
+def photo_ink(rgb: np.ndarray, gray: np.ndarray, other_side: bool = False) -> np.ndarray:
     """The ink of a photo: against the paper's colour estimated locally, without the desk around the
-    sheet; a frame with no paper to speak of is refused."""
+    sheet; a frame with no paper to speak of is refused. ``other_side``: the ink on the side of the
+    paper's grey level its median does not suggest, where that is in doubt (BOTH_SIDES), else none."""
     # most of a frame is background; white paper in dim light is often darker than mid-grey
-    # (0.44-0.49 in the evaluation's dim photos), a blackboard far darker still
-    dark_ink = float(np.median(gray)) > DARK_PAPER
+    # (0.44-0.49 in the evaluation's dim photos), a blackboard darker still (0.16-0.43 there)
+    median = float(np.median(gray))
+    if other_side and not BOTH_SIDES[0] <= median <= BOTH_SIDES[1]:
+        raise NoDigitFound(NO_INK)  # no doubt which side the ink is on
     low = shrink(rgb, LOW_SIDE)
     if float(np.mean(hue_distance(low) < PAPER_TOLERANCE)) < PAPER_SHARE:
         raise NoDigitFound(NO_PAPER)
+    return polarity_ink(rgb, gray, low, (median > DARK_PAPER) != other_side)
+
+
+def polarity_ink(rgb: np.ndarray, gray: np.ndarray, low: np.ndarray, dark_ink: bool) -> np.ndarray:
+    """photo_ink's ink, darker (``dark_ink``) or lighter than the paper; ``low``: the frame shrunk to LOW_SIDE."""
     low_background = paper_colour(low, dark_ink)
     background = resize_channels(low_background, (rgb.shape[1], rgb.shape[0]), Image.Resampling.BILINEAR)
     desk = desk_beside(low_background, gray.shape)
@@ -185,7 +204,7 @@ def hue_distance(low: np.ndarray) -> np.ndarray:
     within PAPER_TOLERANCE, coloured paper in dim light the lowest); blotches of colour, a pattern or
     a scene have no such majority (under 10%). The floor on the sum keeps a dark board's sensor
     noise from looking like hue."""
-    chroma = low / np.maximum(low.sum(axis=2, keepdims=True), 0.3)
+    chroma = low / np.maximum(low.sum(axis=2, keepdims=True), HUE_FLOOR)
     return np.abs(chroma - np.median(chroma.reshape(-1, 3), axis=0)).max(axis=2)
 
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from serve.image.decode import decode_image, to_rgb
-from serve.image.ink import (LOW_SIDE, NO_BARS, NoDigitFound, ink_map, off_frame, paper_colour, sheet_ink, shrink,
-                             two_wide)
+from serve.image.decode import at_drawn_scale, decode_image, to_rgb
+from serve.image.ink import (BOTH_SIDES, LOW_SIDE, NO_BARS, NO_INK, NoDigitFound, ink_map, off_frame, paper_colour,
+                             sheet_ink, shrink, two_wide)
 from serve.image.lines import find_lines, without_lines
 from serve.image.morph import LUMA, blob_shaped, box_mean, label, runs_at_least
 from serve.image.normalize import MAX_PASSES, normalize_stroke, stroke_width
@@ -1606,3 +1606,28 @@ def test_a_light_bold_digit_cropped_with_a_pixel_to_spare_is_read_whole(sample_d
     page = prepare_page(rgb_bytes(rgb, fmt, quality=90) if fmt == "JPEG" else rgb_bytes(rgb, fmt), "crop")
     assert page.refusal is None and page.glyphs == 1, page.refusal
     assert page.boxes[0].height >= 0.9 * rgb.shape[0], page.boxes[0]
+
+
+@pytest.mark.parametrize("index, digit", [(3, "5"), (89, "6")])
+def test_light_ink_on_a_board_the_camera_lifted_to_grey_is_found(sample_dataset, index: int, digit: str) -> None:
+    # the evaluation's seed 0 board 3 and 89: white paint on black card, photographed; auto exposure
+    # lifted the card to a median grey of 0.36 and 0.31, above DARK_PAPER, so dark ink was looked for,
+    # and none was found ("no ink found"). The other side of the paper's grey holds the digit.
+    item = evaluation_image(sample_dataset, "board", index, seed=0)
+    assert item.name == f"board/{index:04d}-paint.jpg" and item.expected == digit
+    page = prepare_page(item.data, item.name)
+    assert page.refusal is None and page.glyphs == 1, (page.refusal, page.boxes[:page.glyphs])
+
+
+@pytest.mark.parametrize("index", [12, 53])
+def test_noise_of_mid_grey_has_no_ink_on_either_side(sample_dataset, index: int) -> None:
+    # the evaluation's seed 0 not-digits 12 and 53: uniform noise, median grey 0.5, so in doubt
+    # (BOTH_SIDES) which side of it ink would be: neither its darker nor its lighter side is ink
+    item = evaluation_image(sample_dataset, "not-digits", index, seed=0)
+    assert item.name.startswith(f"not-digits/{index:04d}-noise-uniform") and item.expected is None
+    rgb, _ = at_drawn_scale(to_rgb(decode_image(item.data).image))
+    assert BOTH_SIDES[0] <= float(np.median(rgb @ LUMA)) <= BOTH_SIDES[1]
+    for other_side in (False, True):
+        with pytest.raises(NoDigitFound):
+            ink_map(rgb, other_side=other_side)
+    assert prepare_page(item.data, item.name).refusal == NO_INK
