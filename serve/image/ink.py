@@ -60,6 +60,8 @@ LINK_REACH = 2  # pixels: faint ink this close to strong ink joins it ...
 RIDGE_REACH = 3  # ... when it stands above the paper this far away on both sides
 DARK_PAPER = 0.3  # a photo whose median grey is below this is light ink on a dark board; above, dark ink
 BOTH_SIDES = (0.2, 0.55)  # ... in doubt in this range (ink_map's other_side)
+LIGHT_BOARD = 0.45  # ... and up to this, light ink when lighter marks stand out far more (lighter_marks_stand_out)
+LIGHT_OVER_DARK = 1.6  # ... this many times more, each over its own noise
 PAPER_SHARE = 0.3  # a photo in which less than this share of the frame has the paper's colour has no paper
 PAPER_TOLERANCE = 0.05  # ... within this of its median chromaticity (r, g, b over their sum)
 HUE_FLOOR = 0.3  # below this sum of r, g and b, chromaticity is taken over this sum: a dark board's noise is no hue
@@ -183,7 +185,8 @@ def photo_ink(rgb: np.ndarray, gray: np.ndarray, other_side: bool = False) -> np
     low = shrink(rgb, LOW_SIDE)
     if float(np.mean(hue_distance(low) < PAPER_TOLERANCE)) < PAPER_SHARE:
         raise NoDigitFound(NO_PAPER)
-    return polarity_ink(rgb, gray, low, (median > DARK_PAPER) != other_side)
+    dark_ink = median > DARK_PAPER and not (median < LIGHT_BOARD and lighter_marks_stand_out(rgb, low))
+    return polarity_ink(rgb, gray, low, dark_ink != other_side)
 
 
 def polarity_ink(rgb: np.ndarray, gray: np.ndarray, low: np.ndarray, dark_ink: bool) -> np.ndarray:
@@ -426,17 +429,41 @@ def global_ink(gray: np.ndarray) -> np.ndarray:
 def paper_colour(low: np.ndarray, dark_ink: bool) -> np.ndarray:
     """float32 [h, w, 3]: the paper's colour (a desk's around a sheet) at every pixel of ``low``, the
     frame shrunk to LOW_SIDE, without the ink."""
-    coarse = shrink(low, MEDIAN_SIDE)
-    size = max(3, int(MEDIAN_FRACTION * MEDIAN_SIDE) | 1)
-    median = np.stack([np.asarray(Image.fromarray((coarse[..., c] * 255).astype(np.uint8)).filter(
-        ImageFilter.MedianFilter(size)), np.float32) / 255 for c in range(3)], axis=2)
-    median = resize_channels(median, (low.shape[1], low.shape[0]), Image.Resampling.BILINEAR)
+    median = median_background(low)
     # Second pass: the paper is the pixels that are not ink; ink pixels get the mean of the paper
     # around them (a window wider than a fat stroke), so strokes do not darken the paper.
     paper = (~ink_on_sheet(contrast(low, median, dark_ink), median)).astype(np.float32)
     near, near_weight = paper_mean(low, paper, 1)
     wide, wide_weight = paper_mean(low, paper, int(MEDIAN_FRACTION * LOW_SIDE) // 3)
     return np.where(near_weight > 0.2, near, np.where(wide_weight > 1e-3, wide, median))
+
+
+def median_background(low: np.ndarray) -> np.ndarray:
+    """float32 [h, w, 3]: a first guess at the paper's colour at every pixel of ``low`` (the frame shrunk
+    to LOW_SIDE), whichever side of it the ink is on: the median over a window far wider than a stroke."""
+    coarse = shrink(low, MEDIAN_SIDE)
+    size = max(3, int(MEDIAN_FRACTION * MEDIAN_SIDE) | 1)
+    median = np.stack([np.asarray(Image.fromarray((coarse[..., c] * 255).astype(np.uint8)).filter(
+        ImageFilter.MedianFilter(size)), np.float32) / 255 for c in range(3)], axis=2)
+    return resize_channels(median, (low.shape[1], low.shape[0]), Image.Resampling.BILINEAR)
+
+
+def lighter_marks_stand_out(rgb: np.ndarray, low: np.ndarray) -> bool:
+    """Whether a photo's strongest marks are lighter than the paper around them, not darker (chalk on a
+    board the camera lifted to a grey a dim sheet of paper also has): the strongest mark of each side
+    (inner_peak: not cut by the frame, not on a desk, no blob), against the median background, over
+    its side's noise, on a copy POLARITY_SIDE px large; lighter only when LIGHT_OVER_DARK times stronger
+    (a shadow's edge leaves lighter paper beside it where the median lags)."""
+    work = shrink(rgb, POLARITY_SIDE) if max(rgb.shape[:2]) > POLARITY_SIDE else rgb
+    background = median_background(low)
+    desk = desk_beside(background, work.shape[:2])
+    background = resize_channels(background, (work.shape[1], work.shape[0]), Image.Resampling.BILINEAR)
+    strength = {}
+    for dark in (True, False):
+        raw = contrast(work, background, dark)
+        noise = noise_level(raw)
+        strength[dark] = inner_peak(box_mean(raw, 1), noise, desk) / noise
+    return strength[False] >= LIGHT_OVER_DARK * strength[True]
 
 
 def ink_on_sheet(diff: np.ndarray, median: np.ndarray) -> np.ndarray:

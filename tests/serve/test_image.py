@@ -9,8 +9,8 @@ import pytest
 from PIL import Image, ImageDraw
 
 from serve.image.decode import at_drawn_scale, decode_image, to_rgb
-from serve.image.ink import (BOTH_SIDES, LOW_SIDE, NO_BARS, NO_INK, NoDigitFound, ink_map, off_frame, paper_colour,
-                             sheet_ink, shrink, two_wide)
+from serve.image.ink import (BOTH_SIDES, DARK_PAPER, LIGHT_BOARD, LOW_SIDE, NO_BARS, NO_INK, NoDigitFound, ink_map,
+                             lighter_marks_stand_out, off_frame, paper_colour, sheet_ink, shrink, two_wide)
 from serve.image.lines import find_lines, without_lines
 from serve.image.morph import LUMA, blob_shaped, box_mean, label, runs_at_least
 from serve.image.normalize import MAX_PASSES, normalize_stroke, stroke_width
@@ -1631,3 +1631,31 @@ def test_noise_of_mid_grey_has_no_ink_on_either_side(sample_dataset, index: int)
         with pytest.raises(NoDigitFound):
             ink_map(rgb, other_side=other_side)
     assert prepare_page(item.data, item.name).refusal == NO_INK
+
+
+@pytest.mark.parametrize("index", [19, 86])
+def test_chalk_on_a_board_lifted_to_grey_is_light_ink(sample_dataset, index: int) -> None:
+    # the evaluation's seed 0 board 19 and 86: a chalk 0 on a board the camera lifted to a median grey
+    # of 0.3-0.4, above DARK_PAPER: dark ink was looked for and the board's darker rims beside the
+    # strokes were found, read as a 6 and a 1. Its light marks stand out far more than any dark one.
+    item = evaluation_image(sample_dataset, "board", index, seed=0)
+    assert item.name == f"board/{index:04d}-chalk.jpg" and item.expected == "0"
+    rgb, _ = at_drawn_scale(to_rgb(decode_image(item.data).image))
+    gray = rgb @ LUMA
+    assert DARK_PAPER < float(np.median(gray)) < LIGHT_BOARD
+    assert lighter_marks_stand_out(rgb, shrink(rgb, LOW_SIDE))
+    chalk = gray > np.percentile(gray, 99.5)  # the strokes' brightest pixels
+    assert (ink_map(rgb)[chalk] > 0).mean() > 0.8  # the ink is the strokes themselves, not their rims
+
+
+def test_a_dim_sheet_beside_a_shadow_is_dark_ink(sample_dataset) -> None:
+    # the evaluation's seed 0 photo 37: a pencil 1 on a dim sheet (median grey 0.44) half in shadow;
+    # where the median background lags at the shadow's edge the lit paper stands out as lighter,
+    # 1.5 times as much as the pencil over its noise: short of LIGHT_OVER_DARK
+    item = evaluation_image(sample_dataset, "photo", 37, seed=0)
+    assert item.expected == "1"
+    rgb, _ = at_drawn_scale(to_rgb(decode_image(item.data).image))
+    assert DARK_PAPER < float(np.median(rgb @ LUMA)) < LIGHT_BOARD
+    assert not lighter_marks_stand_out(rgb, shrink(rgb, LOW_SIDE))
+    page = prepare_page(item.data, item.name)
+    assert page.refusal is None and page.glyphs == 1
