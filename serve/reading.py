@@ -160,8 +160,8 @@ def page_of_image(image: "Image.Image", name: str, spec: FieldSpec = FieldSpec()
     except NoDigitFound as exc:
         if str(exc) != NO_INK:
             return Page(name, empty, [], refusal=str(exc))
-        try:  # a photo's ink may lie on the other side of the paper's grey (chalk on a board lit grey)
-            glyphs = glyphs_of(ink_map(rgb, other_side=True))
+        try:  # chalk on a board lifted to grey, or beside a strip of lighter desk (ink_map's second look)
+            glyphs = glyphs_of(ink_map(rgb, second_look=True))
         except NoDigitFound:
             return Page(name, empty, [], refusal=str(exc))
     ordered, pieces, joins = list(glyphs), {}, {}

@@ -21,7 +21,7 @@ from PIL import Image, ImageFilter
 from serve.image.lines import find_lines, without_lines
 from serve.image.morph import LUMA, Box, blob_shaped, border, box_mean, extents, label, resize_channels
 from serve.image.objects import bar_shape, long_for_frame
-from serve.image.sheet import eroded, find_sheet, sheet_interior
+from serve.image.sheet import ON_FRAME, eroded, find_sheet, sheet_interior
 
 SMALL_SIDE = 64  # images up to this size: one global background level
 THIN_SIDE = 8  # ... and images narrower than this (a strip a few pixels across has no paper around its ink to estimate)
@@ -86,28 +86,34 @@ class NoDigitFound(ValueError):
     """The image has nothing to read: blank, faint noise, or no paper to write on (its message says which)."""
 
 
-def ink_map(rgb: np.ndarray, other_side: bool = False) -> np.ndarray:
+def ink_map(rgb: np.ndarray, second_look: bool = False) -> np.ndarray:
     """float32 [H, W] ink, white on black, strongest strokes near 1, background exactly 0.
 
-    ``other_side``: a second look at a photo in which none was found (photo_ink): dim paper and a
-    board the camera lifted to a dark grey overlap in grey level; NoDigitFound where there is no doubt
-    which side of the paper's grey the ink is on (a canvas, a sheet on a desk, a bright or dark frame)."""
+    ``second_look``: a photo in which no digit was found, looked at again. A sheet that runs off the
+    frame may be a strip of desk lighter than a dark board (then the whole frame is read); else the
+    ink is looked for on the other side of the paper's grey, where that is in doubt (photo_ink's
+    other_side: dim paper and a board the camera lifted to grey overlap). NoDigitFound where there
+    is nothing else to look at (a canvas, a sheet inside the frame, a bright or a dark frame)."""
     gray = luminance(rgb)
     small = max(gray.shape) <= SMALL_SIDE or min(gray.shape) < THIN_SIDE
-    if other_side:
-        if small or flat_background(rgb) is not None or find_sheet(shrink(rgb, LOW_SIDE)) is not None:
-            raise NoDigitFound(NO_INK)
-        return photo_ink(rgb, gray, other_side=True)
     if small:
+        if second_look:
+            raise NoDigitFound(NO_INK)
         return global_ink(gray)
     flat = flat_background(rgb)
     # a sheet lying on a desk is photographed: a one-colour border is a canvas's or a clean scan's
     if flat is None:
         low = shrink(rgb, LOW_SIDE)
         sheet = find_sheet(low)
+        if second_look:
+            if sheet is not None and not runs_off_frame(sheet):
+                raise NoDigitFound(NO_INK)
+            return photo_ink(rgb, gray, other_side=sheet is None)
         ink = sheet_ink(rgb, low, sheet) if sheet is not None else None
         if ink is not None:
             return ink
+    elif second_look:
+        raise NoDigitFound(NO_INK)
     return frame_ink(rgb, gray, flat)
 
 
@@ -141,6 +147,11 @@ def sheet_ink(rgb: np.ndarray, low: np.ndarray, sheet: np.ndarray) -> np.ndarray
     ink = np.zeros((h, w), np.float32)
     ink[y0:y1, x0:x1] = crop_ink
     return ink
+
+
+def runs_off_frame(sheet: np.ndarray) -> bool:
+    """Whether a sheet (find_sheet's mask) runs off the frame, more than a corner cut off."""
+    return float(border(sheet).mean()) > ON_FRAME
 
 
 def low_pixel_of(low_shape: tuple[int, ...], shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
