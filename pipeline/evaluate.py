@@ -1325,7 +1325,7 @@ BOARD_EXPOSURE = (40.0, 110.0)  # a dark board fills the frame: auto exposure li
 
 def make_board(split: Split, rng: np.random.Generator) -> tuple[bytes, str, str, str]:
     """Light on dark, photographed: a digit in chalk on a blackboard (often hazy where it was wiped),
-    or in paint marker or gel pen on black card."""
+    or in paint marker on black card."""
     digit, label = _digit(split, rng)
     kind = _pick(rng, ["chalk", "paint"], p=[0.7, 0.3])
     if kind == "chalk":
