@@ -1652,7 +1652,7 @@ def test_chalk_on_a_board_lifted_to_grey_is_light_ink(sample_dataset, index: int
 def test_a_dim_sheet_beside_a_shadow_is_dark_ink(sample_dataset) -> None:
     # the evaluation's seed 0 photo 37: a pencil 1 on a dim sheet (median grey 0.44) half in shadow;
     # where the median background lags at the shadow's edge the lit paper stands out as lighter,
-    # 1.5 times as much as the pencil over its noise: short of LIGHT_OVER_DARK
+    # 1.41 times as much as the pencil over its noise: short of LIGHT_OVER_DARK
     item = evaluation_image(sample_dataset, "photo", 37, seed=0)
     assert item.expected == "1"
     rgb, _ = at_drawn_scale(to_rgb(decode_image(item.data).image))
