@@ -9,7 +9,8 @@ what differs from it. A sheet lying whole on a desk that fills most of the frame
 card) is found first (serve/image/sheet.py) and read as if it filled the frame. Contrast is taken
 per colour channel, so blue ink on yellow paper of the same brightness is still ink. Ruled and
 squared paper lines (long, thin, straight) are removed. Small images (28x28 MNIST-form inputs and
-thumbnails) keep the simple global rule, which reproduces MNIST fields exactly.
+thumbnails) keep the simple global rule, which reproduces MNIST fields exactly. A photo whose pixels
+are noisy (a dim room's high-gain sensor) is smoothed before any of this.
 """
 from __future__ import annotations
 
@@ -64,6 +65,14 @@ LIGHT_BOARD = 0.45  # ... and up to this, light ink when lighter marks stand out
 LIGHT_OVER_DARK = 1.6  # ... this many times more, each over its own noise
 PAPER_SHARE = 0.3  # a photo in which less than this share of the frame has the paper's colour has no paper
 PAPER_TOLERANCE = 0.05  # ... within this of its median chromaticity (r, g, b over their sum)
+NOISY = 0.008  # pixel noise (pixel_noise) above this is smoothed away before ink is looked for: a lit photo's
+# is mostly under 0.011 (0.014 at most in the evaluation), a dim room's high-gain sensor's about 0.018 ...
+NOISE_BLUR = 2.5  # px: ... over a Gaussian radius growing from 0 to this at twice NOISY: narrower than the
+# strokes of a photo's digit (a printed box's thin walls, blurred over the full radius at a noise just
+# above the cut, were no longer found as its walls) ...
+NOISE_BLUR_SIDE = 256  # ... in a frame at least this large (a small image's digit is too small to smooth)
+CAMERA_NOISE = 0.06  # pixel noise above this (twice a dim room's worst in the evaluation) is no camera's: the
+# image is noise (uniform noise is 0.2), and smoothed it would become blotches that pass for ink
 HUE_FLOOR = 0.3  # below this sum of r, g and b, chromaticity is taken over this sum: a dark board's noise is no hue
 BLOB_CANDIDATES = 8  # the largest marks judged as blobs when the threshold's peak is looked for
 FAINT = 0.5  # paper lines are looked for at this fraction of the ink threshold, where they are unbroken
@@ -96,6 +105,10 @@ def ink_map(rgb: np.ndarray, second_look: bool = False) -> np.ndarray:
     is nothing else to look at (a canvas, a sheet inside the frame, a bright or a dark frame)."""
     gray = luminance(rgb)
     small = max(gray.shape) <= SMALL_SIDE or min(gray.shape) < THIN_SIDE
+    radius = noise_blur_radius(gray)
+    if radius > 0:
+        rgb = without_sensor_noise(rgb, radius)
+        gray = luminance(rgb)
     if small:
         if second_look:
             raise NoDigitFound(NO_INK)
@@ -115,6 +128,42 @@ def ink_map(rgb: np.ndarray, second_look: bool = False) -> np.ndarray:
     elif second_look:
         raise NoDigitFound(NO_INK)
     return frame_ink(rgb, gray, flat)
+
+
+def pixel_noise(gray: np.ndarray, row_step: int = 4) -> float:
+    """The grey level's noise from pixel to pixel: a robust deviation of each pixel's difference from
+    the mean of its 3x3 neighbourhood, on every ``row_step``-th row (strokes' and shadows' edges are too
+    few to move it; a mean of nine 8-bit levels keeps it from moving in whole levels)."""
+    block = gray[0:-2:row_step] + gray[1:-1:row_step] + gray[2::row_step]  # the three rows around each sampled one
+    mean = (block[:, :-2] + block[:, 1:-1] + block[:, 2:]) / 9.0
+    residual = gray[1:-1:row_step, 1:-1] - mean  # of white noise: 8/9 of its variance
+    return float(1.4826 * np.median(np.abs(residual - np.median(residual))) * np.sqrt(9.0 / 8.0))
+
+
+def quiet_noise(gray: np.ndarray) -> float:
+    """A camera's noise in the frame: the pixel noise of its quietest ninth (a 3x3 grid). A sensor's
+    noise is everywhere; a grainy desk beside the paper is not the sensor's, and smoothed for it, a
+    note's edges on the desk were read as one mark around the note."""
+    h, w = gray.shape
+    return min(pixel_noise(gray[i * h // 3:(i + 1) * h // 3, j * w // 3:(j + 1) * w // 3])
+               for i in range(3) for j in range(3))
+
+
+def noise_blur_radius(gray: np.ndarray) -> float:
+    """How far (px) to smooth a frame before its ink is looked for: 0 below NOISY, above CAMERA_NOISE
+    or in a small frame."""
+    if min(gray.shape) < NOISE_BLUR_SIDE:
+        return 0.0
+    noise = quiet_noise(gray)
+    return 0.0 if noise > CAMERA_NOISE else NOISE_BLUR * float(np.clip(noise / NOISY - 1.0, 0.0, 1.0))
+
+
+def without_sensor_noise(rgb: np.ndarray, radius: float) -> np.ndarray:
+    """``rgb`` smoothed over ``radius`` px. A photo in a dim room has its sensor's noise raised so high
+    that, pixel by pixel, it stands as far above the paper as a pencil's stroke does: ink found by its
+    contrast over the noise was none ("no ink found") or specks. Smoothed, the stroke stands above it."""
+    image = Image.fromarray(np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8))
+    return np.asarray(image.filter(ImageFilter.GaussianBlur(radius)), np.float32) / np.float32(255.0)
 
 
 def sheet_ink(rgb: np.ndarray, low: np.ndarray, sheet: np.ndarray) -> np.ndarray | None:

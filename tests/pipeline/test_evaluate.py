@@ -89,7 +89,7 @@ def claimed_size_ok(item: ev.Item, size: tuple[int, int]) -> bool:
         return (w, h) == (28, 28)
     if item.condition == "canvas":
         return canvas
-    if item.condition in ("photo", "note", "ruled", "framed", "beside", "board"):
+    if item.condition in ("photo", "note", "ruled", "framed", "beside", "board", "dim"):
         return photo
     if item.condition == "specks":
         return scan
@@ -224,6 +224,21 @@ def test_chalk_and_paint_lie_over_a_dark_board_and_wiping_leaves_a_faint_haze() 
                     np.random.default_rng(3))
     lift = np.asarray(sheet, np.float32) - np.array(board)
     assert lift.min() >= 0 and 0 < lift.max() <= 0.2 * (238 - board[0]) + 1  # lighter, and faint
+
+
+def test_a_dim_room_leaves_the_paper_grey_and_the_sensor_noisy() -> None:
+    # the same scene and draws, photographed lit and dim: only the exposure and the noise differ
+    def shot(exposure: tuple[float, float], noise: tuple[float, float]) -> np.ndarray:
+        plan = ev.PhotoPlan(size=(900, 1200), desk=False, shadow=False, exposure=exposure, noise=noise)
+        return np.asarray(ev.photograph(None, np.random.default_rng(4), plan).convert("L"), np.float32)
+
+    def pixel_noise(grey: np.ndarray) -> float:
+        steps = np.diff(grey, axis=1)
+        return float(1.4826 * np.median(np.abs(steps - np.median(steps))))
+
+    lit, dim = shot(ev.PhotoPlan.exposure, ev.PhotoPlan.noise), shot(ev.DIM_EXPOSURE, ev.DIM_NOISE)
+    assert 195 <= np.median(lit) <= 250 and ev.DIM_EXPOSURE[0] - 10 <= np.median(dim) <= ev.DIM_EXPOSURE[1] + 5
+    assert pixel_noise(dim) > 2.5 * pixel_noise(lit)
 
 
 @pytest.mark.parametrize("seed", range(6))
