@@ -17,6 +17,7 @@ from PIL import Image, ImageOps
 from pipeline import evaluate as ev
 from pipeline.cli import cli
 from pipeline.data import Dataset
+from serve.image.ink import pixel_noise
 from tests.helpers import assert_one_line_error
 
 REPO = Path(__file__).resolve().parents[2]
@@ -232,13 +233,9 @@ def test_a_dim_room_leaves_the_paper_grey_and_the_sensor_noisy() -> None:
         plan = ev.PhotoPlan(size=(900, 1200), desk=False, shadow=False, exposure=exposure, noise=noise)
         return np.asarray(ev.photograph(None, np.random.default_rng(4), plan).convert("L"), np.float32)
 
-    def pixel_noise(grey: np.ndarray) -> float:
-        steps = np.diff(grey, axis=1)
-        return float(1.4826 * np.median(np.abs(steps - np.median(steps))))
-
     lit, dim = shot(ev.PhotoPlan.exposure, ev.PhotoPlan.noise), shot(ev.DIM_EXPOSURE, ev.DIM_NOISE)
     assert 195 <= np.median(lit) <= 250 and ev.DIM_EXPOSURE[0] - 10 <= np.median(dim) <= ev.DIM_EXPOSURE[1] + 5
-    assert pixel_noise(dim) > 2.5 * pixel_noise(lit)
+    assert pixel_noise(dim / 255) > 2.5 * pixel_noise(lit / 255)
 
 
 @pytest.mark.parametrize("seed", range(6))
