@@ -65,8 +65,8 @@ LIGHT_BOARD = 0.45  # ... and up to this, light ink when lighter marks stand out
 LIGHT_OVER_DARK = 1.6  # ... this many times more, each over its own noise
 PAPER_SHARE = 0.3  # a photo in which less than this share of the frame has the paper's colour has no paper
 PAPER_TOLERANCE = 0.05  # ... within this of its median chromaticity (r, g, b over their sum)
-NOISY = 0.008  # pixel noise (pixel_noise) above this is smoothed away before ink is looked for: a lit photo's
-# is mostly under 0.011 (0.014 at most in the evaluation), a dim room's high-gain sensor's about 0.018 ...
+NOISY = 0.008  # noise (quiet_noise) above this is smoothed away before ink is looked for: over a whole frame a
+# lit photo's is mostly under 0.011 (0.014 at most in the evaluation), a dim room's about 0.018 ...
 NOISE_BLUR = 2.5  # px: ... over a Gaussian radius growing from 0 to this at twice NOISY: narrower than the
 # strokes of a photo's digit (a printed box's thin walls, blurred over the full radius at a noise just
 # above the cut, were no longer found as its walls) ...
