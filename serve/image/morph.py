@@ -136,6 +136,16 @@ def joined(n: int, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return np.unique(parent, return_inverse=True)[1]
 
 
+def grown(seeds: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The components of ``seeds | mask`` that hold a seed: ``seeds`` grown through ``mask`` as far as it
+    reaches (hysteresis, as in Canny's two thresholds)."""
+    marks, count = label(seeds | mask)
+    holds = np.zeros(count + 1, bool)
+    holds[marks[seeds]] = True
+    holds[0] = False
+    return holds[marks]
+
+
 def holes(mask: np.ndarray) -> np.ndarray:
     """The background pixels of ``mask`` that it encloses (not connected to its box's edge; 8-connected,
     so a loop closed only at a diagonal step counts as open)."""
