@@ -76,11 +76,12 @@ CAMERA_NOISE = 0.06  # pixel noise above this (twice a dim room's worst in the e
 HUE_FLOOR = 0.3  # below this sum of r, g and b, chromaticity is taken over this sum: a dark board's noise is no hue
 BLOB_CANDIDATES = 8  # the largest marks judged as blobs when the threshold's peak is looked for
 FAINT = 0.5  # paper lines are looked for at this fraction of the ink threshold, where they are unbroken
-BROKEN_BY_NOISE = 0.5  # where the noise lifts the cut above this fraction of the strongest ink, a stroke's
-# weaker half falls below it: strokes are grown through the faint ink (0.56-0.92 in the evaluation's dim photos
-# that broke into specks). Not where paper lines are found in a photo without a camera's noise: their rims lift
-# the cut as high (0.40-0.62 in lit photos of ruled paper), and the pieces of a line the finder missed, grown
-# along it, were taken for marks (a lone 1 and a "5603" refused)
+BROKEN_BY_NOISE = 0.5  # where a camera's noise lifts the cut above this fraction of the strongest ink, a
+# stroke's weaker half falls below it: strokes are grown through the faint ink (0.56-0.92 in the evaluation's
+# dim photos that broke into specks). Not in frames without a camera's noise (noise_blur_radius 0), where the
+# cut is as high for other reasons: the rims of ruled lines (0.40-0.62 in lit photos of ruled paper; grown,
+# pieces of lines the finder missed were taken for marks, and a "5603" refused), a pen lying beside the digit
+# or a low-resolution crop (a refusal grown into a wrong answer)
 PEN_OVER_LINE = 2.0  # ink on a paper line this many times stronger than the line (its 90th percentile) is a pen's
 # A highlighter's band (without_colour_only): ink whose brightness differs from the paper's less than
 COLOUR_ONLY = 0.75  # this share of its colour's (contrast in the channel where it differs most),
@@ -638,7 +639,7 @@ def threshold_ink(raw: np.ndarray, gray: np.ndarray, dark_ink: bool = True,
         raise NoDigitFound(NO_INK)
     strong, faint = raw >= cut, raw >= FAINT * cut  # faint holds strong
     lines, thickness = find_lines(faint)
-    if noise_cut >= BROKEN_BY_NOISE * peak and (noisy or not lines.any()):
+    if noisy and noise_cut >= BROKEN_BY_NOISE * peak:  # off the lines: a line's faint rim would grow along it
         strong = grown(strong, faint & ~lines)
     if lines.any():  # on ruled paper the faint ink is mostly the lines' rims: no links through it
         # ink far stronger than the lines is a pen's lying on one (a 4's bar written on the line)
