@@ -10,7 +10,8 @@ card) is found first (serve/image/sheet.py) and read as if it filled the frame. 
 per colour channel, so blue ink on yellow paper of the same brightness is still ink. Ruled and
 squared paper lines (long, thin, straight) are removed. Small images (28x28 MNIST-form inputs and
 thumbnails) keep the simple global rule, which reproduces MNIST fields exactly. A photo whose pixels
-are noisy (a dim room's high-gain sensor) is smoothed before any of this.
+are noisy (a dim room's high-gain sensor) is smoothed before any of this, and where its noise still
+sets the threshold high enough to break strokes into dashes, they are grown whole (hysteresis).
 """
 from __future__ import annotations
 
@@ -624,8 +625,8 @@ def threshold_ink(raw: np.ndarray, gray: np.ndarray, dark_ink: bool = True,
                   desk: np.ndarray | None = None, noise_cut: float | None = None, noisy: bool = False) -> np.ndarray:
     """Keep what stands clearly above the background noise and a fraction of the strongest ink not cut
     by the frame and not on a ``desk`` (desk_beside: its grain and the sheet's rim are far stronger
-    than a pencil's digit on the paper); where the noise sets a cut so high that strokes break, grow
-    them through the faint ink off the paper lines; remove paper lines, or on plain paper let faint ink
+    than a pencil's digit on the paper); where a camera's noise sets a cut so high that strokes break,
+    grow them through the faint ink off the paper lines; remove paper lines, or on plain paper let faint ink
     bridge a stroke's gaps; scale typical strokes to 1. ``noise_cut``: what ink must stand above, when known
     (else noise_level of the whole frame); ``noisy``: the frame had a camera's noise (noise_blur_radius)."""
     # The noise is the whole frame's, desk included: on the paper alone it is lower on ruled paper beside
