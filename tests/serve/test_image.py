@@ -1755,8 +1755,8 @@ def test_strokes_that_a_dim_rooms_noise_broke_are_grown_whole(sample_dataset, mo
     assert page.refusal is None and page.glyphs == 1, (page.refusal, page.boxes[:page.glyphs])
     height = page.boxes[0].height
     monkeypatch.setattr("serve.image.ink.BROKEN_BY_NOISE", np.inf)  # never grown
-    unbroken = prepare_page(item.data, item.name)
-    pieces = unbroken.boxes[:unbroken.glyphs] if unbroken.refusal is None else []
+    ungrown = prepare_page(item.data, item.name)
+    pieces = ungrown.boxes[:ungrown.glyphs] if ungrown.refusal is None else []
     assert all(box.height < 0.7 * height for box in pieces) or len(pieces) > 1, (before, pieces, height)
 
 
