@@ -359,8 +359,8 @@ def compare(data: str, data_dir: Path | None, epochs: int, seeds: int, lrs: tupl
               help="Images per condition (the 48-megapixel `big` condition makes at most 3).")
 @click.option("--condition", "conditions", multiple=True,
               help="Only this condition (repeat for several): mnist-28, canvas, photo, note, ruled, framed, beside, "
-                   "board, dim, specks, colour, thick-thin, writers, small, cropped, typeset, numbers, not-digits, "
-                   "big. Default: all.")
+                   "board, dim, shadow, specks, colour, thick-thin, writers, small, cropped, typeset, numbers, "
+                   "not-digits, big. Default: all.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Same seed, same images, byte for byte.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,

@@ -38,8 +38,9 @@ from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageFont, ImageOps
 
 from pipeline.errors import PipelineError
 
-CONDITIONS = ("mnist-28", "canvas", "photo", "note", "ruled", "framed", "beside", "board", "dim", "specks",
-              "colour", "thick-thin", "writers", "small", "cropped", "typeset", "numbers", "not-digits", "big")
+CONDITIONS = ("mnist-28", "canvas", "photo", "note", "ruled", "framed", "beside", "board", "dim", "shadow",
+              "specks", "colour", "thick-thin", "writers", "small", "cropped", "typeset", "numbers", "not-digits",
+              "big")
 DEFAULT_PER_CONDITION = 100
 BIG_MAX = 3  # 48-megapixel photos are slow to make: at most this many
 BIG_SIZE = (8000, 6000)
@@ -49,7 +50,8 @@ BATCH_PAGES = 48
 
 # The goals of the issue, and the conditions each is measured on here.
 GOALS = (
-    ("photographed single digits", ("photo", "note", "ruled", "framed", "beside", "board", "dim", "big"), "accuracy",
+    ("photographed single digits", ("photo", "note", "ruled", "framed", "beside", "board", "dim", "shadow", "big"),
+     "accuracy",
      0.95),
     ("handwriting of other writers", ("writers",), "accuracy", 0.95),
     ("typeset digits", ("typeset",), "accuracy", 0.99),
@@ -854,9 +856,11 @@ def _desk(rng: np.random.Generator, size: tuple[int, int]) -> Image.Image:
     return Image.fromarray(small).resize((w, h), Image.Resampling.BILINEAR)
 
 
-def _lighting(rng: np.random.Generator, size: tuple[int, int], shadow: bool | None = None) -> tuple[Image.Image, float]:
+def _lighting(rng: np.random.Generator, size: tuple[int, int], shadow: bool | None = None,
+              cast_shadow: bool = False) -> tuple[Image.Image, float]:
     """Uneven light: a linear gradient, vignetting (up to 35% at the corners), maybe a soft shadow band,
-    and a colour cast. Returns an RGB multiplier image (255 = full light) and its bright level (0-1)."""
+    a hard-edged shadow if ``cast_shadow``, and a colour cast. Returns an RGB multiplier image (255 = full
+    light) and its bright level (0-1)."""
     w, h = size
     lw, lh = max(16, w // 16), max(16, h // 16)
     ys: np.ndarray
@@ -880,19 +884,40 @@ def _lighting(rng: np.random.Generator, size: tuple[int, int], shadow: bool | No
     light = light + _smooth_noise(rng, (lw, lh), max(lw, lh) / 3) * 0.02
     cast = np.float32(_pick(rng, [(1, 1, 1), (1, 0.94, 0.82), (1, 0.97, 0.9), (0.9, 0.96, 1), (0.95, 1, 0.93)],
                             p=[0.3, 0.25, 0.2, 0.15, 0.1]))
+    if cast_shadow:  # drawn at the frame's size: its edge is sharper than the low-resolution light allows
+        light = _resize_f(light.astype(np.float32), (w, h), Image.Resampling.BILINEAR) * _cast_shadow(rng, (w, h))
     cast = cast / cast.max()
     rgb = np.clip(light[..., None] * cast[None, None, :] * 255, 0, 255).astype(np.uint8)
     return Image.fromarray(rgb).resize((w, h), Image.Resampling.BILINEAR), float(np.percentile(light, 90))
 
 
+def _cast_shadow(rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
+    """float32 [h, w] light multiplier: the shadow a phone or a hand casts from a lamp above the page,
+    one straight edge or a corner (two edges), the light behind it 30-60% lower, its penumbra
+    0.3-2% of the frame."""
+    w, h = size
+    ys: np.ndarray
+    xs: np.ndarray
+    ys, xs = np.indices((h, w), dtype=np.float32)
+    xs, ys = xs / max(w, h) - 0.5 * w / max(w, h), ys / max(w, h) - 0.5 * h / max(w, h)
+    soft = _u(rng, 0.003, 0.02)
+    inside = np.ones((h, w), np.float32)
+    angle = _u(rng, 0, 2 * math.pi)
+    for turn in ((0.0,) if rng.random() < 0.6 else (0.0, _pick(rng, [-1, 1]) * math.pi / 2)):
+        a = angle + turn
+        d = xs * math.cos(a) + ys * math.sin(a) - _u(rng, -0.25, 0.25)
+        inside *= np.clip(d / soft + 0.5, 0, 1)
+    return 1 - _u(rng, 0.3, 0.6) * inside
+
+
 def _camera(scene: Image.Image, rng: np.random.Generator, paper_level: float, shadow: bool | None,
             size: tuple[int, int], noise: tuple[float, float] = (1.5, 5.0),
-            exposure: tuple[float, float] = (205, 245)) -> Image.Image:
+            exposure: tuple[float, float] = (205, 245), cast_shadow: bool = False) -> Image.Image:
     """Light, exposure, lens blur and sharpening of a phone camera on ``scene``, then the sensor's
     resolution ``size`` (the scene is rendered at most about 1800 px: phone photos are soft at full
     size) and its noise. Auto exposure brings the paper to a grey level drawn from ``exposure``."""
     w, h = scene.size
-    light, level = _lighting(rng, (w, h), shadow)
+    light, level = _lighting(rng, (w, h), shadow, cast_shadow)
     image = ImageChops.multiply(scene, light)
     target = _u(rng, *exposure)
     gain = (target / 255) / max(0.05, paper_level * level)  # auto exposure: the paper comes out light
@@ -937,6 +962,7 @@ class PhotoPlan:
     whole_sheet: bool = False  # the sheet lies whole in the frame, desk all around (a note, a card)
     exposure: tuple[float, float] = (205, 245)  # the grey level auto exposure brings the paper to
     noise: tuple[float, float] = (1.5, 5.0)  # the sensor's noise (grey levels, one deviation): see _camera
+    cast_shadow: bool = False  # a hard-edged shadow across the sheet (see _cast_shadow)
     # drawn on the sheet before the mark, given the sheet and the mark's box on it (x, y, width, height)
     around: Decoration | None = None
 
@@ -1037,7 +1063,8 @@ def photograph(mark: Mark | None, rng: np.random.Generator, plan: PhotoPlan, max
         shade = shade.point(lambda v: 255 - int(v * 0.55)).resize((W, H), Image.Resampling.BILINEAR)
         desk = ImageChops.multiply(desk, Image.merge("RGB", (shade, shade, shade)))
         frame = Image.composite(frame, desk, coverage)
-    return _camera(frame, rng, luma(paper_rgb) / 255, plan.shadow, (W0, H0), plan.noise, plan.exposure)
+    return _camera(frame, rng, luma(paper_rgb) / 255, plan.shadow, (W0, H0), plan.noise, plan.exposure,
+                   plan.cast_shadow)
 
 
 def _scan_image(mark: Mark | None, rng: np.random.Generator, size: tuple[int, int], height: float,
@@ -1359,6 +1386,19 @@ def make_dim(split: Split, rng: np.random.Generator) -> tuple[bytes, str, str, s
     paper = Paper() if rng.random() < 0.7 else _ruled_paper(rng)
     plan = _photo_plan(rng, paper, ink=ink)
     plan.exposure, plan.noise = DIM_EXPOSURE, DIM_NOISE
+    data, ext = _phone_jpeg(photograph(handwriting(digit, label, rng, ink), rng, plan), rng)
+    return data, ext, paper.kind, label
+
+
+def make_shadow(split: Split, rng: np.random.Generator) -> tuple[bytes, str, str, str]:
+    """A phone photo with the hard-edged shadow of the phone or a hand across the sheet (see
+    _cast_shadow); the digit anywhere, in the light, in the shadow or across its edge; plain paper,
+    sometimes ruled or squared."""
+    digit, label = _digit(split, rng)
+    ink = pick_ink(rng)
+    paper = Paper() if rng.random() < 0.75 else _ruled_paper(rng)
+    plan = _photo_plan(rng, paper, ink=ink)
+    plan.cast_shadow = True
     data, ext = _phone_jpeg(photograph(handwriting(digit, label, rng, ink), rng, plan), rng)
     return data, ext, paper.kind, label
 
@@ -1818,6 +1858,7 @@ def make_big(split: Split, rng: np.random.Generator) -> tuple[bytes, str, str, s
 MAKERS: dict[str, Callable[[Split, np.random.Generator], tuple[bytes, str, str, str | None]]] = {
     "mnist-28": make_mnist28, "canvas": make_canvas, "photo": make_photo, "note": make_note, "ruled": make_ruled,
     "framed": make_framed, "beside": make_beside, "board": make_board, "dim": make_dim,
+    "shadow": make_shadow,
     "specks": make_specks, "colour": make_colour,
     "thick-thin": make_thick_thin,
     "writers": make_writers, "small": make_small, "cropped": make_cropped,

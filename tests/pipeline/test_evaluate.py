@@ -90,7 +90,7 @@ def claimed_size_ok(item: ev.Item, size: tuple[int, int]) -> bool:
         return (w, h) == (28, 28)
     if item.condition == "canvas":
         return canvas
-    if item.condition in ("photo", "note", "ruled", "framed", "beside", "board", "dim"):
+    if item.condition in ("photo", "note", "ruled", "framed", "beside", "board", "dim", "shadow"):
         return photo
     if item.condition == "specks":
         return scan
@@ -236,6 +236,25 @@ def test_a_dim_room_leaves_the_paper_grey_and_the_sensor_noisy() -> None:
     lit, dim = shot(ev.PhotoPlan.exposure, ev.PhotoPlan.noise), shot(ev.DIM_EXPOSURE, ev.DIM_NOISE)
     assert 195 <= np.median(lit) <= 250 and ev.DIM_EXPOSURE[0] - 10 <= np.median(dim) <= ev.DIM_EXPOSURE[1] + 5
     assert pixel_noise(dim / 255) > 2.5 * pixel_noise(lit / 255)
+
+
+def test_a_cast_shadow_darkens_one_side_of_a_sharp_edge() -> None:
+    # the same scene and draws with and without the shadow of a phone or a hand: where the shadow falls
+    # the light is 30-60% lower, elsewhere the same, and the two meet within 2% of the frame
+    size = (1200, 900)
+    lit, _ = ev._lighting(np.random.default_rng(6), size, shadow=False)
+    shaded, _ = ev._lighting(np.random.default_rng(6), size, shadow=False, cast_shadow=True)
+    ratio = (np.asarray(shaded, np.float32) + 0.5) / (np.asarray(lit, np.float32) + 0.5)
+    ratio = ratio.mean(axis=2)
+    dark = ratio < 0.75
+    assert 0.1 < dark.mean() < 0.9  # the edge crosses the frame
+    assert 0.35 <= np.median(ratio[dark]) <= 0.72 and np.median(ratio[~dark]) > 0.97
+    # across the edge the light changes within 2% of the frame (the soft shadows of the other photos
+    # take 5-20%): the pixels between the two levels, per pixel of the shadow's outline
+    between = (ratio < 0.97) & (ratio > np.median(ratio[dark]) + 0.03)
+    outline = dark & ~(np.roll(dark, 1, 0) & np.roll(dark, -1, 0) & np.roll(dark, 1, 1) & np.roll(dark, -1, 1))
+    outline[[0, -1]] = outline[:, [0, -1]] = False  # the frame's edge is no edge of the shadow
+    assert between.sum() / outline.sum() <= 0.02 * max(size)
 
 
 @pytest.mark.parametrize("seed", range(6))
