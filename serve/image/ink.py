@@ -21,7 +21,8 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from serve.image.lines import find_lines, without_lines
-from serve.image.morph import LUMA, Box, blob_shaped, border, box_mean, extents, grown, label, resize_channels
+from serve.image.morph import LUMA, Box, blob_shaped, border, box_mean, closed, extents, grown, label, \
+    resize_channels
 from serve.image.objects import bar_shape, long_for_frame
 from serve.image.sheet import ON_FRAME, eroded, find_sheet, sheet_interior
 
@@ -93,6 +94,13 @@ OUT_FROM_UNDER, BAND_REACH = 0.03, 6  # or this share in strokes running from un
 BAND_GAPS = 2  # px: a band's gaps this wide (its faint pixels below the threshold) are closed before it is measured
 
 
+STEP = 0.4  # a change of the paper's brightness this large (relative) across 4 px of the low copy is a step the
+# upsampled low copy cannot follow (a hard shadow's edge: 0.4 and more; a soft one, its edge 5-20% of the frame
+# wide, up to 0.35) ...
+STEP_REACH = 1  # px of the low copy: ... and the band this far beside it gets at_steps' background, which lifts
+STEP_STROKE = 0.06  # strokes up to this fraction of the frame's longer side wide off the paper
+STEP_SIDE = 512  # px: frames smaller than this are left as they are (a crop's strokes are wider)
+STEP_FRAME_MARGIN = 2  # ... and the frame's edge, as far as this many closing radii
 NO_INK = "no ink found"
 NO_PAPER = "no paper: most of the image has no one background colour"
 NO_BARS = "bars of a barcode"
@@ -261,11 +269,44 @@ def photo_ink(rgb: np.ndarray, gray: np.ndarray, other_side: bool = False, noisy
 def polarity_ink(rgb: np.ndarray, gray: np.ndarray, low: np.ndarray, dark_ink: bool, noisy: bool = False) -> np.ndarray:
     """photo_ink's ink, darker (``dark_ink``) or lighter than the paper; ``low``: the frame shrunk to LOW_SIDE."""
     low_background = paper_colour(low, dark_ink)
-    background = resize_channels(low_background, (rgb.shape[1], rgb.shape[0]), Image.Resampling.BILINEAR)
+    upsampled = resize_channels(low_background, (rgb.shape[1], rgb.shape[0]), Image.Resampling.BILINEAR)
     desk = desk_beside(low_background, gray.shape)
+    background = at_steps(rgb, upsampled, low_background, dark_ink)
     raw = contrast(rgb, background, dark_ink)
-    ink = without_desk(threshold_ink(raw, gray, dark_ink, desk, noisy=noisy), desk)
+    # the noise's cut as before the steps were corrected: with less contrast along them, a lower cut let the
+    # faint rim of a sheet's edge through
+    noise_cut = noise_level(raw if background is upsampled else contrast(rgb, upsampled, dark_ink))
+    ink = without_desk(threshold_ink(raw, gray, dark_ink, desk, noise_cut=noise_cut, noisy=noisy), desk)
     return without_colour_only(ink, raw, luma_contrast(gray, background, dark_ink))
+
+
+def at_steps(rgb: np.ndarray, background: np.ndarray, low_background: np.ndarray, dark_ink: bool) -> np.ndarray:
+    """``background`` (the low copy's, at the frame's size) corrected where the paper's brightness steps
+    (a hard shadow's edge, a sheet's edge): upsampled, the low copy's estimate spreads a step over
+    several pixels, and along the edge the side it darkens stood out as a thin line of ink. There the
+    paper is a grey closing (an opening for light ink) of a copy half the frame's size (its box filter
+    quiets the grain a closing would lift the paper to), which lifts strokes up to STEP_STROKE of the
+    frame wide off the paper and keeps the step where it is; never lighter than ``background`` (darker,
+    for light ink), since a closing also fills the tip of a shadow's corner with light. Not within
+    STEP_FRAME_MARGIN closing radii of the frame's edge (where the closing sees the frame's edge
+    repeated, and a sheet's rim that ended short of the frame was no longer cut by it), and only in a
+    frame at least STEP_SIDE large (in a crop or a small note a stroke can be wider than the closing
+    reaches, and was hollowed)."""
+    h, w = rgb.shape[:2]
+    steps = background_steps(low_background) >= STEP
+    if max(h, w) < STEP_SIDE or not steps.any():
+        return background
+    half = shrink(rgb, max(h, w) // 2) if max(h, w) >= 2 * LOW_SIDE else rgb
+    radius = max(2, round(STEP_STROKE * max(half.shape[:2]) / 2))
+    rows, cols = low_pixel_of(steps.shape, (h, w))
+    band = (box_mean(steps.astype(np.float32), STEP_REACH) > 0)[rows][:, cols]
+    margin = STEP_FRAME_MARGIN * radius * max(h, w) // max(half.shape[:2])
+    band[:margin] = band[h - margin:] = False
+    band[:, :margin] = band[:, w - margin:] = False
+    paper = resize_channels(np.stack([closed(half[..., c], radius, dark_ink) for c in range(3)], axis=2), (w, h),
+                            Image.Resampling.BILINEAR)
+    paper = np.minimum(paper, background) if dark_ink else np.maximum(paper, background)
+    return np.where(band[..., None], paper, background).astype(np.float32)
 
 
 def hue_distance(low: np.ndarray) -> np.ndarray:

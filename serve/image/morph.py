@@ -52,6 +52,28 @@ def box_mean(a: np.ndarray, radius: int) -> np.ndarray:
     return (total / area).astype(np.float32)
 
 
+def window_extreme(a: np.ndarray, radius: int, largest: bool) -> np.ndarray:
+    """The largest (or smallest) value over the (2r+1)^2 window around each pixel, the frame's edge
+    repeated beyond it: a max (min) filter, separable, each axis by doubling windows (log r passes)."""
+    op = np.maximum if largest else np.minimum
+    size = 2 * radius + 1
+    out = a
+    for _ in range(2):  # down the columns, then (transposed) along the rows
+        acc = np.pad(out, ((radius, radius), (0, 0)), mode="edge")
+        span = 1
+        while 2 * span <= size:  # acc[i] covers the padded rows i .. i + 2 * span - 1
+            acc = op(acc[:-span], acc[span:])
+            span *= 2
+        out = op(acc[:len(out)], acc[size - span:size - span + len(out)]).T
+    return out
+
+
+def closed(a: np.ndarray, radius: int, dark_marks: bool = True) -> np.ndarray:
+    """A grey closing (an opening for light marks): marks narrower than 2r+1 lifted off their
+    ground, while a step in the ground (a shadow's edge) stays where it is, unblurred."""
+    return window_extreme(window_extreme(a, radius, dark_marks), radius, not dark_marks)
+
+
 def resize_channels(rgb: np.ndarray, size: tuple[int, int], resample: Image.Resampling) -> np.ndarray:
     """Resize a float [H, W, C] array channel by channel to ``size`` (width, height)."""
     return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(rgb[..., c]), mode="F").resize(size, resample),
