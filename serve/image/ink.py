@@ -95,8 +95,8 @@ BAND_GAPS = 2  # px: a band's gaps this wide (its faint pixels below the thresho
 
 
 STEP = 0.4  # a change of the paper's brightness this large (relative) across 4 px of the low copy is a step the
-# upsampled low copy cannot follow (a hard shadow's edge: 0.4 and more; a soft one, its edge 5-20% of the frame
-# wide, up to 0.35) ...
+# upsampled low copy cannot follow (the hard shadows measured: 0.61 and more; the soft bands of two lit photos that
+# 0.2 changed for the worse: 0.32 and 0.35) ...
 STEP_REACH = 1  # px of the low copy: ... and the band this far beside it gets at_steps' background, which lifts
 STEP_STROKE = 0.06  # strokes up to this fraction of the frame's longer side wide off the paper
 STEP_SIDE = 512  # px: frames smaller than this are left as they are (a crop's strokes are wider)
@@ -273,8 +273,9 @@ def polarity_ink(rgb: np.ndarray, gray: np.ndarray, low: np.ndarray, dark_ink: b
     desk = desk_beside(low_background, gray.shape)
     background = at_steps(rgb, upsampled, low_background, dark_ink)
     raw = contrast(rgb, background, dark_ink)
-    # the noise's cut as before the steps were corrected: with less contrast along them, a lower cut let the
-    # faint rim of a sheet's edge through
+    # the noise's cut as before the steps were corrected (less contrast along them would lower it: put in
+    # against a sheet's faint rim coming through, which the frame margin turned out to be what stopped;
+    # kept, since no reading of either seed needs it lower)
     noise_cut = noise_level(raw if background is upsampled else contrast(rgb, upsampled, dark_ink))
     ink = without_desk(threshold_ink(raw, gray, dark_ink, desk, noise_cut=noise_cut, noisy=noisy), desk)
     return without_colour_only(ink, raw, luma_contrast(gray, background, dark_ink))

@@ -61,7 +61,7 @@ def window_extreme(a: np.ndarray, radius: int, largest: bool) -> np.ndarray:
     for _ in range(2):  # down the columns, then (transposed) along the rows
         acc = np.pad(out, ((radius, radius), (0, 0)), mode="edge")
         span = 1
-        while 2 * span <= size:  # acc[i] covers the padded rows i .. i + 2 * span - 1
+        while 2 * span <= size:  # acc[i] holds the extreme of the padded rows i .. i + span - 1
             acc = op(acc[:-span], acc[span:])
             span *= 2
         out = op(acc[:len(out)], acc[size - span:size - span + len(out)]).T
