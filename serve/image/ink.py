@@ -22,7 +22,7 @@ from PIL import Image, ImageFilter
 
 from serve.image.lines import find_lines, without_lines
 from serve.image.morph import LUMA, Box, blob_shaped, border, box_mean, closed, extents, grown, label, \
-    resize_channels
+    regrown, resize_channels, window_extreme
 from serve.image.objects import bar_shape, long_for_frame
 from serve.image.sheet import ON_FRAME, eroded, find_sheet, sheet_interior
 
@@ -97,8 +97,11 @@ BAND_GAPS = 2  # px: a band's gaps this wide (its faint pixels below the thresho
 STEP = 0.4  # a change of the paper's brightness this large (relative) across 4 px of the low copy is a step the
 # upsampled low copy cannot follow (the hard shadows measured: 0.61 and more; the soft bands of two lit photos that
 # 0.2 changed for the worse: 0.32 and 0.35) ...
-STEP_REACH = 1  # px of the low copy: ... and the band this far beside it gets at_steps' background, which lifts
-STEP_STROKE = 0.06  # strokes up to this fraction of the frame's longer side wide off the paper
+STEP_REACH = 6  # px of the low copy: ... and the band this far beside it gets at_steps' background (the low
+# copy's estimate rounds a shadow's corner off over more than its step shows: 1 left the corners' tips as ink),
+STEP_STROKE = 0.06  # which lifts strokes up to this fraction of the frame's longer side wide off the paper
+STEP_REGROW = 0.5  # closing radii: and regrows the closing this far into the ground it kept (a shadow's corner);
+# 1 faded grey strokes as dark as the shadow they touched (an 8, a 6, a 3, a 4 across the edge refused)
 STEP_SIDE = 512  # px: frames smaller than this are left as they are (a crop's strokes are wider)
 STEP_FRAME_MARGIN = 2  # ... and the frame's edge, as far as this many closing radii
 NO_INK = "no ink found"
@@ -284,15 +287,12 @@ def polarity_ink(rgb: np.ndarray, gray: np.ndarray, low: np.ndarray, dark_ink: b
 def at_steps(rgb: np.ndarray, background: np.ndarray, low_background: np.ndarray, dark_ink: bool) -> np.ndarray:
     """``background`` (the low copy's, at the frame's size) corrected where the paper's brightness steps
     (a hard shadow's edge, a sheet's edge): upsampled, the low copy's estimate spreads a step over
-    several pixels, and along the edge the side it darkens stood out as a thin line of ink. There the
-    paper is a grey closing (an opening for light ink) of a copy half the frame's size (its box filter
-    quiets the grain a closing would lift the paper to), which lifts strokes up to STEP_STROKE of the
-    frame wide off the paper and keeps the step where it is; never lighter than ``background`` (darker,
-    for light ink), since a closing also fills the tip of a shadow's corner with light. Not within
-    STEP_FRAME_MARGIN closing radii of the frame's edge (where the closing sees the frame's edge
-    repeated, and a sheet's rim that ended short of the frame was no longer cut by it), and only in a
-    frame at least STEP_SIDE large (in a crop or a small note a stroke can be wider than the closing
-    reaches, and was hollowed)."""
+    several pixels, and along the edge the side it darkens stood out as a thin line of ink; it also
+    rounds a shadow's corner off, wider than the step it shows. Within STEP_REACH of the step the paper
+    is paper_at_steps'. Not within STEP_FRAME_MARGIN closing radii of the frame's edge (where the
+    closing sees the frame's edge repeated, and a sheet's rim that ended short of the frame was no
+    longer cut by it), and only in a frame at least STEP_SIDE large (in a crop or a small note a stroke
+    can be wider than the closing reaches, and was hollowed)."""
     h, w = rgb.shape[:2]
     steps = background_steps(low_background) >= STEP
     if max(h, w) < STEP_SIDE or not steps.any():
@@ -304,10 +304,31 @@ def at_steps(rgb: np.ndarray, background: np.ndarray, low_background: np.ndarray
     margin = STEP_FRAME_MARGIN * radius * max(h, w) // max(half.shape[:2])
     band[:margin] = band[h - margin:] = False
     band[:, :margin] = band[:, w - margin:] = False
-    paper = resize_channels(np.stack([closed(half[..., c], radius, dark_ink) for c in range(3)], axis=2), (w, h),
-                            Image.Resampling.BILINEAR)
-    paper = np.minimum(paper, background) if dark_ink else np.maximum(paper, background)
+    paper = paper_at_steps(half, radius, low_background, background, dark_ink)
     return np.where(band[..., None], paper, background).astype(np.float32)
+
+
+def paper_at_steps(half: np.ndarray, radius: int, low_background: np.ndarray, background: np.ndarray,
+                   dark_ink: bool) -> np.ndarray:
+    """float32 [H, W, 3] (``background``'s size): the paper as a grey closing (an opening for light
+    ink) of ``half``, a copy half the frame's size (its box filter quiets the grain a closing would lift
+    the paper to), which lifts strokes up to 2 ``radius`` + 1 px of it wide off the paper and keeps a
+    step where it is. A closing also fills the tip of a shadow's corner with light: regrown from the
+    shadow STEP_REGROW radii (morph.regrown), the tip is paper again. Never lighter than
+    ``background`` (darker, for light ink), nor darker than the darkest of the low copy's paper within
+    STEP_REACH (lighter): a stroke wider than the closing reaches is not lifted off, and the closing
+    took its core for paper (a bold printed 7, a fat marker's 6 hollowed)."""
+    regrow = int(STEP_REGROW * radius)
+    paper = np.stack([regrown(closed(half[..., c], radius, dark_ink), half[..., c], regrow, dark_ink)
+                      for c in range(3)], axis=2)
+    darkest = np.stack([window_extreme(low_background[..., c], STEP_REACH + 1, not dark_ink) for c in range(3)],
+                       axis=2)
+    size = (background.shape[1], background.shape[0])
+    paper = resize_channels(paper, size, Image.Resampling.BILINEAR)
+    darkest = resize_channels(darkest, size, Image.Resampling.BILINEAR)
+    if dark_ink:
+        return np.minimum(np.maximum(paper, darkest), background)
+    return np.maximum(np.minimum(paper, darkest), background)
 
 
 def hue_distance(low: np.ndarray) -> np.ndarray:
