@@ -117,6 +117,16 @@ def evaluation_image(dataset, condition: str, index: int, seed: int):
     return make_item(Split.from_dataset(dataset), condition, index, seed)
 
 
+def one_glyph_item(dataset, condition: str, index: int, seed: int, label: str):
+    """Image ``index`` of ``condition`` (evaluation_image), checked to be a ``label``, and its page, checked
+    to hold one glyph and no refusal: (item, page)."""
+    item = evaluation_image(dataset, condition, index, seed)
+    assert item.expected == label, item.name
+    page = prepare_page(item.data, item.name)
+    assert page.refusal is None and page.glyphs == 1, (page.refusal, page.boxes[:page.glyphs])
+    return item, page
+
+
 def test_a_card_on_a_desk_of_its_hue_with_a_shadow_across_both(sample_dataset) -> None:
     # The evaluation's first index card (seed 0): a shadow crosses the card and the desk, whose hue
     # is the card's. Joined at 0.45 of the card's brightness, the card's shaded part spread over the
@@ -1796,10 +1806,7 @@ def test_strokes_that_a_dim_rooms_noise_broke_are_grown_whole(sample_dataset, mo
     # the evaluation's seed 0 dim photos: the noise lifts the ink's cut above half the strongest ink, and
     # the stroke's weaker half fell below it: specks ("no ink found": none of them a digit) or a piece of
     # a 2 read as a 6. Grown through the faint ink (hysteresis), the digit is one glyph again.
-    item = evaluation_image(sample_dataset, "dim", index, seed=0)
-    assert item.expected == digit_label, item.name
-    page = prepare_page(item.data, item.name)
-    assert page.refusal is None and page.glyphs == 1, (page.refusal, page.boxes[:page.glyphs])
+    item, page = one_glyph_item(sample_dataset, "dim", index, 0, digit_label)
     height = page.boxes[0].height
     monkeypatch.setattr("serve.image.ink.BROKEN_BY_NOISE", np.inf)  # never grown
     ungrown = prepare_page(item.data, item.name)
@@ -1852,10 +1859,7 @@ def test_a_digit_photographed_beside_or_across_a_hard_shadow_is_read(sample_data
     # sheet. The low copy's background, upsampled, spread the shadow's step over several pixels, and along
     # the edge its dark side stood out as a thin line of ink: taken for a 1 beside the digit, joined to it,
     # or outweighing it. A closing at the step keeps the edge where it is.
-    item = evaluation_image(sample_dataset, "shadow", index, seed=0)
-    assert item.expected == digit_label, item.name
-    page = prepare_page(item.data, item.name)
-    assert page.refusal is None and page.glyphs == 1, (page.refusal, page.boxes[:page.glyphs])
+    item, page = one_glyph_item(sample_dataset, "shadow", index, 0, digit_label)
     digit_box = page.boxes[0]
     monkeypatch.setattr(ink_module, "STEP", np.inf)  # the low copy's background everywhere: the edge is ink
     page = prepare_page(item.data, item.name)
@@ -1872,10 +1876,7 @@ def test_a_shadows_corner_is_paper_not_ink(sample_dataset, monkeypatch, index: i
     # digit. The low copy's estimate rounds the corner off wider than the step it shows (STEP_REACH 1
     # left it to that estimate), and a closing fills its tip with light (STEP_REGROW 0): either way the
     # tip was a triangle of ink, outweighing the digit ("not a digit") or read beside it ("14")
-    item = evaluation_image(sample_dataset, "shadow", index, seed=5)
-    assert item.expected == digit_label, item.name
-    page = prepare_page(item.data, item.name)
-    assert page.refusal is None and page.glyphs == 1, (page.refusal, page.boxes[:page.glyphs])
+    item, page = one_glyph_item(sample_dataset, "shadow", index, 5, digit_label)
     digit_box = page.boxes[0]
     for knob in knobs:
         with monkeypatch.context() as patched:
@@ -1898,10 +1899,7 @@ def test_a_stroke_wider_than_the_closing_beside_a_step_is_not_hollowed(sample_da
     # a card): the low copy's paper steps beside strokes this wide, and within STEP_REACH of that step the
     # closing, which cannot lift them, took their cores for paper; the low copy's darkest paper nearby
     # is the floor that keeps them ink
-    item = evaluation_image(sample_dataset, condition, index, seed=5)
-    assert item.expected == digit_label, item.name
-    page = prepare_page(item.data, item.name)
-    assert page.refusal is None and page.glyphs == 1, (page.refusal, page.boxes[:page.glyphs])
+    item, page = one_glyph_item(sample_dataset, condition, index, 5, digit_label)
     rgb, _ = at_drawn_scale(to_rgb(decode_image(item.data).image))
     inked = int((ink_map(rgb) > 0).sum())
     without_paper_floor(monkeypatch)
