@@ -307,17 +307,6 @@ class Look:
     width: float  # pen width
     gap: float  # probability that one stroke has a small gap
     ink: float  # weakest stroke intensity (each stroke is drawn between this and 1)
-    # A broad-nib pen, as roman typefaces are cut: a stroke is thinnest, (1 - contrast) of ``width``,
-    # where it runs along the nib (at ``nib`` degrees), widest across it. 0: a round pen.
-    contrast: float = 0.0
-    nib: float = 0.0
-    ball: float = 0.0  # diameter of a ball at a curved stroke's free end, in pen widths (0: none)
-
-
-# Of the typeset-like samples, this share is drawn with a broad nib (Computer Modern's bold 9, whose
-# thin-tailed curl against a thick bowl read as 0, had no likeness among uniform-pen glyphs) ...
-TYPESET_CONTRAST = 0.5
-BALLS = 0.5  # ... and of those, this share ends its curves in balls (the 2, 3, 5, 6 and 9 of many faces)
 
 
 def random_look(rng: np.random.Generator, typeset_share: float = 0.3) -> Look:
@@ -326,12 +315,7 @@ def random_look(rng: np.random.Generator, typeset_share: float = 0.3) -> Look:
     slant = float(np.clip(rng.normal(7.0, 9.0), -20.0, 20.0))
     rotation, aspect = rng.uniform(-8, 8), math.exp(rng.uniform(-0.35, 0.3))
     if rng.random() < typeset_share:
-        width = rng.uniform(0.10, 0.18)
-        if rng.random() >= TYPESET_CONTRAST:
-            return Look(0.0, 0.0, slant, rotation, aspect, width, 0.0, 1.0)
-        ball = rng.uniform(1.2, 1.8) if rng.random() < BALLS else 0.0
-        return Look(0.0, 0.0, slant, rotation, aspect, width * rng.uniform(1.0, 1.4), 0.0, 1.0,
-                    contrast=rng.uniform(0.5, 0.85), nib=rng.uniform(-10.0, 35.0), ball=ball)
+        return Look(0.0, 0.0, slant, rotation, aspect, rng.uniform(0.10, 0.18), 0.0, 1.0)
     # Most pens land 2-4 px wide in the 28x28 field (20 px tall) as in MNIST (measured on the sample:
     # these ranges give its stroke-width distribution); one in eight is a fine pen.
     width = rng.uniform(0.02, 0.08) if rng.random() < 0.125 else rng.uniform(0.10, 0.20)
@@ -399,43 +383,6 @@ def _draw_stroke(draw: ImageDraw.ImageDraw, stroke: Points, width: float, value:
             draw.ellipse((x - r, y - r, x + r, y + r), fill=value)
 
 
-def _draw_nib_stroke(draw: ImageDraw.ImageDraw, stroke: Points, width: float, value: int, look: Look) -> None:
-    """A broad-nib stroke: each segment as wide as the nib reaches across its direction, round joins."""
-    d = np.diff(stroke, axis=0)
-    keep = np.any(d != 0, axis=1)
-    if not keep.any():
-        return _draw_stroke(draw, stroke[:1], width, value)
-    starts, ends, d = stroke[:-1][keep], stroke[1:][keep], d[keep]
-    direction = np.arctan2(-d[:, 1], d[:, 0])  # counterclockwise as seen on the page (y points down)
-    widths = width * (1 - look.contrast + look.contrast * np.abs(np.sin(direction - math.radians(look.nib))))
-    for (x0, y0), (x1, y1), w in zip(starts.tolist(), ends.tolist(), widths.tolist()):
-        draw.line((x0, y0, x1, y1), fill=value, width=max(1, round(w)))
-        r = w / 2
-        draw.ellipse((x0 - r, y0 - r, x0 + r, y0 + r), fill=value)
-    x, y = ends[-1]
-    r = widths[-1] / 2
-    draw.ellipse((x - r, y - r, x + r, y + r), fill=value)
-    if look.ball:
-        for end, inward in ((starts[0], starts[min(4, len(starts) - 1)]), (ends[-1], ends[max(-5, -len(ends))])):
-            if _curls_at(stroke, end):
-                r = look.ball * width / 2
-                cx, cy = end + (inward - end) * 0.3
-                draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=value)
-
-
-BALL_TURN = 20.0  # degrees: a stroke turning this much over its last few points curls at its end
-
-
-def _curls_at(stroke: Points, end: Points) -> bool:
-    """Whether ``stroke`` bends near ``end`` (one of its ends): where typefaces put a ball."""
-    s = stroke if np.array_equal(stroke[0], end) else stroke[::-1]
-    if len(s) < 6 or np.allclose(stroke[0], stroke[-1]):
-        return False  # too short to tell, or closed (an O has no ends)
-    a, b = s[1] - s[0], s[5] - s[4]
-    turn = math.degrees(abs(math.atan2(a[0] * b[1] - a[1] * b[0], float(a @ b))))
-    return turn > BALL_TURN
-
-
 def _to_pixels(points: Points, pen_width: float, size: int) -> tuple[Points, float]:
     """Points scaled and centred so the glyph fills a ``size`` canvas; the pen width in pixels."""
     lo, hi = points.min(0), points.max(0)
@@ -458,10 +405,7 @@ def render(glyph: Glyph, look: Look, rng: np.random.Generator) -> np.ndarray:
     for poly, value in zip(pieces[n:], values[n:]):
         draw.polygon(poly.ravel().tolist(), fill=value)
     for stroke, value in zip(pieces[:n], values[:n]):
-        if look.contrast and len(stroke) > 1:
-            _draw_nib_stroke(draw, stroke, width, value, look)
-        else:
-            _draw_stroke(draw, stroke, width, value)
+        _draw_stroke(draw, stroke, width, value)
     return np.asarray(image.reduce(SUPERSAMPLE), np.float32) / 255.0
 
 

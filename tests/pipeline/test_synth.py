@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from pipeline.synth import (DIGIT_STYLES, LOWER, NON_DIGIT_KINDS, SHAPES, UPPER, Glyph, Look, arc, non_digits,
+from pipeline.synth import (DIGIT_STYLES, LOWER, NON_DIGIT_KINDS, SHAPES, UPPER, Glyph, Look, non_digits,
                             render, render_digit, render_non_digit, stroke_digits, to_field)
 from serve.image.normalize import FieldSpec, centre_of_mass, is_field_form
 
@@ -190,32 +190,6 @@ def test_a_gap_shows_in_the_field(seed: int) -> None:
     inked = np.flatnonzero(columns > 128)
     assert inked[-1] - inked[0] + 1 >= SPEC.box - 1  # the line still spans the box...
     assert len(inked) < inked[-1] - inked[0] + 1  # ...with a dark column inside
-
-
-def broad_nib(contrast: float, ball: float = 0.0) -> Look:
-    """A typeset look with a horizontal nib: upright strokes widest, level ones thinnest."""
-    return Look(0.0, 0.0, 0.0, 0.0, 1.0, 0.15, 0.0, 1.0, contrast=contrast, nib=0.0, ball=ball)
-
-
-@pytest.mark.parametrize("contrast", [0.0, 0.5, 0.8])
-def test_a_broad_nib_draws_level_strokes_thinner_by_its_contrast(contrast: float) -> None:
-    """A cross of an upright and a level stroke: the level one is (1 - contrast) as thick."""
-    cross = Glyph([np.array([[0.5, 0.0], [0.5, 1.0]]), np.array([[0.0, 0.5], [1.0, 0.5]])])
-    ink = render(cross, broad_nib(contrast), np.random.default_rng(0)) > 0.5
-    n = ink.shape[0]
-    upright = ink[n // 4].sum()  # a row through the upright stroke only
-    level = ink[:, n // 4].sum()  # a column through the level stroke only
-    assert level / upright == pytest.approx(1 - contrast, abs=0.08)
-
-
-def test_balls_end_curves_not_straight_strokes() -> None:
-    """A ball is added at a curved stroke's free ends (a C gains ink there), never on a straight one."""
-    curve = Glyph([arc((0.5, 0.5), 0.5, 0.5, 60, 300)])
-    bar = Glyph([np.array([[0.0, 0.5], [1.0, 0.5]]), np.array([[0.5, 0.0], [0.5, 1.0]])])
-    for glyph, gains in ((curve, True), (bar, False)):
-        plain, balled = (render(glyph, broad_nib(0.6, ball), np.random.default_rng(0)) for ball in (0.0, 1.8))
-        assert bool(balled.sum() > 1.05 * plain.sum()) is gains
-        assert np.all(balled >= plain - 1e-6)  # a ball only adds ink
 
 
 def test_module_does_not_import_torch() -> None:
