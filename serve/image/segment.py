@@ -50,6 +50,8 @@ JOIN_GAP = 0.15  # neighbours closer than this (fraction of their height) ...
 JOIN_ASPECT = 1.0  # ... whose union is at most this wide for its height may be one digit
 OVERLAP_JOIN_ASPECT = 1.7  # ... or this wide, when the two overlap across (the halves of a wide 0)
 ROW_OVERLAP = 0.5  # a digit shares at least this much of its height with the main glyph's rows
+FAR_GAP = 2.0  # a glyph further than this many of the main glyph's heights from every other glyph ...
+FAR_SHORT = 0.8  # ... and shorter than this share of its height is no digit of the number
 MAX_PARTS = 64  # bounds the work on noisy images
 OBJECT_CANDIDATES = 4  # the largest marks looked at as objects lying on the paper (serve/image/objects.py) ...
 OBJECT_THICK, OBJECT_LONG = 2.0, 2.0  # ... this many times thicker than the largest drawing beside them and longer,
@@ -295,7 +297,7 @@ def digit_groups(parts: list[Part], strength: np.ndarray) -> list[Part]:
     groups = group_stacked(parts)
     groups = drop_slivers([g for g in groups if not is_dash_stack(g)] or groups)
     groups = of_digit_height(groups, strength)
-    return on_main_row(groups, strength)
+    return near_each_other(on_main_row(groups, strength), strength)
 
 
 def of_digit_height(groups: list[Part], strength: np.ndarray) -> list[Part]:
@@ -318,6 +320,21 @@ def on_main_row(groups: list[Part], strength: np.ndarray) -> list[Part]:
     main = max(groups, key=lambda g: float(strength[g.labels].sum())).box
     return [g for g in groups if min(g.box.bottom, main.bottom) - max(g.box.y, main.y)
             >= ROW_OVERLAP * min(g.box.height, main.height)]
+
+
+def near_each_other(groups: list[Part], strength: np.ndarray) -> list[Part]:
+    """Without the glyphs far from every other one and shorter than the one with the most ink (FAR_GAP,
+    FAR_SHORT): a number's digits stand close, and a piece of a margin or grid line left far from the
+    digit is no digit of it (it read as a sure 1 before the digit: "10", "16", "19")."""
+    if len(groups) < 2:
+        return groups
+    main = max(groups, key=lambda g: float(strength[g.labels].sum())).box
+
+    def gap(a: Box, b: Box) -> int:
+        return max(a.x - b.right, b.x - a.right, 0)
+
+    return [g for g in groups if g.box.height >= FAR_SHORT * main.height
+            or min(gap(g.box, o.box) for o in groups if o is not g) <= FAR_GAP * main.height]
 
 
 def joined(left: Glyph, right: Glyph) -> Glyph:

@@ -887,6 +887,25 @@ def test_a_mark_off_the_digits_row_is_not_one_of_them() -> None:
     assert [g.box for g in find_glyphs(ink)] == [Box(250, 300, 80, 120), Box(380, 320, 12, 100)]
 
 
+def test_a_short_mark_far_from_the_digit_is_not_one_of_its_digits() -> None:
+    # Seed 7's ruled 32, 121 and 138: a piece of a margin or grid line, in the digit's row but several
+    # of its heights to its left, read as a sure 1 before it ("10", "16", "19" at 0.99 and more).
+    ink = np.zeros((600, 1200), np.float32)
+    ink[300:420, 850:862] = ink[300:420, 918:930] = 1.0  # a "0" 120 px tall
+    ink[300:312, 850:930] = ink[408:420, 850:930] = 1.0
+    zero = Box(850, 300, 80, 120)
+    far = ink.copy()
+    far[320:400, 200:204] = 1.0  # 80 px of a line, 5 of the 0's heights to its left
+    assert [g.box for g in find_glyphs(far)] == [zero]
+    # as tall as the digit (a widely spaced number's 1), or near it, such a mark is a glyph of the number
+    tall = ink.copy()
+    tall[300:420, 200:212] = 1.0
+    assert [g.box for g in find_glyphs(tall)] == [Box(200, 300, 12, 120), zero]
+    near = ink.copy()
+    near[320:400, 700:704] = 1.0
+    assert [g.box for g in find_glyphs(near)] == [Box(700, 320, 4, 80), zero]
+
+
 def sevens_and_a_mark(mark_width: int) -> np.ndarray:
     """A 7 written with a 12 px pen, and an upright straight mark ``mark_width`` px thick beside it,
     taller than the 7 (a box's wall stands above and below the digit in it)."""
