@@ -7,7 +7,8 @@
   mark along the frame or thinly across it (a strip of desk, a sheet's edge) is no digit either.
 - Glyphs much shorter or taller than the tallest solid (not sliver-thin) glyph are dropped: the
   digits of a number stand about alike; and so are glyphs off the row of the glyph with the most ink
-  (a number is written on a line).
+  (a number is written on a line), and shorter glyphs far from every other one (a piece of a margin
+  line far to the left of a digit).
 - Components stacked above each other (a 5's detached top bar, a 4 drawn in two strokes, a stroke
   cut by a removed paper line) are one glyph.
 - Flat slivers and stacks of dashes (what a paper line leaves), and a thin mark far taller than every
@@ -317,9 +318,14 @@ def on_main_row(groups: list[Part], strength: np.ndarray) -> list[Part]:
     """The glyphs in the row of the one with the most ink (``strength``, each label's; a pen's strokes
     are solid ink, the speckle a shadow's edge leaves is faint): a number is written on a line, and a
     mark above or below it (a sheet's edge, a grid line's remains, a note) is not one of its digits."""
-    main = max(groups, key=lambda g: float(strength[g.labels].sum())).box
+    main = main_box(groups, strength)
     return [g for g in groups if min(g.box.bottom, main.bottom) - max(g.box.y, main.y)
             >= ROW_OVERLAP * min(g.box.height, main.height)]
+
+
+def main_box(groups: list[Part], strength: np.ndarray) -> Box:
+    """The box of the glyph with the most ink (``strength``, each label's)."""
+    return max(groups, key=lambda g: float(strength[g.labels].sum())).box
 
 
 def near_each_other(groups: list[Part], strength: np.ndarray) -> list[Part]:
@@ -328,7 +334,7 @@ def near_each_other(groups: list[Part], strength: np.ndarray) -> list[Part]:
     digit is no digit of it (it read as a sure 1 before the digit: "10", "16", "19")."""
     if len(groups) < 2:
         return groups
-    main = max(groups, key=lambda g: float(strength[g.labels].sum())).box
+    main = main_box(groups, strength)
 
     def gap(a: Box, b: Box) -> int:
         return max(a.x - b.right, b.x - a.right, 0)
