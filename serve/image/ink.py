@@ -63,8 +63,9 @@ LINK_REACH = 2  # pixels: faint ink this close to strong ink joins it ...
 RIDGE_REACH = 3  # ... when it stands above the paper this far away on both sides
 DARK_PAPER = 0.3  # a photo whose median grey is below this is light ink on a dark board; above, dark ink
 BOTH_SIDES = (0.2, 0.55)  # ... in doubt in this range (ink_map's second look tries the other side)
-LIGHT_BOARD = 0.45  # ... and up to this, light ink when lighter marks stand out far more (lighter_marks_stand_out)
-LIGHT_OVER_DARK = 1.6  # ... this many times more, each over its own noise
+LIGHT_BOARD = 0.45  # ... and below this, the side whose marks stand out far more (mark_strengths) is the ink's:
+LIGHT_OVER_DARK = 1.6  # ... this many times more, each over its own noise (a board's chalk or paint: 1.58 and
+# more, 5 typically; a dim sheet's pencil below DARK_PAPER, the other way: the light side at most 0.62 of it)
 PAPER_SHARE = 0.3  # a photo in which less than this share of the frame has the paper's colour has no paper
 PAPER_TOLERANCE = 0.05  # ... within this of its median chromaticity (r, g, b over their sum)
 NOISY = 0.008  # noise (quiet_noise) above this is smoothed away before ink is looked for: over a whole frame a
@@ -73,6 +74,9 @@ NOISE_BLUR = 2.5  # px: ... over a Gaussian radius growing from 0 to this at twi
 # strokes of a photo's digit (a printed box's thin walls, blurred over the full radius at a noise just
 # above the cut, were no longer found as its walls) ...
 NOISE_BLUR_SIDE = 256  # ... in a frame at least this large (a small image's digit is too small to smooth)
+BLOTCHY = 0.03  # noise at half the frame's scale above this share of the paper's grey (dark ink) is a dim room's too:
+# a phone's noise reduction leaves little from pixel to pixel (0.005-0.007 in four of seed 7's dim photos, under
+# NOISY) and blotches a few pixels across (0.037-0.051 of the paper's grey; lit photos 0.026 at most)
 CAMERA_NOISE = 0.06  # pixel noise above this (twice a dim room's worst in the evaluation) is no camera's: the
 # image is noise (uniform noise is 0.2), and smoothed it would become blotches that pass for ink
 HUE_FLOOR = 0.3  # below this sum of r, g and b, chromaticity is taken over this sum: a dark board's noise is no hue
@@ -177,6 +181,17 @@ def noise_blur_radius(gray: np.ndarray) -> float:
     return 0.0 if noise > CAMERA_NOISE else NOISE_BLUR * float(np.clip(noise / NOISY - 1.0, 0.0, 1.0))
 
 
+def blotchy(gray: np.ndarray, paper: float) -> bool:
+    """Whether a photo (at least NOISE_BLUR_SIDE) of paper of grey level ``paper`` has a dim room's noise
+    in blotches a few pixels across, which quiet_noise, from pixel to pixel, misses (BLOTCHY); not when
+    its pixel noise is no camera's (CAMERA_NOISE)."""
+    h, w = gray.shape
+    if min(h, w) < NOISE_BLUR_SIDE or quiet_noise(gray) > CAMERA_NOISE:
+        return False
+    halved = gray[:h // 2 * 2, :w // 2 * 2].reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
+    return quiet_noise(halved) >= BLOTCHY * paper
+
+
 def without_sensor_noise(rgb: np.ndarray, radius: float) -> np.ndarray:
     """``rgb`` smoothed over ``radius`` px. A photo in a dim room has its sensor's noise raised so high
     that, pixel by pixel, it stands as far above the paper as a pencil's stroke does: ink found by its
@@ -265,8 +280,15 @@ def photo_ink(rgb: np.ndarray, gray: np.ndarray, other_side: bool = False, noisy
     low = shrink(rgb, LOW_SIDE)
     if float(np.mean(hue_distance(low) < PAPER_TOLERANCE)) < PAPER_SHARE:
         raise NoDigitFound(NO_PAPER)
-    dark_ink = median > DARK_PAPER and not (median < LIGHT_BOARD and lighter_marks_stand_out(rgb, low))
-    return polarity_ink(rgb, gray, low, dark_ink != other_side, noisy)
+    dark_ink = median > DARK_PAPER
+    if median < LIGHT_BOARD:
+        dark, light = mark_strengths(rgb, low)
+        dark_ink = light < LIGHT_OVER_DARK * dark if dark_ink else dark >= LIGHT_OVER_DARK * light
+    dark_ink = dark_ink != other_side
+    if dark_ink and not noisy and blotchy(gray, median):
+        rgb, noisy = without_sensor_noise(rgb, NOISE_BLUR), True
+        gray = luminance(rgb)
+    return polarity_ink(rgb, gray, low, dark_ink, noisy)
 
 
 def polarity_ink(rgb: np.ndarray, gray: np.ndarray, low: np.ndarray, dark_ink: bool, noisy: bool = False) -> np.ndarray:
@@ -580,22 +602,23 @@ def median_background(low: np.ndarray) -> np.ndarray:
     return resize_channels(median, (low.shape[1], low.shape[0]), Image.Resampling.BILINEAR)
 
 
-def lighter_marks_stand_out(rgb: np.ndarray, low: np.ndarray) -> bool:
-    """Whether a photo's strongest marks are lighter than the paper around them, not darker (chalk on a
-    board the camera lifted to a grey a dim sheet of paper also has): the strongest mark of each side
-    (inner_peak: not cut by the frame, not on a desk, no blob), against the median background, over
-    its side's noise, on a copy POLARITY_SIDE px large; lighter only when LIGHT_OVER_DARK times stronger
-    (a shadow's edge leaves lighter paper beside it where the median lags)."""
+def mark_strengths(rgb: np.ndarray, low: np.ndarray) -> tuple[float, float]:
+    """How far a photo's strongest dark and strongest light marks stand out (dark, light): each side's
+    strongest mark (inner_peak: not cut by the frame, not on a desk, no blob) against the median
+    background, over its side's noise, on a copy POLARITY_SIDE px large. Which side the ink is on is
+    in doubt where the paper's grey is in between: chalk on a board the camera lifted to grey, a dim
+    sheet of paper darker still; one side wins only by LIGHT_OVER_DARK (a shadow's edge leaves lighter
+    paper beside it where the median lags)."""
     work = shrink(rgb, POLARITY_SIDE) if max(rgb.shape[:2]) > POLARITY_SIDE else rgb
     background = median_background(low)
     desk = desk_beside(background, work.shape[:2])
     background = resize_channels(background, (work.shape[1], work.shape[0]), Image.Resampling.BILINEAR)
-    strength = {}
+    strength = []
     for dark in (True, False):
         raw = contrast(work, background, dark)
         noise = noise_level(raw)
-        strength[dark] = inner_peak(box_mean(raw, 1), noise, desk) / noise
-    return strength[False] >= LIGHT_OVER_DARK * strength[True]
+        strength.append(inner_peak(box_mean(raw, 1), noise, desk) / noise)
+    return strength[0], strength[1]
 
 
 def ink_on_sheet(diff: np.ndarray, median: np.ndarray) -> np.ndarray:
