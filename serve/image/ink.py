@@ -443,14 +443,16 @@ def background_share(sample: np.ndarray, expected: np.ndarray) -> float:
 
 
 def cropped_background(rgb: np.ndarray) -> np.ndarray | None:
-    """The one colour of a border that strokes cross (or come within CROP_BAND px of) on all four sides,
-    as the border of a digit cropped to its ink does (a canvas or a scan cut where the strokes end), or
-    None. Much of such a border keeps to one colour exactly and the rest is ink, far from it but for the
-    few pixels at a stroke's soft edges. A photo's border drifts off its colour by degrees (light
-    fall-off, a shadow's penumbra), and a desk or a hard shadow crosses fewer sides; a photo's paper
-    between corners the lens darkened to black crosses every side, lighter, along most of it, and is
-    most of the frame (light strokes must cross in shorter runs, or be less of the frame: a 7's bar
-    runs along the whole top of its crop)."""
+    """The one colour of a border that strokes cross (or come within CROP_BAND px of) on all four sides, as the
+    border of a digit cropped to its ink does (a canvas or a scan cut where the strokes end), or on two opposite
+    sides (cut to the ink along one axis, a margin left on the other) where no side is crossed along more than
+    LIGHT_RUN of it (a desk or a scanner's dark band beyond the paper runs along one, and reaches the two beside
+    it), or None. Much of such a border keeps to one colour exactly and the rest is ink, far from it but for the
+    few pixels at a stroke's soft edges. A photo's border drifts off its colour by degrees (light fall-off, a
+    shadow's penumbra), and a desk or a hard shadow crosses fewer sides; a photo's paper between corners the
+    lens darkened to black crosses every side, lighter, along most of it, and is most of the frame (light
+    strokes must cross in shorter runs, or be less of the frame: a 7's bar runs along the whole top of its
+    crop)."""
     sides = (rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1])
     edge = np.concatenate(sides)
     lum = edge @ LUMA
@@ -461,11 +463,14 @@ def cropped_background(rgb: np.ndarray) -> np.ndarray | None:
     if not crossed_ring(rgb, background):
         return None
     bands = (rgb[:CROP_BAND], rgb[-CROP_BAND:], rgb[:, :CROP_BAND], rgb[:, -CROP_BAND:])
-    if not all((colour_distance(band, background) >= MIN_CONTRAST).any() for band in bands):
+    top, bottom, left, right = ((colour_distance(band, background) >= MIN_CONTRAST).any() for band in bands)
+    if not (top and bottom or left and right):
         return None  # (a round glyph's outermost pixels are faint: anti-aliasing)
-    if lighter_strokes(counting_sample(rgb), background) and any(
-            longest_run(colour_distance(side, background) >= CROSSING_INK) > LIGHT_RUN * len(side)
-            for side in sides) and light_share(rgb, background) > LIGHT_RUN:
+    runs_along = any(longest_run(colour_distance(side, background) >= CROSSING_INK) > LIGHT_RUN * len(side)
+                     for side in sides)
+    if runs_along and not (top and bottom and left and right):
+        return None  # a desk or a scanner's dark band beyond the paper's edge, not strokes cut by the frame
+    if runs_along and lighter_strokes(counting_sample(rgb), background) and light_share(rgb, background) > LIGHT_RUN:
         return None
     return background
 

@@ -1661,6 +1661,25 @@ def test_a_light_digit_cropped_and_enlarged_smoothly_is_found(sample_dataset, se
     assert page.refusal is None and page.glyphs == 1, page.refusal
 
 
+@pytest.mark.parametrize(("index", "name", "expected"), [
+    (77, "cropped/0077-smooth-dark.png", "0"),  # cut at the top and bottom only: the sides keep a margin
+    (87, "cropped/0087-smooth-light.webp", "4"),  # a grey 4 on black, cut on three sides
+])
+def test_a_digit_cropped_to_its_ink_on_two_opposite_sides_is_read_whole(sample_dataset, index, name, expected) -> None:
+    # the evaluation's seed 7 crops: the strokes reach the top and the bottom of the frame but not both
+    # of its sides, so it was taken for a photo, whose local background estimate lost half the 0's ring
+    # ("not a digit") and all of the 4 ("no ink found"). Cut to the ink along one axis is a crop too.
+    from serve.image.ink import cropped_background
+
+    item = evaluation_image(sample_dataset, "cropped", index, seed=7)
+    assert item.name == name and item.expected == expected
+    rgb, _ = at_drawn_scale(to_rgb(decode_image(item.data).image))
+    assert cropped_background(rgb) is not None
+    page = prepare_page(item.data, item.name)
+    assert page.refusal is None and page.glyphs == 1, page.refusal
+    assert page.boxes[0].height >= 0.9 * rgb.shape[0], page.boxes[0]
+
+
 @pytest.mark.parametrize("shape", [(1, 300), (2, 300), (3, 593), (7, 300), (300, 1), (636, 2), (300, 7)])
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
 def test_a_strip_a_few_pixels_across_is_prepared_not_a_crash(shape, fmt) -> None:
@@ -1982,6 +2001,9 @@ def test_a_crop_and_a_sheet_reaching_the_frame_keep_the_background_they_had(samp
     # and refused as a mark)
     crop, sheet = (evaluation_image(sample_dataset, c, i, seed=0) for c, i in (("cropped", 86), ("photo", 43)))
     assert (crop.expected, sheet.expected) == ("8", "1"), (crop.name, sheet.name)
+    page = prepare_page(crop.data, crop.name)  # its strokes reach the top and the bottom: a crop, read whole
+    assert page.glyphs == 1 and page.boxes[0].height >= 0.95 * 480, page.boxes
+    monkeypatch.setattr(ink_module, "cropped_background", lambda rgb: None)  # as a photo of it would be read
     for item, height in ((crop, 200), (sheet, 100)):
         page = prepare_page(item.data, item.name)
         assert page.glyphs == 1 and height < page.boxes[0].height < 2 * height, (item.name, page.boxes)
