@@ -36,8 +36,7 @@ SMALL_AREA = 0.02  # ... or than this fraction of its ink area, unless inside on
 SHAPES = 8  # (bounded: a noisy frame has thousands of marks)
 DASH_ASPECT = 10  # a part this many times wider than tall is a piece of a line, not of a digit
 DASHES, DASH_FILL = 4, 0.06  # a "glyph" of at least this many parts filling less than this of its box
-SLIVER_HEIGHT, SLIVER_WIDTH = 2.0, 0.25  # taller than twice every other mark, and this thin: not a digit ...
-SLIVER_BESIDE = 0.2  # ... beside a mark at least this tall for it (beside specks alone it may be a 1)
+SLIVER_HEIGHT, SLIVER_WIDTH = 2.0, 0.25  # taller than twice every other mark, and this thin: not a digit
 SHORT = 0.45  # glyphs shorter than this fraction of the tallest are not digits (dashes, fragments)
 FAINT = 0.25  # a glyph with less ink than this fraction of the strongest one's does not set the height
 OVERLAP = 0.5  # components sharing this fraction of the narrower one's columns are one glyph ...
@@ -587,8 +586,7 @@ def drop_slivers(groups: list[Part]) -> list[Part]:
     kept = []
     for g in groups:
         others = max(o.box.height for o in groups if o is not g)
-        if not (SLIVER_BESIDE * g.box.height <= others < g.box.height / SLIVER_HEIGHT
-                and g.box.width < SLIVER_WIDTH * g.box.height):
+        if not (g.box.height > SLIVER_HEIGHT * others and g.box.width < SLIVER_WIDTH * g.box.height):
             kept.append(g)
     return kept or groups
 

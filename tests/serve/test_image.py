@@ -807,25 +807,6 @@ def test_a_tall_sliver_beside_the_digit_is_not_a_digit() -> None:
     assert [g.box for g in glyphs] == [Box(250, 300, 80, 120)]
 
 
-def test_a_lone_1_beside_specks_is_no_sliver() -> None:
-    # a thin 1 more than twice as tall as every other mark, but those are specks (what a shadow's edge
-    # leaves, under SLIVER_BESIDE of its height): there is no digit beside it to be the sliver of
-    ink = np.zeros((800, 600), np.float32)
-    ink[400:520, 300:312] = 1.0  # a 1 120 px tall
-    for x in (100, 160, 420, 480):
-        ink[100:115, x:x + 30] = 0.15  # faint specks 15 px tall (0.125 of it), wide enough to be no dust
-    assert Box(300, 400, 12, 120) in [g.box for g in find_glyphs(ink)]
-    ink[60:115, 100:104] = 0.15  # one of them an L 55 px tall: now the 1 may be a sheet's edge beside a digit
-    assert Box(300, 400, 12, 120) not in [g.box for g in find_glyphs(ink)]
-
-
-def test_a_pencil_1_across_a_shadows_edge_is_read(sample_dataset) -> None:
-    # the evaluation's seed 7 shadow photo 158: a pencil 1 beside the specks of a shadow's edge was
-    # dropped as a sliver, and the largest speck was the one glyph ("not a digit")
-    item, page = one_glyph_item(sample_dataset, "shadow", 158, 7, "1")
-    assert page.boxes[0].height > 4 * page.boxes[0].width, page.boxes[0]
-
-
 def test_a_faint_digit_beside_a_dark_desk_is_found(digit) -> None:
     # a pencil digit of contrast ~0.25 on a sheet whose edge meets an almost black desk: the desk's
     # contrast must not set the threshold above the digit's
