@@ -10,8 +10,10 @@ card) is found first (serve/image/sheet.py) and read as if it filled the frame. 
 per colour channel, so blue ink on yellow paper of the same brightness is still ink. Ruled and
 squared paper lines (long, thin, straight) are removed. Small images (28x28 MNIST-form inputs and
 thumbnails) keep the simple global rule, which reproduces MNIST fields exactly. A photo whose pixels
-are noisy (a dim room's high-gain sensor) is smoothed before any of this, and where its noise still
-sets the threshold high enough to break strokes into dashes, they are grown whole (hysteresis).
+are noisy (a dim room's high-gain sensor) is smoothed before any of this (or, where a phone's noise
+reduction left blotches a few pixels across instead, once the ink's side is known), and where its
+noise still sets the threshold high enough to break strokes into dashes, they are grown whole
+(hysteresis).
 """
 from __future__ import annotations
 
@@ -271,7 +273,8 @@ def frame_ink(rgb: np.ndarray, gray: np.ndarray, flat: np.ndarray | None, noisy:
 def photo_ink(rgb: np.ndarray, gray: np.ndarray, other_side: bool = False, noisy: bool = False) -> np.ndarray:
     """The ink of a photo: against the paper's colour estimated locally, without the desk around the
     sheet; a frame with no paper to speak of is refused. ``other_side``: the ink on the side of the
-    paper's grey level its median does not suggest, where that is in doubt (BOTH_SIDES), else none."""
+    paper's grey level its median does not suggest, where that is in doubt (BOTH_SIDES), else none.
+    Dark ink on paper with a dim room's blotchy noise (blotchy) is looked for on a smoothed copy."""
     # most of a frame is background; white paper in dim light is often darker than mid-grey
     # (0.44-0.49 in the evaluation's dim photos), a blackboard darker still (0.16-0.43 there)
     median = float(np.median(gray))
