@@ -22,7 +22,7 @@ from collections.abc import Iterator
 import numpy as np
 from PIL import Image, ImageFilter
 
-from serve.image.lines import find_lines, without_lines
+from serve.image.lines import find_lines_by_direction, without_lines
 from serve.image.morph import LUMA, Box, blob_shaped, border, box_mean, closed, extents, grown, label, \
     regrown, resize_channels, window_extreme
 from serve.image.objects import bar_shape, long_for_frame
@@ -90,7 +90,7 @@ BROKEN_BY_NOISE = 0.5  # where a camera's noise lifts the cut above this fractio
 # cut is as high for other reasons: the rims of ruled lines (0.40-0.62 in lit photos of ruled paper; grown,
 # pieces of lines the finder missed were taken for marks, and a "5603" refused), a pen lying beside the digit
 # or a low-resolution crop (a refusal grown into a wrong answer)
-PEN_OVER_LINE = 2.0  # ink on a paper line this many times stronger than the line (its 90th percentile) is a pen's
+PEN_OVER_LINE = 2.0  # ink on a paper line this many times stronger than its lines (their 90th percentile) is a pen's
 # A highlighter's band (without_colour_only): ink whose brightness differs from the paper's less than
 COLOUR_ONLY = 0.75  # this share of its colour's (contrast in the channel where it differs most),
 COLOUR_MIN, DARK_LUMA = 0.15, 0.35  # by at least this much in colour and under this much in brightness,
@@ -733,12 +733,12 @@ def threshold_ink(raw: np.ndarray, gray: np.ndarray, dark_ink: bool = True,
     if peak < cut:
         raise NoDigitFound(NO_INK)
     strong, faint = raw >= cut, raw >= FAINT * cut  # faint holds strong
-    lines, thickness = find_lines(faint)
+    across, upright, thickness = find_lines_by_direction(faint)
+    lines = across | upright
     if noisy and noise_cut >= BROKEN_BY_NOISE * peak:  # off the lines: a line's faint rim would grow along it
         strong = grown(strong, faint & ~lines)
     if lines.any():  # on ruled paper the faint ink is mostly the lines' rims: no links through it
-        # ink far stronger than the lines is a pen's lying on one (a 4's bar written on the line)
-        pen = raw >= PEN_OVER_LINE * float(np.percentile(raw[lines], 90))
+        pen = pen_on_lines(raw, across, upright)
         mask = without_lines(strong, lines, thickness, pen)
     else:
         inkiness = 1.0 - gray if dark_ink else gray  # the grey level itself: flat across a shadow
@@ -752,6 +752,22 @@ def threshold_ink(raw: np.ndarray, gray: np.ndarray, dark_ink: bool = True,
     hollow = hollow_stroke_interiors(mask, gray)
     ink[hollow] = 1.0
     return ink.astype(np.float32)
+
+
+def pen_on_lines(raw: np.ndarray, across: np.ndarray, upright: np.ndarray) -> np.ndarray:
+    """Ink far stronger (PEN_OVER_LINE) than the paper lines it lies on, each family of lines (across,
+    upright) judged by its own strength: a pen's stroke written on a line (a 4's bar on a rule). A ruled
+    sheet's margin line is often far stronger than the rules: judged by the rules, it was a pen's
+    stroke all along its length, and its remnant was read as a sure 1 on an empty sheet."""
+    everywhere = across | upright
+    # off the lines (a remnant of one beside them, which a pen's stroke is not) all lines at once, as before
+    level = np.full(raw.shape, float(np.percentile(raw[everywhere], 90)), np.float32)
+    families = [family for family in (across, upright) if family.any()]
+    if len(families) == 2:
+        level[everywhere] = 0.0
+        for family in families:
+            level[family] = np.maximum(level[family], float(np.percentile(raw[family], 90)))
+    return raw >= PEN_OVER_LINE * level
 
 
 def without_colour_only(ink: np.ndarray, raw: np.ndarray, luma: np.ndarray) -> np.ndarray:

@@ -34,6 +34,14 @@ def find_lines(faint: np.ndarray) -> tuple[np.ndarray, int]:
     """The paper lines' pixels in ``faint`` (within it, grown by one pixel: their anti-aliased rim),
     and the thickest a line may be, in pixels. ``faint`` is the ink at a lower threshold than the
     strokes', where lines are unbroken: a line at the threshold's edge would otherwise leave dashes."""
+    across, upright, thickness = find_lines_by_direction(faint)
+    return across | upright, thickness
+
+
+def find_lines_by_direction(faint: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """find_lines' lines in two families: those running across the frame, and the upright ones (with
+    the walls of printed boxes). A ruled sheet's margin line is the one upright line there, and often
+    far stronger than the rules it crosses."""
     h, w = faint.shape
     factor = 2 if max(h, w) > 512 else 1  # lines are found on a half-size copy of large frames
     blocks = faint[:h - h % factor, :w - w % factor].reshape(h // factor, factor, w // factor, factor)
@@ -43,13 +51,18 @@ def find_lines(faint: np.ndarray) -> tuple[np.ndarray, int]:
     upright = ruled(horizontal_lines(small.T, thickness).T, axis=0)
     rules, upright = (rules & ~strokes_along(rules, small & ~upright),
                       upright & ~strokes_along(upright.T, (small & ~rules).T).T)
-    found = rules | upright
-    found |= walls(small & ~found, rules, thickness)
+    upright |= walls(small & ~(rules | upright), rules, thickness)
+    return at_full_size(rules, faint, factor), at_full_size(upright, faint, factor), thickness * factor
+
+
+def at_full_size(found: np.ndarray, faint: np.ndarray, factor: int) -> np.ndarray:
+    """Lines ``found`` on a copy ``factor`` times smaller, as ``faint``'s pixels, grown by one."""
+    h, w = faint.shape
     lines = np.zeros_like(faint)
     if found.any():
         lines[:h - h % factor, :w - w % factor] = np.repeat(np.repeat(found, factor, axis=0), factor, axis=1)
         lines = dilate(lines & faint)
-    return lines, thickness * factor
+    return lines
 
 
 def without_lines(mask: np.ndarray, lines: np.ndarray, thickness: int, pen: np.ndarray | None = None) -> np.ndarray:

@@ -12,9 +12,9 @@ import serve.image.ink as ink_module
 from serve.image.decode import at_drawn_scale, decode_image, to_rgb
 from serve.image.ink import (BOTH_SIDES, BROKEN_BY_NOISE, CAMERA_NOISE, DARK_PAPER, LIGHT_BOARD, LIGHT_OVER_DARK,
                              LOW_SIDE, NO_BARS, NO_INK, NOISE_BLUR, NOISE_BLUR_SIDE, NOISY, NoDigitFound, blotchy,
-                             ink_map, mark_strengths, noise_blur_radius, off_frame, paper_colour, pixel_noise,
-                             runs_off_frame, sheet_ink, shrink, two_wide, without_sensor_noise)
-from serve.image.lines import find_lines, without_lines
+                             ink_map, mark_strengths, noise_blur_radius, off_frame, paper_colour, pen_on_lines,
+                             pixel_noise, runs_off_frame, sheet_ink, shrink, two_wide, without_sensor_noise)
+from serve.image.lines import find_lines, find_lines_by_direction, without_lines
 from serve.image.morph import LUMA, blob_shaped, box_mean, closed, grown, label, regrown, runs_at_least, \
     window_extreme
 from serve.image.normalize import MAX_PASSES, normalize_stroke, stroke_width
@@ -311,6 +311,36 @@ def test_a_bar_written_on_a_ruled_line_as_thick_as_it_stays() -> None:
     assert (ink[415:418, 485:575] > 0).mean() > 0.8
     assert (ink[355:368, 450:780] > 0).mean() < 0.02  # the lines beside them are still removed
     assert (ink[410:423, 600:780] > 0).mean() < 0.02
+
+
+def test_each_family_of_lines_judges_the_pen_on_it_by_its_own_strength() -> None:
+    # a ruled sheet's red margin line is far stronger than the blue rules it crosses: judged by the
+    # rules alone, all of it was a pen's stroke, and its remnant was read as a sure 1 on an empty sheet;
+    # judged by all the lines at once, a strong margin hid a 4's bar written on a rule
+    raw = np.zeros((400, 400), np.float32)
+    across, upright = np.zeros((400, 400), bool), np.zeros((400, 400), bool)
+    for y in range(20, 400, 40):
+        across[y:y + 3] = True
+    upright[:, 40:50] = True  # a double margin line, a fifth of the lines' pixels
+    raw[across], raw[upright] = 0.3, 1.0
+    raw[220:223, 150:250] = 0.8  # the bar, on the rule at 220
+    pen = pen_on_lines(raw, across, upright)
+    assert pen[220:223, 150:250].all()
+    assert not pen[across & ~upright & (raw < 0.5)].any() and not pen[upright].any()
+    all_at_once = pen_on_lines(raw, across | upright, np.zeros_like(upright))
+    assert not all_at_once[220:223, 150:250].any()
+
+
+def test_an_empty_ruled_sheet_s_margin_line_is_no_1(sample_dataset) -> None:
+    # the evaluation's seed 7 non-digit 76: an empty ruled sheet, lit unevenly, its red margin line far
+    # stronger than the rules; what the line finder left of its rim was read as "1" at 0.9999
+    item = evaluation_image(sample_dataset, "not-digits", 76, seed=7)
+    assert item.name == "not-digits/0076-empty-ruled.jpg"
+    rgb, _ = at_drawn_scale(to_rgb(decode_image(item.data).image))
+    across, upright, _ = find_lines_by_direction(rgb.mean(axis=2) < 0.8)
+    assert upright.any()  # the margin line is found
+    page = prepare_page(item.data, item.name)
+    assert page.refusal == NO_INK and page.glyphs == 0
 
 
 def test_a_thin_stroke_crossing_a_ruled_line_stays_one_piece() -> None:
