@@ -23,8 +23,8 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from serve.image.lines import find_lines_by_direction, without_lines
-from serve.image.morph import LUMA, Box, blob_shaped, border, box_mean, closed, extents, grown, label, \
-    regrown, resize_channels, window_extreme
+from serve.image.morph import LUMA, Box, blob_shaped, border, box_mean, closed, extents, grown, integral, label, \
+    regrown, resize_channels, window_extreme, window_sums_at
 from serve.image.objects import bar_shape, long_for_frame
 from serve.image.sheet import ON_FRAME, eroded, find_sheet, sheet_interior
 
@@ -110,6 +110,16 @@ STEP_REGROW = 0.5  # closing radii: and regrows the closing this far into the gr
 # 1 faded grey strokes as dark as the shadow they touched (an 8, a 6, a 3, a 4 across the edge refused)
 STEP_SIDE = 512  # px: frames smaller than this are left as they are (a crop's strokes are wider)
 STEP_FRAME_MARGIN = 2  # ... and the frame's edge, as far as this many closing radii
+# Paper a shadow darkens, taken for ink where the background estimate misses it (a hard shadow's corner, a strip
+# along its edge): along much of its rim it runs into the shadowed paper, as dark as itself (without_paper_patches)
+PAPER_EDGE = 0.02  # a mark's rim pixel is an edge where the mark 2 px in is this much darker than the paper 3 px out
+EDGE_SHARE = 0.7  # a mark with edges along less than this share of its rim (strokes of ink: 0.99-1; such patches
+# in the evaluation's shadow photos: 0.26-0.70)
+EDGE_CONTRAST = 0.06  # ... and a median contrast across its rim below this (strokes: 0.06 and up) is such a patch;
+# a stroke the patch touches keeps it (a fat 5 beside a shadow's corner: rim edges 0.68, contrast 0.14)
+PATCH_MIN = 30  # px: smaller marks are left to the glyph finder's rules for dust
+PATCH_INK = 0.9  # a mark whose median ink is this strong (as strong as the ink's strongest tenth) is ink: the
+# inside of a fat printed stroke, noisy where the camera's grain breaks it up, has no edge towards its holes
 NO_INK = "no ink found"
 NO_PAPER = "no paper: most of the image has no one background colour"
 NO_BARS = "bars of a barcode"
@@ -306,7 +316,85 @@ def polarity_ink(rgb: np.ndarray, gray: np.ndarray, low: np.ndarray, dark_ink: b
     # kept, since no reading of either seed needs it lower)
     noise_cut = noise_level(raw if background is upsampled else contrast(rgb, upsampled, dark_ink))
     ink = without_desk(threshold_ink(raw, gray, dark_ink, desk, noise_cut=noise_cut, noisy=noisy), desk)
-    return without_colour_only(ink, raw, luma_contrast(gray, background, dark_ink))
+    ink = without_colour_only(ink, raw, luma_contrast(gray, background, dark_ink))
+    return without_paper_patches(ink, 1.0 - rgb if dark_ink else rgb)
+
+
+def without_paper_patches(ink: np.ndarray, level: np.ndarray) -> np.ndarray:
+    """``ink`` without marks that are paper, not ink: where the background estimate misses a hard
+    shadow's corner or a strip along its edge, that patch of shadowed paper stands out from the estimate
+    but not from the shadowed paper it runs into, so along much of its rim there is no edge (EDGE_SHARE)
+    and the contrast across its rim is low (EDGE_CONTRAST). A stroke of ink is darker than the paper all
+    around it, whatever its width, and ink as strong as the strongest (PATCH_INK) is ink. The ink left is
+    scaled as threshold_ink scales it. ``level``: [H, W, 3] inkiness (1 - rgb for dark ink, rgb for light):
+    an edge in any channel counts (coloured ink on paper of its brightness). After without_colour_only:
+    a highlighter's band differs from the paper in colour, and faintly."""
+    mask = ink > 0
+    labels, count = label(mask)
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)
+    if count == 0 or not (sizes[1:] >= PATCH_MIN).any():
+        return ink
+    ys, xs = np.nonzero(mask & ~interior(mask))
+    # measured within the marks' box and the 3 px beyond it the paper is looked at: the same sums
+    # (windows are clipped where the frame ends), on a crop that is often a small part of the frame
+    top, left = max(int(ys.min()) - 3, 0), max(int(xs.min()) - 3, 0)
+    crop = np.s_[top:int(ys.max()) + 4, left:int(xs.max()) + 4]
+    contrast = rim_contrast(mask[crop], level[crop], ys - top, xs - left)
+    share, median = edge_share_and_median(labels[ys, xs], contrast, count)
+    patch = (sizes >= PATCH_MIN) & (share < EDGE_SHARE) & (median < EDGE_CONTRAST)
+    patch[0] = False
+    for k in np.flatnonzero(patch):
+        patch[k] = float(np.median(ink[labels == k])) < PATCH_INK
+    if not patch.any():
+        return ink
+    kept = np.where(patch[labels], 0.0, ink)
+    if not kept.any():
+        raise NoDigitFound(NO_INK)
+    # scaled as threshold_ink scales it, by the ink's strongest tenth: a desk's rim, far stronger than a
+    # faint digit, had set the scale, and the digit alone was too faint to count (INK_MIN)
+    return np.clip(kept / float(np.percentile(kept[kept > 0], 90)), 0.0, 1.0).astype(np.float32)
+
+
+def interior(mask: np.ndarray) -> np.ndarray:
+    """Pixels of ``mask`` whose eight neighbours are all in it (beyond the frame counts as in it)."""
+    h, w = mask.shape
+    padded = np.pad(mask, 1, constant_values=True)
+    inner = mask.copy()
+    for dy in (0, 1, 2):
+        for dx in (0, 1, 2):
+            inner &= padded[dy:dy + h, dx:dx + w]
+    return inner
+
+
+def rim_contrast(mask: np.ndarray, level: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """At each rim pixel (``ys``, ``xs``) of ``mask``: how much more ``level`` the mark has within 2 px
+    than the paper (not the mark) within 3 px, in the channel where it has most."""
+    marks = integral(mask)
+    inner = np.maximum(window_sums_at(marks, ys, xs, 2)[0], 1.0)
+    marked, area = window_sums_at(marks, ys, xs, 3)
+    outer = np.maximum(area - marked, 1.0)
+    best = np.full(len(ys), -np.inf)
+    for c in range(level.shape[2]):
+        channel = level[..., c]
+        on_marks = integral(np.where(mask, channel, 0.0))
+        inside = window_sums_at(on_marks, ys, xs, 2)[0] / inner
+        outside = (window_sums_at(integral(channel), ys, xs, 3)[0] - window_sums_at(on_marks, ys, xs, 3)[0]) / outer
+        np.maximum(best, inside - outside, out=best)
+    return best
+
+
+def edge_share_and_median(keys: np.ndarray, contrast: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per mark 0..``count`` (``keys``: the mark of each rim pixel): the share of its rim pixels with an
+    edge (PAPER_EDGE) and the median of their ``contrast`` (inf for a mark without rim pixels)."""
+    order = np.lexsort((contrast, keys))
+    ordered_keys, ordered = keys[order], contrast[order]
+    marks = np.arange(count + 1)
+    starts = np.searchsorted(ordered_keys, marks, "left")
+    n = np.searchsorted(ordered_keys, marks, "right") - starts
+    median = np.full(count + 1, np.inf)
+    median[n > 0] = ordered[(starts + (n - 1) // 2)[n > 0]]
+    edges = np.bincount(keys, weights=contrast >= PAPER_EDGE, minlength=count + 1)
+    return edges / np.maximum(n, 1), median
 
 
 def at_steps(rgb: np.ndarray, background: np.ndarray, low_background: np.ndarray, dark_ink: bool) -> np.ndarray:

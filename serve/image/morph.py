@@ -38,11 +38,26 @@ def border(a: np.ndarray) -> np.ndarray:
     return np.concatenate([a[0], a[-1], a[1:-1, 0], a[1:-1, -1]])
 
 
+def integral(a: np.ndarray) -> np.ndarray:
+    """The summed-area table of ``a``: float64 [H+1, W+1], s[y, x] the sum of a[:y, :x]."""
+    s = np.zeros((a.shape[0] + 1, a.shape[1] + 1), np.float64)
+    s[1:, 1:] = np.cumsum(np.cumsum(a, axis=0), axis=1)
+    return s
+
+
+def window_sums_at(s: np.ndarray, ys: np.ndarray, xs: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sums over the (2r+1)^2 windows around pixels (``ys``, ``xs``) from summed-area table ``s``
+    (windows clipped at the edges), and each window's area."""
+    h, w = s.shape[0] - 1, s.shape[1] - 1
+    y0, y1 = np.clip(ys - radius, 0, h), np.clip(ys + radius + 1, 0, h)
+    x0, x1 = np.clip(xs - radius, 0, w), np.clip(xs + radius + 1, 0, w)
+    return s[y1, x1] - s[y0, x1] - s[y1, x0] + s[y0, x0], (y1 - y0) * (x1 - x0)
+
+
 def box_mean(a: np.ndarray, radius: int) -> np.ndarray:
     """Mean over the (2r+1)^2 window around each pixel, windows clipped at the edges (integral image)."""
     h, w = a.shape
-    s = np.zeros((h + 1, w + 1), np.float64)
-    s[1:, 1:] = np.cumsum(np.cumsum(a, axis=0), axis=1)
+    s = integral(a)
     y0 = np.clip(np.arange(h) - radius, 0, h)
     y1 = np.clip(np.arange(h) + radius + 1, 0, h)
     x0 = np.clip(np.arange(w) - radius, 0, w)
