@@ -334,7 +334,7 @@ def without_paper_patches(ink: np.ndarray, level: np.ndarray) -> np.ndarray:
     sizes = np.bincount(labels.ravel(), minlength=count + 1)
     if count == 0 or not (sizes[1:] >= PATCH_MIN).any():
         return ink
-    ys, xs = np.nonzero(mask & ~interior(mask))
+    ys, xs = np.nonzero(mask & ~eroded(mask, 1))  # the rim
     # measured within the marks' box and the 3 px beyond it the paper is looked at: the same sums
     # (windows are clipped where the frame ends), on a crop that is often a small part of the frame
     top, left = max(int(ys.min()) - 3, 0), max(int(xs.min()) - 3, 0)
@@ -353,17 +353,6 @@ def without_paper_patches(ink: np.ndarray, level: np.ndarray) -> np.ndarray:
     # scaled as threshold_ink scales it, by the ink's strongest tenth: a desk's rim, far stronger than a
     # faint digit, had set the scale, and the digit alone was too faint to count (INK_MIN)
     return np.clip(kept / float(np.percentile(kept[kept > 0], 90)), 0.0, 1.0).astype(np.float32)
-
-
-def interior(mask: np.ndarray) -> np.ndarray:
-    """Pixels of ``mask`` whose eight neighbours are all in it (beyond the frame counts as in it)."""
-    h, w = mask.shape
-    padded = np.pad(mask, 1, constant_values=True)
-    inner = mask.copy()
-    for dy in (0, 1, 2):
-        for dx in (0, 1, 2):
-            inner &= padded[dy:dy + h, dx:dx + w]
-    return inner
 
 
 def rim_contrast(mask: np.ndarray, level: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
