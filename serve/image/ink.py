@@ -335,6 +335,8 @@ def without_paper_patches(ink: np.ndarray, level: np.ndarray) -> np.ndarray:
     if count == 0 or not (sizes[1:] >= PATCH_MIN).any():
         return ink
     ys, xs = np.nonzero(mask & ~eroded(mask, 1))  # the rim
+    if len(ys) == 0:
+        return ink  # ink everywhere: no paper to compare it with
     # measured within the marks' box and the 3 px beyond it the paper is looked at: the same sums
     # (windows are clipped where the frame ends), on a crop that is often a small part of the frame
     top, left = max(int(ys.min()) - 3, 0), max(int(xs.min()) - 3, 0)

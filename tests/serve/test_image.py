@@ -772,6 +772,8 @@ def test_a_patch_of_shadowed_paper_is_no_ink_and_strokes_of_any_width_are() -> N
     assert without_paper_patches(mark, blue).any()
     with pytest.raises(NoDigitFound):
         without_paper_patches(mark * 0.5, np.full_like(blue, 0.1))  # no edge anywhere: no ink left
+    everywhere = np.full((40, 40), 0.5, np.float32)  # ink over the whole frame: no rim, no paper to judge by
+    assert np.array_equal(without_paper_patches(everywhere, np.zeros((40, 40, 3), np.float32)), everywhere)
 
 
 @pytest.mark.parametrize("condition, index, digit_label", [("shadow", 86, "2"), ("shadow", 29, "1")])
